@@ -1,0 +1,235 @@
+//! Reverse sweep: walk the arena from the output back to the leaves, consuming each
+//! intermediate cotangent as soon as it has been pulled back.
+
+use nalgebra::DMatrix;
+use slotmap::SecondaryMap;
+use smallvec::SmallVec;
+
+use crate::error::{Error, Result};
+use crate::ops::Op;
+use crate::scalar::Scalar;
+use crate::tape::{Arena, NodeKey, Tape, Var};
+
+/// Gradients of one backward pass, keyed by leaf `Var`.
+pub struct Gradients<T: Scalar> {
+    tape: u64,
+    grads: SecondaryMap<NodeKey, DMatrix<T>>,
+}
+
+impl<T: Scalar> std::fmt::Debug for Gradients<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gradients")
+            .field("len", &self.grads.len())
+            .finish()
+    }
+}
+
+impl<T: Scalar> Gradients<T> {
+    /// The gradient of a leaf, or `None` if the output does not depend on it (or it is not a
+    /// leaf of the tape this pass ran on).
+    pub fn get(&self, var: Var<'_, T>) -> Option<&DMatrix<T>> {
+        if var.tape.id() != self.tape {
+            return None;
+        }
+        self.grads.get(var.key)
+    }
+
+    /// Move a leaf's gradient out, or zeros of its shape if the output does not depend on it.
+    pub fn take_or_zeros(&mut self, var: Var<'_, T>) -> Result<DMatrix<T>> {
+        if var.tape.id() != self.tape {
+            return Err(Error::ForeignVar {
+                op: "Gradients::take_or_zeros",
+            });
+        }
+        match self.grads.remove(var.key) {
+            Some(g) => Ok(g),
+            None => {
+                let (r, c) = var.shape()?;
+                Ok(DMatrix::zeros(r, c))
+            }
+        }
+    }
+
+    /// Number of leaves with a gradient.
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    /// Whether no leaf received a gradient.
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+}
+
+impl<T: Scalar> Tape<T> {
+    /// Gradients of a 1×1 `loss` with respect to every gradient-requiring leaf.
+    pub fn backward(&self, loss: Var<'_, T>) -> Result<Gradients<T>> {
+        let shape = loss.shape()?;
+        if shape != (1, 1) {
+            return Err(Error::ShapeMismatch {
+                op: "backward",
+                left: shape,
+                right: (1, 1),
+                expected: "the loss must be 1x1; reduce it with sum() or mean(), or use vjp() with a cotangent",
+            });
+        }
+        self.vjp(loss, DMatrix::from_element(1, 1, T::one()))
+    }
+
+    /// Vector-Jacobian product: the cotangent of `output` pulled back to every
+    /// gradient-requiring leaf.
+    pub fn vjp(&self, output: Var<'_, T>, cotangent: DMatrix<T>) -> Result<Gradients<T>> {
+        let grads = self.pullback(&[(output, cotangent)], None)?;
+        Ok(Gradients {
+            tape: self.id(),
+            grads,
+        })
+    }
+
+    /// Vector-Jacobian product restricted to `wrt`: only nodes that lead to one of these are
+    /// visited. Returns one cotangent per entry of `wrt` (zeros where there is no path).
+    pub fn vjp_wrt(
+        &self,
+        seeds: &[(Var<'_, T>, DMatrix<T>)],
+        wrt: &[Var<'_, T>],
+    ) -> Result<Vec<DMatrix<T>>> {
+        let mut grads = self.pullback(seeds, Some(wrt))?;
+        wrt.iter()
+            .map(|v| match grads.remove(v.key) {
+                Some(g) => Ok(g),
+                None => {
+                    let (r, c) = v.shape()?;
+                    Ok(DMatrix::zeros(r, c))
+                }
+            })
+            .collect()
+    }
+
+    fn pullback(
+        &self,
+        seeds: &[(Var<'_, T>, DMatrix<T>)],
+        wrt: Option<&[Var<'_, T>]>,
+    ) -> Result<SecondaryMap<NodeKey, DMatrix<T>>> {
+        const NAME: &str = "backward";
+        let arena = self.borrow(NAME)?;
+        let mut pending: Vec<Option<DMatrix<T>>> = Vec::new();
+        let mut end = 0;
+        for (v, g) in seeds {
+            self.check(v, NAME)?;
+            let node = arena.node(v.key, NAME)?;
+            if g.shape() != node.value.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: "vjp",
+                    left: node.value.shape(),
+                    right: g.shape(),
+                    expected: "the cotangent must have the output's shape",
+                });
+            }
+            end = end.max(node.pos + 1);
+            if pending.len() < end {
+                pending.resize(end, None);
+            }
+            accumulate(&mut pending[node.pos], g.clone());
+        }
+        let wanted = match wrt {
+            Some(wrt) => Some(reach_mask(&arena, wrt, end)?),
+            None => None,
+        };
+        let wants_node = |key: NodeKey, node_pos: usize| -> bool {
+            let _ = key;
+            wanted.as_ref().is_none_or(|m| m[node_pos])
+        };
+
+        let mut result = SecondaryMap::new();
+        for pos in (0..end).rev() {
+            let key = arena.order[pos];
+            let node = &arena.nodes[key];
+            if !node.requires_grad || !wants_node(key, pos) {
+                pending[pos] = None;
+                continue;
+            }
+            match &node.op {
+                // An output's cotangent waits for its custom node, recorded just before it.
+                Op::CustomOutput => continue,
+                Op::Leaf => {
+                    if let Some(g) = pending[pos].take() {
+                        result.insert(key, g);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let wants: SmallVec<[bool; 4]> = node
+                .parents
+                .iter()
+                .map(|&p| {
+                    let parent = &arena.nodes[p];
+                    parent.requires_grad && wants_node(p, parent.pos)
+                })
+                .collect();
+            let inputs: SmallVec<[&DMatrix<T>; 4]> = node
+                .parents
+                .iter()
+                .map(|&p| &arena.nodes[p].value)
+                .collect();
+            let parent_grads = if let Op::Custom(custom) = &node.op {
+                let cotangents: Vec<Option<DMatrix<T>>> = custom
+                    .outputs
+                    .iter()
+                    .map(|&o| pending.get_mut(arena.nodes[o].pos).and_then(Option::take))
+                    .collect();
+                if cotangents.iter().all(Option::is_none) {
+                    continue;
+                }
+                let outputs: Vec<&DMatrix<T>> = custom
+                    .outputs
+                    .iter()
+                    .map(|&o| &arena.nodes[o].value)
+                    .collect();
+                custom
+                    .vjp(&inputs, &outputs, cotangents, &wants)?
+                    .into_iter()
+                    .collect()
+            } else {
+                let Some(g) = pending[pos].take() else {
+                    continue;
+                };
+                node.op.vjp(&node.value, &inputs, g, &wants)
+            };
+            for ((&parent, g), &w) in node.parents.iter().zip(parent_grads).zip(&wants) {
+                if let (Some(g), true) = (g, w) {
+                    accumulate(&mut pending[arena.nodes[parent].pos], g);
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+fn accumulate<T: Scalar>(slot: &mut Option<DMatrix<T>>, g: DMatrix<T>) {
+    match slot {
+        Some(acc) => *acc += g,
+        None => *slot = Some(g),
+    }
+}
+
+/// `mask[pos]`: whether the node at `pos` is one of `wrt` or depends on one of them.
+fn reach_mask<T: Scalar>(arena: &Arena<T>, wrt: &[Var<'_, T>], end: usize) -> Result<Vec<bool>> {
+    let mut mask = vec![false; end];
+    let mut first = end;
+    for v in wrt {
+        let node = arena.node(v.key, "vjp_wrt")?;
+        if node.pos < end {
+            mask[node.pos] = true;
+            first = first.min(node.pos);
+        }
+    }
+    for pos in first..end {
+        if mask[pos] {
+            continue;
+        }
+        let node = &arena.nodes[arena.order[pos]];
+        mask[pos] = node.parents.iter().any(|&p| mask[arena.nodes[p].pos]);
+    }
+    Ok(mask)
+}

@@ -1,0 +1,45 @@
+//! # ad-core: a tensor-level reverse-mode tape, generic over the scalar
+//!
+//! Values are dense matrices (`nalgebra::DMatrix<T>`, rows = batch, columns = features).
+//! Operations on [`Var`] handles append nodes to a [`Tape`]; [`Tape::backward`] walks them in
+//! reverse. The scalar `T` is `f64` for speed or a `num-dual` number, so the same code also
+//! yields forward-mode derivatives, e.g. Hessian-vector products (forward-over-reverse).
+//!
+//! ```
+//! use ad_core::Tape;
+//! use nalgebra::dmatrix;
+//!
+//! // A one-layer network: loss = mean(tanh(x Wᵀ + b)²).
+//! let tape = Tape::<f64>::new();
+//! let x = tape.constant(dmatrix![1.0, 2.0; -1.0, 0.5]);
+//! let w = tape.var(dmatrix![0.1, -0.2; 0.3, 0.4]);
+//! let b = tape.var(dmatrix![0.0, 0.1]);
+//! let y = x.matmul_t(w)?.add_row(b)?.tanh();
+//! let loss = y.square().mean();
+//! let grads = tape.backward(loss)?;
+//! assert_eq!(grads.get(w).unwrap().shape(), (2, 2));
+//! assert!(grads.get(x).is_none()); // constants get no gradient
+//! println!("{} nodes, {} bytes held", tape.stats().nodes, tape.stats().held_bytes);
+//! # Ok::<(), ad_core::Error>(())
+//! ```
+//!
+//! Other crates add opaque nodes through [`CustomOp`]; [`Tape::no_grad`] runs the same code
+//! recording values only, and [`Tape::mark`] / [`Tape::rewind`] reuse a scratch tape.
+#![warn(missing_docs)]
+
+mod backward;
+mod error;
+mod ops;
+mod scalar;
+mod tape;
+
+pub use backward::Gradients;
+pub use error::{Error, Message, Result, Shape};
+pub use ops::{BoxError, CustomOp};
+pub use scalar::{all_finite, Scalar};
+pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};
+
+/// Re-exported so users name the same matrix and dual types as this crate.
+pub use nalgebra;
+/// Re-exported so users name the same dual number types as this crate.
+pub use num_dual;

@@ -1,0 +1,278 @@
+//! Elementwise ops: unary maps, same-shape binary ops, scaling, powers, linear combinations.
+
+use std::ops;
+
+use nalgebra::DMatrix;
+use num_dual::DualNum;
+use smallvec::SmallVec;
+
+use super::{same_shape, Grads, Op};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+use crate::tape::Var;
+
+fn sigmoid<T: Scalar>(x: T) -> T {
+    // Split on the sign so that exp never overflows.
+    if x >= T::zero() {
+        T::one() / (T::one() + DualNum::exp(&-x))
+    } else {
+        let e = DualNum::exp(&x);
+        e / (T::one() + e)
+    }
+}
+
+/// Defines the elementwise unary ops: each line gives the forward `y = f(x)` and the
+/// VJP `x̄ = ȳ · f'(x)` (written with x, y = f(x) and the cotangent g).
+macro_rules! unary_ops {
+    ($( $(#[$doc:meta])* $variant:ident $method:ident : |$x:ident| $fwd:expr, |$vx:ident, $vy:ident, $vg:ident| $bwd:expr; )*) => {
+        /// Elementwise unary op kinds.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Unary { $($variant,)* }
+
+        impl Unary {
+            pub(crate) fn name(self) -> &'static str {
+                match self { $(Unary::$variant => stringify!($method),)* }
+            }
+
+            fn forward<T: Scalar>(self, x: &DMatrix<T>) -> DMatrix<T> {
+                match self { $(Unary::$variant => x.map(|$x: T| $fwd),)* }
+            }
+
+            #[allow(unused_variables)]
+            pub(crate) fn vjp<T: Scalar>(self, x: &DMatrix<T>, y: &DMatrix<T>, mut g: DMatrix<T>) -> DMatrix<T> {
+                match self {
+                    $(Unary::$variant => {
+                        for ((g, &$vx), &$vy) in g.iter_mut().zip(x.iter()).zip(y.iter()) {
+                            let $vg: T = *g;
+                            *g = $bwd;
+                        }
+                    })*
+                }
+                g
+            }
+        }
+
+        impl<'t, T: Scalar> Var<'t, T> {
+            $( $(#[$doc])* pub fn $method(self) -> Var<'t, T> { self.unary(Unary::$variant) } )*
+        }
+    };
+}
+
+unary_ops! {
+    /// Elementwise negation `-x`.
+    Neg neg: |x| -x, |x, y, g| -g;
+    /// Elementwise hyperbolic tangent.
+    Tanh tanh: |x| DualNum::tanh(&x), |x, y, g| g * (T::one() - y * y);
+    /// Elementwise logistic sigmoid `1 / (1 + e^-x)`.
+    Sigmoid sigmoid: |x| sigmoid(x), |x, y, g| g * y * (T::one() - y);
+    /// Elementwise `max(x, 0)`; its derivative at 0 is taken as 0.
+    Relu relu: |x| if x > T::zero() { x } else { T::zero() }, |x, y, g| if x > T::zero() { g } else { T::zero() };
+    /// Elementwise `ln(1 + e^x)`, computed without overflow.
+    Softplus softplus: |x| if x > T::zero() { x + DualNum::ln_1p(&DualNum::exp(&-x)) } else { DualNum::ln_1p(&DualNum::exp(&x)) },
+        |x, y, g| g * sigmoid(x);
+    /// Elementwise `e^x`.
+    Exp exp: |x| DualNum::exp(&x), |x, y, g| g * y;
+    /// Elementwise natural logarithm (NaN or -inf for x ≤ 0, as in IEEE arithmetic).
+    Log log: |x| DualNum::ln(&x), |x, y, g| g / x;
+    /// Elementwise sine.
+    Sin sin: |x| DualNum::sin(&x), |x, y, g| g * DualNum::cos(&x);
+    /// Elementwise cosine.
+    Cos cos: |x| DualNum::cos(&x), |x, y, g| -g * DualNum::sin(&x);
+    /// Elementwise square `x²`.
+    Square square: |x| x * x, |x, y, g| g * (x + x);
+    /// Elementwise square root (NaN for x < 0).
+    Sqrt sqrt: |x| DualNum::sqrt(&x), |x, y, g| g / (y + y);
+}
+
+impl<'t, T: Scalar> Var<'t, T> {
+    fn unary(self, u: Unary) -> Var<'t, T> {
+        self.infallible(
+            self.tape
+                .apply(u.name(), &[self], |x| Ok((u.forward(x[0]), Op::Unary(u)))),
+        )
+    }
+
+    /// Elementwise integer power `xⁿ`.
+    pub fn powi(self, n: i32) -> Var<'t, T> {
+        self.infallible(self.tape.apply("powi", &[self], |x| {
+            Ok((x[0].map(|v| DualNum::powi(&v, n)), Op::Powi(n)))
+        }))
+    }
+
+    /// Multiply every entry by the constant `c` (no gradient flows to `c`).
+    pub fn scale(self, c: T) -> Var<'t, T> {
+        self.infallible(
+            self.tape
+                .apply("scale", &[self], |x| Ok((x[0] * c, Op::Scale(c)))),
+        )
+    }
+
+    /// `self + other`, same shapes.
+    pub fn add(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(Binary::Add, other)
+    }
+
+    /// `self - other`, same shapes.
+    pub fn sub(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(Binary::Sub, other)
+    }
+
+    /// Elementwise (Hadamard) product, same shapes.
+    pub fn mul(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(Binary::Mul, other)
+    }
+
+    /// Elementwise quotient, same shapes.
+    pub fn div(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(Binary::Div, other)
+    }
+
+    fn binary(self, b: Binary, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.tape.apply(b.name(), &[self, other], |x| {
+            same_shape(b.name(), x[0].shape(), x[1].shape())?;
+            Ok((b.forward(x[0], x[1]), Op::Binary(b)))
+        })
+    }
+}
+
+pub(crate) fn powi_vjp<T: Scalar>(n: i32, x: &DMatrix<T>, mut g: DMatrix<T>) -> DMatrix<T> {
+    let nt = T::cst(f64::from(n));
+    for (g, &x) in g.iter_mut().zip(x.iter()) {
+        *g *= nt * DualNum::powi(&x, n - 1);
+    }
+    g
+}
+
+pub(crate) fn scale_vjp<T: Scalar>(c: T, mut g: DMatrix<T>) -> DMatrix<T> {
+    g *= c;
+    g
+}
+
+/// Same-shape elementwise binary op kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Binary {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Binary::Add => "add",
+            Binary::Sub => "sub",
+            Binary::Mul => "mul",
+            Binary::Div => "div",
+        }
+    }
+
+    fn forward<T: Scalar>(self, a: &DMatrix<T>, b: &DMatrix<T>) -> DMatrix<T> {
+        match self {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a.component_mul(b),
+            Binary::Div => a.component_div(b),
+        }
+    }
+
+    pub(crate) fn vjp<T: Scalar>(
+        self,
+        a: &DMatrix<T>,
+        b: &DMatrix<T>,
+        y: &DMatrix<T>,
+        g: DMatrix<T>,
+        wants: &[bool],
+    ) -> Grads<T> {
+        let (ga, gb) = match self {
+            // d(a+b) = da + db
+            Binary::Add => (wants[0].then(|| g.clone()), Some(g)),
+            // d(a-b) = da - db
+            Binary::Sub => (wants[0].then(|| g.clone()), Some(-g)),
+            // d(ab) = b da + a db
+            Binary::Mul => (
+                wants[0].then(|| g.component_mul(b)),
+                Some(g.component_mul(a)),
+            ),
+            // d(a/b) = da / b - (a/b) db / b
+            Binary::Div => {
+                let ga = g.component_div(b);
+                let gb = wants[1].then(|| -ga.component_mul(y));
+                (Some(ga), gb)
+            }
+        };
+        let mut out = Grads::new();
+        out.push(ga);
+        out.push(if wants[1] { gb } else { None });
+        out
+    }
+}
+
+macro_rules! binary_operators {
+    ($($trait:ident $method:ident $op:ident;)*) => {$(
+        impl<'t, T: Scalar> ops::$trait<Var<'t, T>> for Var<'t, T> {
+            type Output = Result<Var<'t, T>>;
+            /// Elementwise; fails on a shape mismatch, a foreign or a stale Var.
+            fn $method(self, rhs: Var<'t, T>) -> Self::Output {
+                self.binary(Binary::$op, rhs)
+            }
+        }
+        impl<'t, T: Scalar> ops::$trait<&Var<'t, T>> for &Var<'t, T> {
+            type Output = Result<Var<'t, T>>;
+            /// Elementwise; fails on a shape mismatch, a foreign or a stale Var.
+            fn $method(self, rhs: &Var<'t, T>) -> Self::Output {
+                self.binary(Binary::$op, *rhs)
+            }
+        }
+    )*};
+}
+
+binary_operators! {
+    Add add Add;
+    Sub sub Sub;
+    Mul mul Mul;
+    Div div Div;
+}
+
+impl<'t, T: Scalar> ops::Neg for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn neg(self) -> Var<'t, T> {
+        self.unary(Unary::Neg)
+    }
+}
+
+impl<'t, T: Scalar> ops::Neg for &Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn neg(self) -> Var<'t, T> {
+        self.unary(Unary::Neg)
+    }
+}
+
+impl<T: Scalar> crate::tape::Tape<T> {
+    /// The linear combination `Σ cᵢ xᵢ` of same-shape variables, as one node (one output
+    /// tensor instead of one per term).
+    pub fn lin_comb<'t>(&'t self, terms: &[(T, Var<'t, T>)]) -> Result<Var<'t, T>> {
+        let vars: SmallVec<[Var<'t, T>; 8]> = terms.iter().map(|t| t.1).collect();
+        self.apply("lin_comb", &vars, |x| {
+            let Some(first) = x.first() else {
+                return Err(Error::InvalidArgument {
+                    op: "lin_comb",
+                    message: "needs at least one term".into(),
+                });
+            };
+            let mut y = DMatrix::zeros(first.nrows(), first.ncols());
+            for (&(c, _), xi) in terms.iter().zip(x) {
+                same_shape("lin_comb", first.shape(), xi.shape())?;
+                y.zip_apply(*xi, |y, x| *y += c * x);
+            }
+            Ok((y, Op::LinComb(terms.iter().map(|t| t.0).collect())))
+        })
+    }
+}
+
+pub(crate) fn lin_comb_vjp<T: Scalar>(c: &[T], g: DMatrix<T>, wants: &[bool]) -> Grads<T> {
+    c.iter()
+        .zip(wants)
+        .map(|(&c, &w)| w.then(|| &g * c))
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! Matrix products and the transpose. Products run through nalgebra's `gemm`, which uses a
+//! blocked kernel for `f64`; transposed operands are passed as strided views, never copied.
+
+use std::any::Any;
+
+use nalgebra::DMatrix;
+
+use super::{Grads, Op};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+use crate::tape::Var;
+
+/// `op(a) · op(b)`, where `op` transposes when asked.
+///
+/// For `f64` this calls the blocked `dgemm` kernel (the one nalgebra uses) with the operands'
+/// strides, so a transposed operand is never copied. Other scalars (dual numbers) take
+/// nalgebra's generic product on explicit transposes: nalgebra's generic path mishandles
+/// strided views.
+pub(crate) fn gemm<T: Scalar>(a: &DMatrix<T>, ta: bool, b: &DMatrix<T>, tb: bool) -> DMatrix<T> {
+    if let (Some(a64), Some(b64)) = (
+        (a as &dyn Any).downcast_ref::<DMatrix<f64>>(),
+        (b as &dyn Any).downcast_ref::<DMatrix<f64>>(),
+    ) {
+        let c = dgemm(a64, ta, b64, tb);
+        let mut c = Some(c);
+        if let Some(c) = (&mut c as &mut dyn Any).downcast_mut::<Option<DMatrix<T>>>() {
+            return c.take().unwrap_or_else(|| DMatrix::zeros(0, 0));
+        }
+    }
+    match (ta, tb) {
+        (false, false) => a * b,
+        (true, false) => a.transpose() * b,
+        (false, true) => a * b.transpose(),
+        (true, true) => a.transpose() * b.transpose(),
+    }
+}
+
+fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64> {
+    // Column-major r×c: element (i, j) at i + j·r, so strides are (1, r); transposed, (r, 1).
+    let strides = |m: &DMatrix<f64>, t: bool| {
+        if t {
+            (m.nrows() as isize, 1)
+        } else {
+            (1, m.nrows() as isize)
+        }
+    };
+    let (m, k) = if ta {
+        (a.ncols(), a.nrows())
+    } else {
+        a.shape()
+    };
+    let n = if tb { b.nrows() } else { b.ncols() };
+    let mut c = DMatrix::<f64>::zeros(m, n);
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    let (rsa, csa) = strides(a, ta);
+    let (rsb, csb) = strides(b, tb);
+    // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the strides
+    // given, as the shapes above guarantee; `c` is freshly allocated and not aliased.
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            0.0,
+            c.as_mut_ptr(),
+            1,
+            m as isize,
+        );
+    }
+    c
+}
+
+impl<'t, T: Scalar> Var<'t, T> {
+    /// Matrix product `self · other` ((m×k)·(k×n) → m×n).
+    pub fn matmul(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.tape.apply("matmul", &[self, other], |x| {
+            if x[0].ncols() != x[1].nrows() {
+                return Err(Error::ShapeMismatch {
+                    op: "matmul",
+                    left: x[0].shape(),
+                    right: x[1].shape(),
+                    expected: "the left operand's columns must equal the right operand's rows",
+                });
+            }
+            Ok((gemm(x[0], false, x[1], false), Op::MatMul))
+        })
+    }
+
+    /// Product with the transpose `self · otherᵀ` ((m×k)·(n×k)ᵀ → m×n), the form of a
+    /// PyTorch-convention linear layer `x Wᵀ`; no transposed copy is made.
+    pub fn matmul_t(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.tape.apply("matmul_t", &[self, other], |x| {
+            if x[0].ncols() != x[1].ncols() {
+                return Err(Error::ShapeMismatch {
+                    op: "matmul_t",
+                    left: x[0].shape(),
+                    right: x[1].shape(),
+                    expected: "both operands must have the same number of columns (self · otherᵀ)",
+                });
+            }
+            Ok((gemm(x[0], false, x[1], true), Op::MatMulT))
+        })
+    }
+
+    /// The transpose.
+    pub fn transpose(self) -> Var<'t, T> {
+        self.infallible(self.tape.apply("transpose", &[self], |x| {
+            Ok((x[0].transpose(), Op::Transpose))
+        }))
+    }
+}
+
+/// C = A B:  Ā = C̄ Bᵀ,  B̄ = Aᵀ C̄.
+pub(crate) fn matmul_vjp<T: Scalar>(
+    a: &DMatrix<T>,
+    b: &DMatrix<T>,
+    g: &DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
+    let mut out = Grads::new();
+    out.push(wants[0].then(|| gemm(g, false, b, true)));
+    out.push(wants[1].then(|| gemm(a, true, g, false)));
+    out
+}
+
+/// C = A Bᵀ:  Ā = C̄ B,  B̄ = C̄ᵀ A.
+pub(crate) fn matmul_t_vjp<T: Scalar>(
+    a: &DMatrix<T>,
+    b: &DMatrix<T>,
+    g: &DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
+    let mut out = Grads::new();
+    out.push(wants[0].then(|| gemm(g, false, b, false)));
+    out.push(wants[1].then(|| gemm(g, true, a, false)));
+    out
+}

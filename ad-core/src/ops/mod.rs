@@ -1,0 +1,133 @@
+//! Every built-in operation: its forward (a method on `Var`) and its VJP, side by side.
+//!
+//! Each submodule holds one family of ops. [`Op`] is what a node stores: which VJP to run
+//! and the few constants that VJP needs. Tensors the VJP reads (inputs, output) are not
+//! copied: they are the values of the node and its parents in the arena.
+
+mod custom;
+mod elementwise;
+mod linalg;
+mod reduce;
+mod shape;
+
+pub(crate) use custom::CustomNode;
+pub use custom::{BoxError, CustomOp};
+pub(crate) use elementwise::{Binary, Unary};
+pub(crate) use reduce::Reduce;
+
+use nalgebra::DMatrix;
+use smallvec::SmallVec;
+
+use crate::error::{Error, Result, Shape};
+use crate::scalar::Scalar;
+
+/// Cotangents for a node's parents, `None` where a parent needs none.
+pub(crate) type Grads<T> = SmallVec<[Option<DMatrix<T>>; 2]>;
+
+/// What a node records: the op kind and the constants its VJP needs.
+pub(crate) enum Op<T: Scalar> {
+    /// A leaf gradients are taken with respect to.
+    Leaf,
+    /// A value with no gradient: data, or any result computed without a parameter upstream.
+    Constant,
+    Unary(Unary),
+    Powi(i32),
+    Scale(T),
+    Binary(Binary),
+    MatMul,
+    MatMulT,
+    Transpose,
+    AddRow,
+    Broadcast,
+    Reduce(Reduce),
+    Mse,
+    Concat,
+    SliceCols(usize),
+    LinComb(SmallVec<[T; 4]>),
+    Custom(Box<CustomNode<T>>),
+    CustomOutput,
+}
+
+impl<T: Scalar> Op<T> {
+    /// The op's name, as reported in statistics.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Op::Leaf => "leaf",
+            Op::Constant => "constant",
+            Op::Unary(u) => u.name(),
+            Op::Powi(_) => "powi",
+            Op::Scale(_) => "scale",
+            Op::Binary(b) => b.name(),
+            Op::MatMul => "matmul",
+            Op::MatMulT => "matmul_t",
+            Op::Transpose => "transpose",
+            Op::AddRow => "add_row",
+            Op::Broadcast => "broadcast",
+            Op::Reduce(r) => r.name(),
+            Op::Mse => "mse",
+            Op::Concat => "concat",
+            Op::SliceCols(_) => "slice_cols",
+            Op::LinComb(_) => "lin_comb",
+            Op::Custom(c) => c.op.name(),
+            Op::CustomOutput => "custom_output",
+        }
+    }
+
+    /// Bytes held for backward beyond the node's own value.
+    pub(crate) fn extra_held_bytes(&self) -> usize {
+        match self {
+            Op::Custom(c) => c.op.held_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Pull the cotangent `g` of this node's output back to its parents. `wants[i]` says
+    /// whether parent `i` needs a cotangent at all (so unneeded products are skipped).
+    /// Custom nodes are pulled back by the backward walk itself (they have many outputs).
+    pub(crate) fn vjp(
+        &self,
+        out: &DMatrix<T>,
+        inputs: &[&DMatrix<T>],
+        g: DMatrix<T>,
+        wants: &[bool],
+    ) -> Grads<T> {
+        match self {
+            Op::Leaf | Op::Constant | Op::Custom(_) => Grads::new(),
+            Op::Unary(u) => one(u.vjp(inputs[0], out, g)),
+            Op::Powi(n) => one(elementwise::powi_vjp(*n, inputs[0], g)),
+            Op::Scale(c) => one(elementwise::scale_vjp(*c, g)),
+            Op::Binary(b) => b.vjp(inputs[0], inputs[1], out, g, wants),
+            Op::MatMul => linalg::matmul_vjp(inputs[0], inputs[1], &g, wants),
+            Op::MatMulT => linalg::matmul_t_vjp(inputs[0], inputs[1], &g, wants),
+            Op::Transpose => one(g.transpose()),
+            Op::AddRow => shape::add_row_vjp(g, wants),
+            Op::Broadcast => one(shape::broadcast_vjp(inputs[0].shape(), g)),
+            Op::Reduce(r) => one(r.vjp(inputs[0].shape(), g)),
+            Op::Mse => reduce::mse_vjp(inputs[0], inputs[1], &g, wants),
+            Op::Concat => shape::concat_vjp(inputs, &g, wants),
+            Op::SliceCols(start) => one(shape::slice_cols_vjp(inputs[0].shape(), *start, g)),
+            Op::LinComb(c) => elementwise::lin_comb_vjp(c, g, wants),
+            Op::CustomOutput => one(g),
+        }
+    }
+}
+
+fn one<T: Scalar>(g: DMatrix<T>) -> Grads<T> {
+    let mut v = Grads::new();
+    v.push(Some(g));
+    v
+}
+
+/// Error unless `a` and `b` have the same shape.
+pub(crate) fn same_shape(op: &'static str, a: Shape, b: Shape) -> Result<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op,
+            left: a,
+            right: b,
+            expected: "both operands must have the same shape",
+        })
+    }
+}

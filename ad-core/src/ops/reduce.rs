@@ -1,0 +1,123 @@
+//! Reductions (sums, mean) and the mean-squared-error loss.
+
+use nalgebra::DMatrix;
+
+use super::{same_shape, Grads, Op};
+use crate::error::Result;
+use crate::scalar::Scalar;
+use crate::tape::Var;
+
+/// Reduction kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reduce {
+    /// All entries → 1×1.
+    Sum,
+    /// Add the rows together: r×c → 1×c.
+    SumRows,
+    /// Add the columns together: r×c → r×1.
+    SumCols,
+    /// Mean of all entries → 1×1.
+    Mean,
+}
+
+impl Reduce {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Reduce::Sum => "sum",
+            Reduce::SumRows => "sum_rows",
+            Reduce::SumCols => "sum_cols",
+            Reduce::Mean => "mean",
+        }
+    }
+
+    fn forward<T: Scalar>(self, x: &DMatrix<T>) -> DMatrix<T> {
+        match self {
+            Reduce::Sum => DMatrix::from_element(1, 1, x.sum()),
+            Reduce::SumRows => sum_rows(x),
+            Reduce::SumCols => sum_cols(x),
+            Reduce::Mean => DMatrix::from_element(1, 1, x.sum() / T::cst(x.len().max(1) as f64)),
+        }
+    }
+
+    /// Every input entry receives the cotangent of the output entry it was summed into.
+    pub(crate) fn vjp<T: Scalar>(self, (r, c): (usize, usize), g: DMatrix<T>) -> DMatrix<T> {
+        match self {
+            Reduce::Sum => DMatrix::from_element(r, c, g[(0, 0)]),
+            Reduce::Mean => DMatrix::from_element(r, c, g[(0, 0)] / T::cst((r * c).max(1) as f64)),
+            Reduce::SumRows => DMatrix::from_fn(r, c, |_, j| g[(0, j)]),
+            Reduce::SumCols => DMatrix::from_fn(r, c, |i, _| g[(i, 0)]),
+        }
+    }
+}
+
+/// The rows added together (1×c).
+pub(crate) fn sum_rows<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
+    DMatrix::from_iterator(1, x.ncols(), x.column_iter().map(|c| c.sum()))
+}
+
+/// The columns added together (r×1).
+pub(crate) fn sum_cols<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
+    let mut s = DMatrix::zeros(x.nrows(), 1);
+    for c in x.column_iter() {
+        s += c;
+    }
+    s
+}
+
+impl<'t, T: Scalar> Var<'t, T> {
+    fn reduce(self, op: Reduce) -> Var<'t, T> {
+        self.infallible(self.tape.apply(op.name(), &[self], |x| {
+            Ok((op.forward(x[0]), Op::Reduce(op)))
+        }))
+    }
+
+    /// Sum of all entries (1×1).
+    pub fn sum(self) -> Var<'t, T> {
+        self.reduce(Reduce::Sum)
+    }
+
+    /// The rows added together: r×c → 1×c (a sum over the batch).
+    pub fn sum_rows(self) -> Var<'t, T> {
+        self.reduce(Reduce::SumRows)
+    }
+
+    /// The columns added together: r×c → r×1 (a sum over features).
+    pub fn sum_cols(self) -> Var<'t, T> {
+        self.reduce(Reduce::SumCols)
+    }
+
+    /// Mean of all entries (1×1).
+    pub fn mean(self) -> Var<'t, T> {
+        self.reduce(Reduce::Mean)
+    }
+
+    /// Mean squared error `mean((self − target)²)` (1×1); gradients flow to both sides.
+    pub fn mse(self, target: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.tape.apply("mse", &[self, target], |x| {
+            same_shape("mse", x[0].shape(), x[1].shape())?;
+            let n = T::cst(x[0].len().max(1) as f64);
+            let sq: T = x[0]
+                .iter()
+                .zip(x[1].iter())
+                .map(|(&p, &t)| (p - t) * (p - t))
+                .sum();
+            Ok((DMatrix::from_element(1, 1, sq / n), Op::Mse))
+        })
+    }
+}
+
+/// L = Σ (p − t)² / n:  p̄ = 2 ḡ (p − t) / n,  t̄ = −p̄.
+pub(crate) fn mse_vjp<T: Scalar>(
+    p: &DMatrix<T>,
+    t: &DMatrix<T>,
+    g: &DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
+    let k = g[(0, 0)] * T::cst(2.0) / T::cst(p.len().max(1) as f64);
+    let gp = (p - t) * k;
+    let gt = wants[1].then(|| -&gp);
+    let mut out = Grads::new();
+    out.push(wants[0].then_some(gp));
+    out.push(gt);
+    out
+}

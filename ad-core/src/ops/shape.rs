@@ -1,0 +1,151 @@
+//! Ops that move entries around: bias (row-broadcast) add, broadcast, column concat and slice.
+
+use nalgebra::DMatrix;
+use smallvec::SmallVec;
+
+use super::reduce::{sum_cols, sum_rows};
+use super::{Grads, Op};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+use crate::tape::{Tape, Var};
+
+impl<'t, T: Scalar> Var<'t, T> {
+    /// Add the 1×c row `bias` to every row of `self` (r×c): a layer's bias.
+    pub fn add_row(self, bias: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.tape.apply("add_row", &[self, bias], |x| {
+            let (x, b) = (x[0], x[1]);
+            if b.nrows() != 1 || b.ncols() != x.ncols() {
+                return Err(Error::ShapeMismatch {
+                    op: "add_row",
+                    left: x.shape(),
+                    right: b.shape(),
+                    expected: "the bias must be one row with as many columns as the left operand",
+                });
+            }
+            let mut y = x.clone();
+            for (mut col, &bj) in y.column_iter_mut().zip(b.iter()) {
+                col.add_scalar_mut(bj);
+            }
+            Ok((y, Op::AddRow))
+        })
+    }
+
+    /// Repeat a 1×1, 1×c or r×1 value to `rows × cols`.
+    pub fn broadcast(self, rows: usize, cols: usize) -> Result<Var<'t, T>> {
+        self.tape.apply("broadcast", &[self], |x| {
+            let (r, c) = x[0].shape();
+            if (r != 1 && r != rows) || (c != 1 && c != cols) {
+                return Err(Error::ShapeMismatch {
+                    op: "broadcast",
+                    left: (r, c),
+                    right: (rows, cols),
+                    expected: "each dimension must be 1 or already equal to the target",
+                });
+            }
+            let x = x[0];
+            let y = DMatrix::from_fn(rows, cols, |i, j| x[(i % r, j % c)]);
+            Ok((y, Op::Broadcast))
+        })
+    }
+
+    /// Columns `start .. start + len`.
+    pub fn slice_cols(self, start: usize, len: usize) -> Result<Var<'t, T>> {
+        self.tape.apply("slice_cols", &[self], |x| {
+            let x = x[0];
+            if start.checked_add(len).is_none_or(|end| end > x.ncols()) {
+                return Err(Error::InvalidArgument {
+                    op: "slice_cols",
+                    message: format!(
+                        "columns {start}..{} are out of range for a {}x{} value",
+                        start.saturating_add(len),
+                        x.nrows(),
+                        x.ncols()
+                    ),
+                });
+            }
+            Ok((x.columns(start, len).into_owned(), Op::SliceCols(start)))
+        })
+    }
+}
+
+impl<T: Scalar> Tape<T> {
+    /// Place same-row-count variables side by side: `[x₁ | x₂ | …]`.
+    pub fn concat_cols<'t>(&'t self, parts: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+        self.apply("concat_cols", parts, |x| {
+            let Some(first) = x.first() else {
+                return Err(Error::InvalidArgument {
+                    op: "concat_cols",
+                    message: "needs at least one part".into(),
+                });
+            };
+            let rows = first.nrows();
+            let mut cols = 0;
+            for p in x {
+                if p.nrows() != rows {
+                    return Err(Error::ShapeMismatch {
+                        op: "concat_cols",
+                        left: first.shape(),
+                        right: p.shape(),
+                        expected: "every part must have the same number of rows",
+                    });
+                }
+                cols += p.ncols();
+            }
+            let mut data = Vec::with_capacity(rows * cols);
+            for p in x {
+                // Column-major storage: concatenating along columns appends the buffers.
+                data.extend_from_slice(p.as_slice());
+            }
+            Ok((DMatrix::from_vec(rows, cols, data), Op::Concat))
+        })
+    }
+}
+
+/// y = x + 1 bᵀ:  x̄ = ȳ,  b̄ = Σ_rows ȳ.
+pub(crate) fn add_row_vjp<T: Scalar>(g: DMatrix<T>, wants: &[bool]) -> Grads<T> {
+    let gb = wants[1].then(|| sum_rows(&g));
+    let mut out = Grads::new();
+    out.push(wants[0].then_some(g));
+    out.push(gb);
+    out
+}
+
+/// Each input entry receives the sum of the cotangents of its copies.
+pub(crate) fn broadcast_vjp<T: Scalar>((r, c): (usize, usize), g: DMatrix<T>) -> DMatrix<T> {
+    let g = if r == 1 && g.nrows() != 1 {
+        sum_rows(&g)
+    } else {
+        g
+    };
+    if c == 1 && g.ncols() != 1 {
+        sum_cols(&g)
+    } else {
+        g
+    }
+}
+
+/// Each part receives its own block of columns of the cotangent.
+pub(crate) fn concat_vjp<T: Scalar>(
+    parts: &[&DMatrix<T>],
+    g: &DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
+    let mut start = 0;
+    let mut out: SmallVec<_> = SmallVec::new();
+    for (p, &w) in parts.iter().zip(wants) {
+        out.push(w.then(|| g.columns(start, p.ncols()).into_owned()));
+        start += p.ncols();
+    }
+    out
+}
+
+/// The slice's cotangent lands in its columns; the rest is zero.
+pub(crate) fn slice_cols_vjp<T: Scalar>(
+    (r, c): (usize, usize),
+    start: usize,
+    g: DMatrix<T>,
+) -> DMatrix<T> {
+    let mut x = DMatrix::zeros(r, c);
+    x.columns_mut(start, g.ncols()).copy_from(&g);
+    x
+}

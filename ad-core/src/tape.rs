@@ -1,0 +1,424 @@
+//! The tape: an arena of nodes in recording order, and the `Var` handles that point into it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nalgebra::DMatrix;
+use slotmap::{new_key_type, SlotMap};
+use smallvec::SmallVec;
+
+use crate::error::{Error, Result, Shape};
+use crate::ops::Op;
+use crate::scalar::Scalar;
+
+new_key_type! {
+    /// Generational key of a node in a tape's arena.
+    pub(crate) struct NodeKey;
+}
+
+/// Parent list of a node: two inline slots cover every built-in op but the n-ary ones.
+pub(crate) type Parents = SmallVec<[NodeKey; 2]>;
+
+/// One recorded operation: its value, how to pull a cotangent back through it, and its inputs.
+pub(crate) struct Node<T: Scalar> {
+    pub(crate) value: DMatrix<T>,
+    pub(crate) op: Op<T>,
+    pub(crate) parents: Parents,
+    /// Position in recording order (a topological order of the graph).
+    pub(crate) pos: usize,
+    /// Whether some parameter leaf reaches this node, i.e. whether backward must visit it.
+    pub(crate) requires_grad: bool,
+}
+
+pub(crate) struct Arena<T: Scalar> {
+    pub(crate) nodes: SlotMap<NodeKey, Node<T>>,
+    pub(crate) order: Vec<NodeKey>,
+}
+
+impl<T: Scalar> Arena<T> {
+    pub(crate) fn node(&self, key: NodeKey, op: &'static str) -> Result<&Node<T>> {
+        self.nodes.get(key).ok_or(Error::StaleVar { op })
+    }
+}
+
+static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A reverse-mode tape over dense matrices of `T`.
+///
+/// Operations on [`Var`]s append nodes to the tape; appending gives a topological order,
+/// so [`Tape::backward`] walks the nodes in reverse. The tape uses interior mutability,
+/// so recording needs only `&Tape`, and a `Var` is a small `Copy` handle borrowing it.
+///
+/// ```
+/// use ad_core::Tape;
+/// use nalgebra::dmatrix;
+/// let tape = Tape::<f64>::new();
+/// let x = tape.var(dmatrix![1.0, 2.0]);
+/// let y = x.square().sum();
+/// let grads = tape.backward(y)?;
+/// assert_eq!(grads.get(x).unwrap(), &dmatrix![2.0, 4.0]);
+/// # Ok::<(), ad_core::Error>(())
+/// ```
+pub struct Tape<T: Scalar> {
+    id: u64,
+    arena: RefCell<Arena<T>>,
+    grad_enabled: Cell<bool>,
+}
+
+impl<T: Scalar> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Scalar> std::fmt::Debug for Tape<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tape")
+            .field("id", &self.id)
+            .field("len", &self.len())
+            .field("grad_enabled", &self.grad_enabled.get())
+            .finish()
+    }
+}
+
+/// A position on a tape, from [`Tape::mark`], to [`Tape::rewind`] to later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    tape: u64,
+    len: usize,
+}
+
+/// Restores gradient recording when dropped; returned by [`Tape::no_grad`].
+#[must_use = "recording resumes as soon as the guard is dropped"]
+pub struct NoGradGuard<'t, T: Scalar> {
+    tape: &'t Tape<T>,
+    previous: bool,
+}
+
+impl<T: Scalar> Drop for NoGradGuard<'_, T> {
+    fn drop(&mut self) {
+        self.tape.grad_enabled.set(self.previous);
+    }
+}
+
+/// What a tape holds: node counts, bytes kept for backward, and a count per op kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TapeStats {
+    /// Every node in the arena: leaves, constants and recorded operations.
+    pub nodes: usize,
+    /// Nodes backward will visit: operations that some gradient-requiring leaf reaches.
+    pub graph_nodes: usize,
+    /// Bytes of tensors kept alive for backward: the values of graph nodes plus what custom
+    /// ops report holding. Leaves (parameters, inputs) and constants are not counted.
+    pub held_bytes: usize,
+    /// Graph nodes per op name (`"matmul"`, `"tanh"`, a custom op's name, ...).
+    pub per_op: BTreeMap<String, usize>,
+}
+
+impl<T: Scalar> Tape<T> {
+    /// An empty tape that records gradients.
+    pub fn new() -> Self {
+        Self {
+            id: NEXT_TAPE_ID.fetch_add(1, Ordering::Relaxed),
+            arena: RefCell::new(Arena {
+                nodes: SlotMap::with_key(),
+                order: Vec::new(),
+            }),
+            grad_enabled: Cell::new(true),
+        }
+    }
+
+    /// A leaf that gradients are taken with respect to (a parameter or an input of interest).
+    pub fn var(&self, value: DMatrix<T>) -> Var<'_, T> {
+        self.push_unchecked(value, Op::Leaf, Parents::new(), true)
+    }
+
+    /// A leaf that is never differentiated (data, targets, fixed inputs).
+    pub fn constant(&self, value: DMatrix<T>) -> Var<'_, T> {
+        self.push_unchecked(value, Op::Constant, Parents::new(), false)
+    }
+
+    /// A 1x1 gradient-requiring leaf.
+    pub fn scalar(&self, value: T) -> Var<'_, T> {
+        self.var(DMatrix::from_element(1, 1, value))
+    }
+
+    /// Number of nodes in the arena.
+    pub fn len(&self) -> usize {
+        self.arena.try_borrow().map_or(0, |a| a.order.len())
+    }
+
+    /// Whether the tape holds no node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether operations currently record nodes for backward.
+    pub fn is_grad_enabled(&self) -> bool {
+        self.grad_enabled.get()
+    }
+
+    /// Evaluate without recording: until the guard drops, every operation stores its value
+    /// only (no parents, no VJP, nothing held for backward), so the same user code runs as a
+    /// plain value computation.
+    pub fn no_grad(&self) -> NoGradGuard<'_, T> {
+        let previous = self.grad_enabled.replace(false);
+        NoGradGuard {
+            tape: self,
+            previous,
+        }
+    }
+
+    /// The current end of the tape.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            tape: self.id,
+            len: self.len(),
+        }
+    }
+
+    /// Drop every node recorded after `mark`; `Var`s from before the mark stay valid, later
+    /// ones become stale (using them is [`Error::StaleVar`]). Capacity is kept for reuse.
+    pub fn rewind(&self, mark: Mark) -> Result<()> {
+        if mark.tape != self.id {
+            return Err(Error::ForeignVar { op: "rewind" });
+        }
+        let mut arena = self.borrow_mut("rewind")?;
+        if mark.len > arena.order.len() {
+            return Err(Error::InvalidArgument {
+                op: "rewind",
+                message: format!(
+                    "the mark is at position {} but the tape holds only {} nodes; it was rewound past this mark already",
+                    mark.len,
+                    arena.order.len()
+                ),
+            });
+        }
+        let Arena { nodes, order } = &mut *arena;
+        for key in order.drain(mark.len..) {
+            nodes.remove(key);
+        }
+        Ok(())
+    }
+
+    /// Remove every node. All existing `Var`s of this tape become stale.
+    pub fn reset(&self) -> Result<()> {
+        self.rewind(Mark {
+            tape: self.id,
+            len: 0,
+        })
+    }
+
+    /// Node counts, held bytes and per-op counts of what the tape holds now.
+    pub fn stats(&self) -> TapeStats {
+        let mut stats = TapeStats::default();
+        let Ok(arena) = self.arena.try_borrow() else {
+            return stats;
+        };
+        stats.nodes = arena.order.len();
+        for node in arena.nodes.values() {
+            if !node.requires_grad || matches!(node.op, Op::Leaf) {
+                continue;
+            }
+            stats.graph_nodes += 1;
+            stats.held_bytes +=
+                node.value.len() * std::mem::size_of::<T>() + node.op.extra_held_bytes();
+            *stats.per_op.entry(node.op.name().to_owned()).or_default() += 1;
+        }
+        stats
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn borrow(&self, op: &'static str) -> Result<std::cell::Ref<'_, Arena<T>>> {
+        self.arena.try_borrow().map_err(|_| busy(op))
+    }
+
+    pub(crate) fn borrow_mut(&self, op: &'static str) -> Result<std::cell::RefMut<'_, Arena<T>>> {
+        self.arena.try_borrow_mut().map_err(|_| busy(op))
+    }
+
+    /// Check that `v` lives on this tape.
+    pub(crate) fn check(&self, v: &Var<'_, T>, op: &'static str) -> Result<()> {
+        if std::ptr::eq(v.tape, self) {
+            Ok(())
+        } else {
+            Err(Error::ForeignVar { op })
+        }
+    }
+
+    /// Record an operation: `forward` sees the input values and returns the output value and
+    /// the op (with whatever it must keep for its VJP).
+    pub(crate) fn apply<F>(
+        &self,
+        name: &'static str,
+        inputs: &[Var<'_, T>],
+        forward: F,
+    ) -> Result<Var<'_, T>>
+    where
+        F: FnOnce(&[&DMatrix<T>]) -> Result<(DMatrix<T>, Op<T>)>,
+    {
+        for v in inputs {
+            self.check(v, name)?;
+        }
+        let (value, op, requires_grad) = {
+            let arena = self.borrow(name)?;
+            let mut values: SmallVec<[&DMatrix<T>; 4]> = SmallVec::new();
+            let mut requires_grad = false;
+            for v in inputs {
+                let node = arena.node(v.key, name)?;
+                requires_grad |= node.requires_grad;
+                values.push(&node.value);
+            }
+            let (value, op) = forward(&values)?;
+            (value, op, requires_grad && self.grad_enabled.get())
+        };
+        let parents = inputs.iter().map(|v| v.key).collect();
+        self.push(name, value, op, parents, requires_grad)
+    }
+
+    /// Append a node; operations that no parameter reaches are stored as plain values.
+    pub(crate) fn push(
+        &self,
+        name: &'static str,
+        value: DMatrix<T>,
+        op: Op<T>,
+        parents: Parents,
+        requires_grad: bool,
+    ) -> Result<Var<'_, T>> {
+        let mut arena = self.borrow_mut(name)?;
+        Ok(self.insert(&mut arena, value, op, parents, requires_grad))
+    }
+
+    pub(crate) fn insert(
+        &self,
+        arena: &mut Arena<T>,
+        value: DMatrix<T>,
+        op: Op<T>,
+        parents: Parents,
+        requires_grad: bool,
+    ) -> Var<'_, T> {
+        let (op, parents) = if requires_grad || matches!(op, Op::Leaf) {
+            (op, parents)
+        } else {
+            (Op::Constant, Parents::new())
+        };
+        let pos = arena.order.len();
+        let key = arena.nodes.insert(Node {
+            value,
+            op,
+            parents,
+            pos,
+            requires_grad,
+        });
+        arena.order.push(key);
+        Var { tape: self, key }
+    }
+
+    fn push_unchecked(
+        &self,
+        value: DMatrix<T>,
+        op: Op<T>,
+        parents: Parents,
+        rg: bool,
+    ) -> Var<'_, T> {
+        // Leaves only fail to record while a custom op's callback holds the tape; a leaf made
+        // then is returned stale, so its first use reports the problem instead of panicking.
+        match self.arena.try_borrow_mut() {
+            Ok(mut arena) => self.insert(&mut arena, value, op, parents, rg),
+            Err(_) => Var {
+                tape: self,
+                key: NodeKey::default(),
+            },
+        }
+    }
+}
+
+fn busy(op: &'static str) -> Error {
+    Error::InvalidArgument {
+        op,
+        message: "the tape is busy: a custom op's callback tried to record on the tape it belongs to; record on a separate Tape inside custom ops".into(),
+    }
+}
+
+/// A handle to a node on a [`Tape`]: small, `Copy`, and valid until the tape is reset or
+/// rewound past it.
+#[derive(Clone, Copy)]
+pub struct Var<'t, T: Scalar> {
+    pub(crate) tape: &'t Tape<T>,
+    pub(crate) key: NodeKey,
+}
+
+impl<T: Scalar> std::fmt::Debug for Var<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Var")
+            .field("tape", &self.tape.id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl<'t, T: Scalar> Var<'t, T> {
+    /// The tape this variable lives on.
+    pub fn tape(&self) -> &'t Tape<T> {
+        self.tape
+    }
+
+    /// A copy of the value.
+    pub fn value(&self) -> Result<DMatrix<T>> {
+        self.with_value(|m| m.clone())
+    }
+
+    /// Run `f` on the value without copying it.
+    pub fn with_value<R>(&self, f: impl FnOnce(&DMatrix<T>) -> R) -> Result<R> {
+        let arena = self.tape.borrow("value")?;
+        Ok(f(&arena.node(self.key, "value")?.value))
+    }
+
+    /// The value of a 1x1 variable.
+    pub fn scalar_value(&self) -> Result<T> {
+        let arena = self.tape.borrow("scalar_value")?;
+        let v = &arena.node(self.key, "scalar_value")?.value;
+        if v.shape() != (1, 1) {
+            return Err(Error::ShapeMismatch {
+                op: "scalar_value",
+                left: v.shape(),
+                right: (1, 1),
+                expected: "the variable must be 1x1",
+            });
+        }
+        Ok(v[(0, 0)])
+    }
+
+    /// `(rows, columns)` of the value.
+    pub fn shape(&self) -> Result<Shape> {
+        self.with_value(|m| m.shape())
+    }
+
+    /// Whether backward will produce gradients through this variable.
+    pub fn requires_grad(&self) -> Result<bool> {
+        let arena = self.tape.borrow("requires_grad")?;
+        Ok(arena.node(self.key, "requires_grad")?.requires_grad)
+    }
+
+    /// Ops that cannot fail on a live Var return a plain `Var`: on a stale one (or while the
+    /// tape is busy) the result is a stale Var, so the first fallible use reports the error
+    /// instead of computing something wrong.
+    pub(crate) fn infallible(self, r: Result<Var<'t, T>>) -> Var<'t, T> {
+        r.unwrap_or(Var {
+            tape: self.tape,
+            key: NodeKey::default(),
+        })
+    }
+
+    /// Whether the variable's node still exists on its tape (not reset or rewound away).
+    pub fn is_live(&self) -> bool {
+        self.tape
+            .arena
+            .try_borrow()
+            .is_ok_and(|a| a.nodes.contains_key(self.key))
+    }
+}

@@ -1,0 +1,27 @@
+//! # costate
+//!
+//! Reverse-mode automatic differentiation for neural ODEs, in Rust. This umbrella crate
+//! re-exports the workspace's crates:
+//!
+//! - [`ad_core`]: a tensor-level reverse-mode tape over `nalgebra` matrices, generic over the
+//!   scalar (`f64`, or `num-dual` numbers for forward-over-reverse derivatives).
+//!
+//! ```
+//! use costate::ad_core::Tape;
+//! use costate::nalgebra::dmatrix;
+//!
+//! let tape = Tape::<f64>::new();
+//! let x = tape.var(dmatrix![0.5, -1.0]);
+//! let loss = x.tanh().square().sum();
+//! let grads = tape.backward(loss)?;
+//! let g = grads.get(x).unwrap();
+//! // d/dx tanh(x)² = 2 tanh(x) (1 − tanh(x)²)
+//! let expect = |x: f64| 2.0 * x.tanh() * (1.0 - x.tanh().powi(2));
+//! assert!((g[(0, 0)] - expect(0.5)).abs() < 1e-15);
+//! assert!((g[(0, 1)] - expect(-1.0)).abs() < 1e-15);
+//! # Ok::<(), costate::ad_core::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub use ad_core;
+pub use ad_core::{nalgebra, num_dual};
