@@ -202,6 +202,55 @@ impl<T: Scalar> Tape<T> {
         Ok(())
     }
 
+    /// Rewind to `mark` but keep the values of `keep`: each is moved (not copied) into a new
+    /// constant node after the mark, returned in the same order. Kept values lose their
+    /// graph, so this is for scratch tapes that carry a state from one step to the next.
+    /// A kept `Var` recorded before the mark is returned unchanged.
+    pub fn rewind_keep<'t>(&'t self, mark: Mark, keep: &[Var<'t, T>]) -> Result<Vec<Var<'t, T>>> {
+        const NAME: &str = "rewind_keep";
+        let mut moved: Vec<Option<DMatrix<T>>> = Vec::with_capacity(keep.len());
+        {
+            let mut arena = self.borrow_mut(NAME)?;
+            if mark.tape != self.id || mark.len > arena.order.len() {
+                return Err(Error::InvalidArgument {
+                    op: NAME,
+                    message: "the mark is from another tape or past the tape's end".into(),
+                });
+            }
+            for v in keep {
+                // Validate every Var before moving anything out.
+                self.check(v, NAME)?;
+                arena.node(v.key, NAME)?;
+            }
+            for (i, v) in keep.iter().enumerate() {
+                // A Var listed twice is moved once and copied for its later entries.
+                if let Some(j) = keep[..i].iter().position(|u| u.key == v.key) {
+                    let copy = moved[j].clone();
+                    moved.push(copy);
+                    continue;
+                }
+                let node = arena
+                    .nodes
+                    .get_mut(v.key)
+                    .ok_or(Error::StaleVar { op: NAME })?;
+                moved.push(
+                    (node.pos >= mark.len)
+                        .then(|| std::mem::replace(&mut node.value, DMatrix::zeros(0, 0))),
+                );
+            }
+        }
+        self.rewind(mark)?;
+        let mut arena = self.borrow_mut(NAME)?;
+        Ok(keep
+            .iter()
+            .zip(moved)
+            .map(|(v, m)| match m {
+                Some(value) => self.insert(&mut arena, value, Op::Constant, Parents::new(), false),
+                None => *v,
+            })
+            .collect())
+    }
+
     /// Remove every node. All existing `Var`s of this tape become stale.
     pub fn reset(&self) -> Result<()> {
         self.rewind(Mark {

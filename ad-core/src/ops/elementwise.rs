@@ -6,7 +6,7 @@ use nalgebra::DMatrix;
 use num_dual::DualNum;
 use smallvec::SmallVec;
 
-use super::{same_shape, Grads, Op};
+use super::{fast, same_shape, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
@@ -35,11 +35,17 @@ macro_rules! unary_ops {
             }
 
             fn forward<T: Scalar>(self, x: &DMatrix<T>) -> DMatrix<T> {
+                if let Some(y) = self.forward_f64(x) {
+                    return y;
+                }
                 match self { $(Unary::$variant => x.map(|$x: T| $fwd),)* }
             }
 
             #[allow(unused_variables)]
             pub(crate) fn vjp<T: Scalar>(self, x: &DMatrix<T>, y: &DMatrix<T>, mut g: DMatrix<T>) -> DMatrix<T> {
+                if self.vjp_f64(y, &mut g) {
+                    return g;
+                }
                 match self {
                     $(Unary::$variant => {
                         for ((g, &$vx), &$vy) in g.iter_mut().zip(x.iter()).zip(y.iter()) {
@@ -84,6 +90,33 @@ unary_ops! {
     Sqrt sqrt: |x| DualNum::sqrt(&x), |x, y, g| g / (y + y);
 }
 
+impl Unary {
+    /// The vectorised `f64` forward, for the ops that have one (`None` otherwise).
+    fn forward_f64<T: Scalar>(self, x: &DMatrix<T>) -> Option<DMatrix<T>> {
+        match self {
+            Unary::Tanh => fast::from_f64(fast::tanh(fast::as_f64(x)?)?),
+            _ => None,
+        }
+    }
+
+    /// The `f64` VJP written over slices so it vectorises, for the ops that have one; returns
+    /// whether it ran (then `g` holds the input's cotangent).
+    fn vjp_f64<T: Scalar>(self, y: &DMatrix<T>, g: &mut DMatrix<T>) -> bool {
+        let (Some(y), Some(g)) = (fast::as_f64(y), fast::as_f64_mut(g)) else {
+            return false;
+        };
+        match self {
+            Unary::Tanh => {
+                for (g, &y) in g.as_mut_slice().iter_mut().zip(y.as_slice()) {
+                    *g *= 1.0 - y * y;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 impl<'t, T: Scalar> Var<'t, T> {
     fn unary(self, u: Unary) -> Var<'t, T> {
         self.infallible(
@@ -105,6 +138,13 @@ impl<'t, T: Scalar> Var<'t, T> {
             self.tape
                 .apply("scale", &[self], |x| Ok((x[0] * c, Op::Scale(c)))),
         )
+    }
+
+    /// Add the constant `c` to every entry (no gradient flows to `c`).
+    pub fn add_scalar(self, c: T) -> Var<'t, T> {
+        self.infallible(self.tape.apply("add_scalar", &[self], |x| {
+            Ok((x[0].add_scalar(c), Op::AddScalar))
+        }))
     }
 
     /// `self + other`, same shapes.
@@ -268,6 +308,60 @@ impl<T: Scalar> crate::tape::Tape<T> {
             Ok((y, Op::LinComb(terms.iter().map(|t| t.0).collect())))
         })
     }
+}
+
+impl<T: crate::scalar::Scalar> crate::tape::Tape<T> {
+    /// `Σⱼ wⱼ xⱼ` with differentiable weights: `weights` is 1×m, `terms` are m same-shape
+    /// variables. Gradients flow to the weights (`w̄ⱼ = ⟨ḡ, xⱼ⟩`) and to every term.
+    pub fn weighted_sum<'t>(
+        &'t self,
+        weights: Var<'t, T>,
+        terms: &[Var<'t, T>],
+    ) -> Result<Var<'t, T>> {
+        let mut vars: SmallVec<[Var<'t, T>; 8]> = SmallVec::with_capacity(terms.len() + 1);
+        vars.push(weights);
+        vars.extend_from_slice(terms);
+        self.apply("weighted_sum", &vars, |x| {
+            let (w, terms) = (x[0], &x[1..]);
+            let Some(first) = terms.first() else {
+                return Err(Error::InvalidArgument {
+                    op: "weighted_sum",
+                    message: "needs at least one term".into(),
+                });
+            };
+            if w.shape() != (1, terms.len()) {
+                return Err(Error::ShapeMismatch {
+                    op: "weighted_sum",
+                    left: w.shape(),
+                    right: (1, terms.len()),
+                    expected: "the weights must be one row with one entry per term",
+                });
+            }
+            let mut y = DMatrix::zeros(first.nrows(), first.ncols());
+            for (&c, xi) in w.iter().zip(terms) {
+                same_shape("weighted_sum", first.shape(), xi.shape())?;
+                y.zip_apply(*xi, |y, x| *y += c * x);
+            }
+            Ok((y, Op::WeightedSum))
+        })
+    }
+}
+
+/// y = Σ wⱼ xⱼ:  w̄ⱼ = ⟨ȳ, xⱼ⟩,  x̄ⱼ = wⱼ ȳ.
+pub(crate) fn weighted_sum_vjp<T: Scalar>(
+    inputs: &[&DMatrix<T>],
+    g: DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
+    let (w, terms) = (inputs[0], &inputs[1..]);
+    let mut out = Grads::with_capacity(inputs.len());
+    out.push(
+        wants[0].then(|| DMatrix::from_iterator(1, terms.len(), terms.iter().map(|x| g.dot(x)))),
+    );
+    for (j, &want) in wants[1..].iter().enumerate() {
+        out.push(want.then(|| &g * w[(0, j)]));
+    }
+    out
 }
 
 pub(crate) fn lin_comb_vjp<T: Scalar>(c: &[T], g: DMatrix<T>, wants: &[bool]) -> Grads<T> {

@@ -5,7 +5,7 @@ use std::any::Any;
 
 use nalgebra::DMatrix;
 
-use super::{Grads, Op};
+use super::{fast, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
@@ -50,33 +50,36 @@ fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64>
         a.shape()
     };
     let n = if tb { b.nrows() } else { b.ncols() };
-    let mut c = DMatrix::<f64>::zeros(m, n);
     if m == 0 || n == 0 || k == 0 {
-        return c;
+        return DMatrix::<f64>::zeros(m, n);
     }
     let (rsa, csa) = strides(a, ta);
     let (rsb, csb) = strides(b, tb);
-    // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the strides
-    // given, as the shapes above guarantee; `c` is freshly allocated and not aliased.
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            0.0,
-            c.as_mut_ptr(),
-            1,
-            m as isize,
-        );
-    }
-    c
+    // With β = 0 the kernel writes every entry of C without reading it, so C needs no
+    // zero-fill: it is handed the uninitialised capacity of a fresh buffer.
+    fast::filled(m, n, |c| {
+        // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the strides
+        // given, as the shapes above guarantee; `c` is a fresh m·n buffer, not aliased, and
+        // dgemm with β = 0 initialises all of it.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                0.0,
+                c.as_mut_ptr().cast::<f64>(),
+                1,
+                m as isize,
+            );
+        }
+    })
 }
 
 impl<'t, T: Scalar> Var<'t, T> {

@@ -6,6 +6,7 @@
 
 mod custom;
 mod elementwise;
+mod fast;
 mod linalg;
 mod reduce;
 mod shape;
@@ -33,6 +34,8 @@ pub(crate) enum Op<T: Scalar> {
     Unary(Unary),
     Powi(i32),
     Scale(T),
+    AddScalar,
+    WeightedSum,
     Binary(Binary),
     MatMul,
     MatMulT,
@@ -57,6 +60,8 @@ impl<T: Scalar> Op<T> {
             Op::Unary(u) => u.name(),
             Op::Powi(_) => "powi",
             Op::Scale(_) => "scale",
+            Op::AddScalar => "add_scalar",
+            Op::WeightedSum => "weighted_sum",
             Op::Binary(b) => b.name(),
             Op::MatMul => "matmul",
             Op::MatMulT => "matmul_t",
@@ -96,6 +101,8 @@ impl<T: Scalar> Op<T> {
             Op::Unary(u) => one(u.vjp(inputs[0], out, g)),
             Op::Powi(n) => one(elementwise::powi_vjp(*n, inputs[0], g)),
             Op::Scale(c) => one(elementwise::scale_vjp(*c, g)),
+            Op::AddScalar => one(g),
+            Op::WeightedSum => elementwise::weighted_sum_vjp(inputs, g, wants),
             Op::Binary(b) => b.vjp(inputs[0], inputs[1], out, g, wants),
             Op::MatMul => linalg::matmul_vjp(inputs[0], inputs[1], &g, wants),
             Op::MatMulT => linalg::matmul_t_vjp(inputs[0], inputs[1], &g, wants),

@@ -22,11 +22,15 @@ impl<'t, T: Scalar> Var<'t, T> {
                     expected: "the bias must be one row with as many columns as the left operand",
                 });
             }
-            let mut y = x.clone();
-            for (mut col, &bj) in y.column_iter_mut().zip(b.iter()) {
-                col.add_scalar_mut(bj);
+            // One pass over contiguous columns (column-major), writing the output directly.
+            let r = x.nrows();
+            let mut data = Vec::with_capacity(x.len());
+            if r > 0 {
+                for (col, &bj) in x.as_slice().chunks_exact(r).zip(b.iter()) {
+                    data.extend(col.iter().map(|&v| v + bj));
+                }
             }
-            Ok((y, Op::AddRow))
+            Ok((DMatrix::from_vec(r, x.ncols(), data), Op::AddRow))
         })
     }
 

@@ -1,0 +1,232 @@
+//! Solver options: method, tolerances, step control, norms, and the adjoint's own settings.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ad_core::nalgebra::DMatrix;
+
+use crate::error::{Error, Result};
+use crate::tableau::{self, Tableau};
+
+/// A user-supplied error norm: receives the scaled error `err / (atol + rtol·max(|y₀|, |y₁|))`
+/// of every state component and returns one number; a step is accepted when it is ≤ 1.
+pub type NormFn = Arc<dyn Fn(&[DMatrix<f64>]) -> f64 + Send + Sync>;
+
+/// How the adaptive controller measures the scaled error.
+#[derive(Clone, Default)]
+pub enum Norm {
+    /// Root mean square over every entry of every component (torchdiffeq's default).
+    #[default]
+    Rms,
+    /// The largest per-component RMS (torchdiffeq's adjoint norm over h, a, a_θ, a_t).
+    MaxRms,
+    /// A user-supplied norm.
+    Custom(NormFn),
+}
+
+impl fmt::Debug for Norm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Norm::Rms => f.write_str("Rms"),
+            Norm::MaxRms => f.write_str("MaxRms"),
+            Norm::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// The error norm of the adjoint's backward solve over the augmented state `[h, a, a_θ, a_t]`.
+#[derive(Clone, Default)]
+pub enum AdjointNorm {
+    /// The largest per-component RMS over all of `h`, `a`, every `a_θ` tensor and `a_t`.
+    #[default]
+    Full,
+    /// Leave the parameter adjoints `a_θ` out of the error estimate (Kidger, Chen & Lyons
+    /// 2021; torchdiffeq's `adjoint_options=dict(norm="seminorm")`): they never feed back
+    /// into the dynamics, so their error need not limit the step size.
+    Seminorm,
+    /// A user-supplied norm over the scaled errors of `[h, a, a_θ..., a_t]`.
+    Custom(NormFn),
+}
+
+impl fmt::Debug for AdjointNorm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdjointNorm::Full => f.write_str("Full"),
+            AdjointNorm::Seminorm => f.write_str("Seminorm"),
+            AdjointNorm::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Everything a solve can be told. Defaults match torchdiffeq: dopri5, rtol 1e-7, atol 1e-9,
+/// safety 0.9, ifactor 10, dfactor 0.2, automatic first step, RMS norm.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The Runge–Kutta method (default [`tableau::DOPRI5`]).
+    pub method: &'static Tableau,
+    /// Relative tolerance of adaptive methods.
+    pub rtol: f64,
+    /// Absolute tolerance of adaptive methods.
+    pub atol: f64,
+    /// Step size of fixed-step methods (required for them, ignored by adaptive ones).
+    pub step_size: Option<f64>,
+    /// First step of adaptive methods; `None` selects it automatically (Hairer's algorithm).
+    pub first_step: Option<f64>,
+    /// Smallest step the controller may take; asking for less is a `StepSizeUnderflow`.
+    pub min_step: f64,
+    /// Largest step the controller may take.
+    pub max_step: f64,
+    /// Most steps (accepted and rejected) one solve, or one adjoint segment, may take.
+    pub max_num_steps: usize,
+    /// Factor applied to the optimal step size.
+    pub safety: f64,
+    /// Largest growth of the step size per step.
+    pub ifactor: f64,
+    /// Largest shrink of the step size per rejected step.
+    pub dfactor: f64,
+    /// Error norm of the forward solve.
+    pub norm: Norm,
+    /// Method of the adjoint's backward solve (default: `method`).
+    pub adjoint_method: Option<&'static Tableau>,
+    /// Relative tolerance of the backward solve (default: `rtol`).
+    pub adjoint_rtol: Option<f64>,
+    /// Absolute tolerance of the backward solve (default: `atol`).
+    pub adjoint_atol: Option<f64>,
+    /// Step size of the backward solve with a fixed-step adjoint method (default: `step_size`).
+    pub adjoint_step_size: Option<f64>,
+    /// Error norm of the backward solve.
+    pub adjoint_norm: AdjointNorm,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            method: &tableau::DOPRI5,
+            rtol: 1e-7,
+            atol: 1e-9,
+            step_size: None,
+            first_step: None,
+            min_step: 0.0,
+            max_step: f64::INFINITY,
+            max_num_steps: 10_000,
+            safety: 0.9,
+            ifactor: 10.0,
+            dfactor: 0.2,
+            norm: Norm::Rms,
+            adjoint_method: None,
+            adjoint_rtol: None,
+            adjoint_atol: None,
+            adjoint_step_size: None,
+            adjoint_norm: AdjointNorm::Full,
+        }
+    }
+}
+
+impl Options {
+    /// Default options with the method called `name` (`"dopri5"`, `"tsit5"`, `"rk4"`, ...).
+    pub fn with_method(name: &str) -> Result<Self> {
+        Ok(Self {
+            method: method_by_name(name)?,
+            ..Self::default()
+        })
+    }
+
+    /// Default options for a fixed-step method with step `dt`.
+    pub fn fixed(name: &str, dt: f64) -> Result<Self> {
+        Ok(Self {
+            step_size: Some(dt),
+            ..Self::with_method(name)?
+        })
+    }
+
+    /// Set both tolerances.
+    pub fn tolerances(mut self, rtol: f64, atol: f64) -> Self {
+        self.rtol = rtol;
+        self.atol = atol;
+        self
+    }
+
+    /// Check every option; the solvers call this before doing anything.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::BadOption {
+                    name,
+                    value: v,
+                    expected: "must be finite and > 0",
+                })
+            }
+        };
+        positive("rtol", self.rtol)?;
+        positive("atol", self.atol)?;
+        positive("safety", self.safety)?;
+        positive("ifactor", self.ifactor)?;
+        positive("dfactor", self.dfactor)?;
+        for (name, v) in [
+            ("adjoint_rtol", self.adjoint_rtol),
+            ("adjoint_atol", self.adjoint_atol),
+        ] {
+            if let Some(v) = v {
+                positive(name, v)?;
+            }
+        }
+        for (name, v) in [
+            ("step_size", self.step_size),
+            ("first_step", self.first_step),
+            ("adjoint_step_size", self.adjoint_step_size),
+        ] {
+            if let Some(v) = v {
+                positive(name, v)?;
+            }
+        }
+        if !(self.min_step >= 0.0 && self.min_step.is_finite()) {
+            return Err(Error::BadOption {
+                name: "min_step",
+                value: self.min_step,
+                expected: "must be finite and >= 0",
+            });
+        }
+        if !(self.max_step > self.min_step) {
+            return Err(Error::BadOption {
+                name: "max_step",
+                value: self.max_step,
+                expected: "must be > min_step",
+            });
+        }
+        if self.max_num_steps == 0 {
+            return Err(Error::BadOption {
+                name: "max_num_steps",
+                value: 0.0,
+                expected: "must be at least 1",
+            });
+        }
+        for (method, step, name) in [
+            (self.method, self.step_size, "step_size"),
+            (
+                self.adjoint_method.unwrap_or(self.method),
+                self.adjoint_step_size.or(self.step_size),
+                "adjoint_step_size",
+            ),
+        ] {
+            if method.b_error.is_none() && step.is_none() {
+                return Err(Error::BadOption {
+                    name,
+                    value: f64::NAN,
+                    expected: "fixed-step methods need a step size: set Options::step_size (or use Options::fixed)",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tableau called `name`, or a `BadOption` error listing the known ones.
+pub fn method_by_name(name: &str) -> Result<&'static Tableau> {
+    tableau::by_name(name).ok_or(Error::BadOption {
+        name: "method",
+        value: f64::NAN,
+        expected: "unknown method name; use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8",
+    })
+}

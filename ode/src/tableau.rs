@@ -1,0 +1,511 @@
+//! Butcher tableaux as data. One generic explicit Runge–Kutta engine reads these.
+
+/// An explicit Runge–Kutta method as data.
+///
+/// Stages: `k_i = f(t + c_i h, y + h Σ_{j<i} a_i[j] k_j)`; solution `y₁ = y + h Σ b_i k_i`;
+/// error estimate `h Σ e_i k_i` with `e = b_error` (the difference between the propagated
+/// solution's weights and the embedded solution's weights).
+#[derive(Debug)]
+pub struct Tableau {
+    /// Name as used by torchdiffeq (`"dopri5"`, `"rk4"`, ...).
+    pub name: &'static str,
+    /// Order of the propagated solution.
+    pub order: u32,
+    /// Order of the embedded solution used for error estimation (`None`: fixed-step method).
+    pub embedded_order: Option<u32>,
+    /// Stage times `c`.
+    pub c: &'static [f64],
+    /// Lower-triangular coupling rows: `a[i]` has `i` entries (`a[0]` is empty).
+    pub a: &'static [&'static [f64]],
+    /// Solution weights `b`.
+    pub b: &'static [f64],
+    /// Error weights `e = b − b̂` (`None` for fixed-step methods).
+    pub b_error: Option<&'static [f64]>,
+    /// First-same-as-last: the last stage is evaluated at `(t + h, y₁)`, so it is the next
+    /// step's first stage.
+    pub fsal: bool,
+    /// The method's own continuous extension, if it has one: `interpolant[i][k]` is the
+    /// coefficient of `θ^(k+1)` in `b_i(θ)`, and `y(t + θh) = y + h Σ_i b_i(θ) k_i`.
+    /// `None`: cubic Hermite interpolation on `(y, f(t, y), y₁, f(t + h, y₁))`.
+    pub interpolant: Option<&'static [&'static [f64]]>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed-step methods (no error estimate, no own interpolant).
+// ---------------------------------------------------------------------------------------------
+
+/// Forward Euler, order 1.
+pub static EULER: Tableau = Tableau {
+    name: "euler",
+    order: 1,
+    embedded_order: None,
+    c: &[0.0],
+    a: &[&[]],
+    b: &[1.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+};
+
+/// Explicit midpoint rule, order 2.
+pub static MIDPOINT: Tableau = Tableau {
+    name: "midpoint",
+    order: 2,
+    embedded_order: None,
+    c: &[0.0, 1.0 / 2.0],
+    a: &[&[], &[1.0 / 2.0]],
+    b: &[0.0, 1.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+};
+
+/// Heun's second-order method (explicit trapezoidal rule), order 2.
+pub static HEUN2: Tableau = Tableau {
+    name: "heun2",
+    order: 2,
+    embedded_order: None,
+    c: &[0.0, 1.0],
+    a: &[&[], &[1.0]],
+    b: &[1.0 / 2.0, 1.0 / 2.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+};
+
+/// Heun's third-order method (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.1), order 3.
+pub static HEUN3: Tableau = Tableau {
+    name: "heun3",
+    order: 3,
+    embedded_order: None,
+    c: &[0.0, 1.0 / 3.0, 2.0 / 3.0],
+    a: &[&[], &[1.0 / 3.0], &[0.0, 2.0 / 3.0]],
+    b: &[1.0 / 4.0, 0.0, 3.0 / 4.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+};
+
+/// Kutta's 3/8 rule, order 4 (what torchdiffeq's `"rk4"` uses: `rk4_alt_step_func`).
+pub static RK4: Tableau = Tableau {
+    name: "rk4",
+    order: 4,
+    embedded_order: None,
+    c: &[0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
+    a: &[&[], &[1.0 / 3.0], &[-1.0 / 3.0, 1.0], &[1.0, -1.0, 1.0]],
+    b: &[1.0 / 8.0, 3.0 / 8.0, 3.0 / 8.0, 1.0 / 8.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Adaptive (embedded) methods.
+// ---------------------------------------------------------------------------------------------
+
+/// Runge–Kutta–Fehlberg 1(2) as in torchdiffeq's `fehlberg2`: the order-2 weights
+/// `b = [1/512, 255/256, 1/512]` are propagated, the order-1 weights `b̂ = [1/256, 255/256, 0]`
+/// are the embedded solution. The last row of `a` equals `b̂`, not `b`, so it is not FSAL.
+pub static FEHLBERG2: Tableau = Tableau {
+    name: "fehlberg2",
+    order: 2,
+    embedded_order: Some(1),
+    c: &[0.0, 1.0 / 2.0, 1.0],
+    a: &[&[], &[1.0 / 2.0], &[1.0 / 256.0, 255.0 / 256.0]],
+    b: &[1.0 / 512.0, 255.0 / 256.0, 1.0 / 512.0],
+    b_error: Some(&[-1.0 / 512.0, 0.0, 1.0 / 512.0]),
+    fsal: false,
+    interpolant: None,
+};
+
+/// Heun–Euler 2(1): Heun's trapezoidal rule with forward Euler (`b̂ = [1, 0]`) embedded.
+pub static ADAPTIVE_HEUN: Tableau = Tableau {
+    name: "adaptive_heun",
+    order: 2,
+    embedded_order: Some(1),
+    c: &[0.0, 1.0],
+    a: &[&[], &[1.0]],
+    b: &[1.0 / 2.0, 1.0 / 2.0],
+    b_error: Some(&[-1.0 / 2.0, 1.0 / 2.0]),
+    fsal: false,
+    interpolant: None,
+};
+
+/// Bogacki–Shampine 3(2) (1989), FSAL. Embedded weights `b̂ = [7/24, 1/4, 1/3, 1/8]`.
+pub static BOSH3: Tableau = Tableau {
+    name: "bosh3",
+    order: 3,
+    embedded_order: Some(2),
+    c: &[0.0, 1.0 / 2.0, 3.0 / 4.0, 1.0],
+    a: &[
+        &[],
+        &[1.0 / 2.0],
+        &[0.0, 3.0 / 4.0],
+        &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0],
+    ],
+    b: &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0, 0.0],
+    b_error: Some(&[-5.0 / 72.0, 1.0 / 12.0, 1.0 / 9.0, -1.0 / 8.0]),
+    fsal: true,
+    interpolant: None,
+};
+
+/// Dormand–Prince 5(4) (1980), FSAL, 7 stages, as in Hairer & Wanner's `dopri5.f`.
+///
+/// The error weights are `dopri5.f`'s `E1..E7`, i.e. `b − b̂` with the original embedded
+/// weights `b̂ = [5179/57600, 0, 7571/16695, 393/640, −92097/339200, 187/2100, 1/40]`
+/// (torchdiffeq and Diffrax use Shampine's alternative 4th-order `b̂` instead).
+///
+/// Interpolant: the continuous extension of `dopri5.f` (`CONTD5`, Shampine 1986, with the
+/// coefficients `D1..D7`), expanded into polynomials in θ:
+/// `b_i(θ) = θ b_i + θ(1−θ)(δ_{i1} − b_i) + θ²(1−θ)(2b_i − δ_{i1} − δ_{i7}) + θ²(1−θ)² d_i`.
+pub static DOPRI5: Tableau = Tableau {
+    name: "dopri5",
+    order: 5,
+    embedded_order: Some(4),
+    c: &[0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0],
+    a: &[
+        &[],
+        &[1.0 / 5.0],
+        &[3.0 / 40.0, 9.0 / 40.0],
+        &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
+        &[
+            19372.0 / 6561.0,
+            -25360.0 / 2187.0,
+            64448.0 / 6561.0,
+            -212.0 / 729.0,
+        ],
+        &[
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+        ],
+        &[
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+        ],
+    ],
+    b: &[
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+        0.0,
+    ],
+    b_error: Some(&[
+        71.0 / 57600.0,
+        0.0,
+        -71.0 / 16695.0,
+        71.0 / 1920.0,
+        -17253.0 / 339200.0,
+        22.0 / 525.0,
+        -1.0 / 40.0,
+    ]),
+    fsal: true,
+    interpolant: Some(&[
+        &[
+            1.0,
+            -8048581381.0 / 2820520608.0,
+            8663915743.0 / 2820520608.0,
+            -12715105075.0 / 11282082432.0,
+        ],
+        &[0.0, 0.0, 0.0, 0.0],
+        &[
+            0.0,
+            131558114200.0 / 32700410799.0,
+            -68118460800.0 / 10900136933.0,
+            87487479700.0 / 32700410799.0,
+        ],
+        &[
+            0.0,
+            -1754552775.0 / 470086768.0,
+            14199869525.0 / 1410260304.0,
+            -10690763975.0 / 1880347072.0,
+        ],
+        &[
+            0.0,
+            127303824393.0 / 49829197408.0,
+            -318862633887.0 / 49829197408.0,
+            701980252875.0 / 199316789632.0,
+        ],
+        &[
+            0.0,
+            -282668133.0 / 205662961.0,
+            2019193451.0 / 616988883.0,
+            -1453857185.0 / 822651844.0,
+        ],
+        &[
+            0.0,
+            40617522.0 / 29380423.0,
+            -110615467.0 / 29380423.0,
+            69997945.0 / 29380423.0,
+        ],
+    ]),
+};
+
+/// Tsitouras 5(4) (Ch. Tsitouras, "Runge–Kutta pairs of order 5(4) satisfying only the first
+/// column simplifying assumption", Comput. Math. Appl. 62 (2011) 770–775), FSAL, 7 stages.
+///
+/// The coefficients are the paper's, as tabulated to ~85 digits in OrdinaryDiffEq's
+/// `tsit_tableaus.jl` (and copied by Diffrax and torchdiffeq), rounded to the nearest `f64`.
+/// The embedded weights are
+/// `b̂ = [0.09468075576583946, 0.009183565540343253, 0.4877705284247616, 1.234297566930479,
+/// −2.7077123499835255, 1.866628418170587, 1/66]`; `b_error = b − b̂` was formed in high
+/// precision before rounding. (torchdiffeq's `tsit5` propagates `b̂`; here `b` is propagated.)
+///
+/// Interpolant: the paper's 4th-order continuous extension, in the expanded form of
+/// OrdinaryDiffEq's `Tsit5Interp` (`r_ij`), rounded to the nearest `f64`.
+pub static TSIT5: Tableau = Tableau {
+    name: "tsit5",
+    order: 5,
+    embedded_order: Some(4),
+    c: &[0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0],
+    a: &[
+        &[],
+        &[0.161],
+        &[-0.008480655492356989, 0.335480655492357],
+        &[2.8971530571054935, -6.359448489975075, 4.3622954328695815],
+        &[
+            5.325864828439257,
+            -11.748883564062828,
+            7.4955393428898365,
+            -0.09249506636175525,
+        ],
+        &[
+            5.86145544294642,
+            -12.92096931784711,
+            8.159367898576159,
+            -0.071584973281401,
+            -0.028269050394068383,
+        ],
+        &[
+            0.09646076681806523,
+            0.01,
+            0.4798896504144996,
+            1.379008574103742,
+            -3.290069515436081,
+            2.324710524099774,
+        ],
+    ],
+    b: &[
+        0.09646076681806523,
+        0.01,
+        0.4798896504144996,
+        1.379008574103742,
+        -3.290069515436081,
+        2.324710524099774,
+        0.0,
+    ],
+    b_error: Some(&[
+        0.0017800110522257714,
+        0.0008164344596567469,
+        -0.007880878010261995,
+        0.1447110071732629,
+        -0.5823571654525552,
+        0.45808210592918697,
+        -1.0 / 66.0,
+    ]),
+    fsal: true,
+    interpolant: Some(&[
+        &[
+            1.0,
+            -2.763706197274826,
+            2.9132554618219126,
+            -1.0530884977290216,
+        ],
+        &[0.0, 0.13169999999999998, -0.2234, 0.1017],
+        &[
+            0.0,
+            3.9302962368947516,
+            -5.941033872131505,
+            2.490627285651253,
+        ],
+        &[
+            0.0,
+            -12.411077166933676,
+            30.33818863028232,
+            -16.548102889244902,
+        ],
+        &[0.0, 37.50931341651104, -88.1789048947664, 47.37952196281928],
+        &[
+            0.0,
+            -27.896526289197286,
+            65.09189467479366,
+            -34.87065786149661,
+        ],
+        &[0.0, 1.5, -4.0, 2.5],
+    ]),
+};
+
+/// Prince–Dormand RK8(7)13M ("High order embedded Runge–Kutta formulae", J. Comput. Appl.
+/// Math. 7 (1981) 67–75), 13 stages, order 8 with an embedded order-7 solution. The
+/// coefficients are the paper's rational approximations (as also used by torchdiffeq's and
+/// Diffrax's `dopri8` and GSL's `rk8pd`). Not FSAL (`b_13 = 1/4`); no own interpolant here.
+///
+/// Embedded weights: `b̂ = [13451932/455176623, 0, 0, 0, 0, −808719846/976000145,
+/// 1757004468/5645159321, 656045339/265891186, −3867574721/1518517206,
+/// 465885868/322736535, 53011238/667516719, 2/45, 0]`.
+pub static DOPRI8: Tableau = Tableau {
+    name: "dopri8",
+    order: 8,
+    embedded_order: Some(7),
+    c: &[
+        0.0,
+        1.0 / 18.0,
+        1.0 / 12.0,
+        1.0 / 8.0,
+        5.0 / 16.0,
+        3.0 / 8.0,
+        59.0 / 400.0,
+        93.0 / 200.0,
+        5490023248.0 / 9719169821.0,
+        13.0 / 20.0,
+        1201146811.0 / 1299019798.0,
+        1.0,
+        1.0,
+    ],
+    a: &[
+        &[],
+        &[1.0 / 18.0],
+        &[1.0 / 48.0, 1.0 / 16.0],
+        &[1.0 / 32.0, 0.0, 3.0 / 32.0],
+        &[5.0 / 16.0, 0.0, -75.0 / 64.0, 75.0 / 64.0],
+        &[3.0 / 80.0, 0.0, 0.0, 3.0 / 16.0, 3.0 / 20.0],
+        &[
+            29443841.0 / 614563906.0,
+            0.0,
+            0.0,
+            77736538.0 / 692538347.0,
+            -28693883.0 / 1125000000.0,
+            23124283.0 / 1800000000.0,
+        ],
+        &[
+            16016141.0 / 946692911.0,
+            0.0,
+            0.0,
+            61564180.0 / 158732637.0,
+            22789713.0 / 633445777.0,
+            545815736.0 / 2771057229.0,
+            -180193667.0 / 1043307555.0,
+        ],
+        &[
+            39632708.0 / 573591083.0,
+            0.0,
+            0.0,
+            -433636366.0 / 683701615.0,
+            -421739975.0 / 2616292301.0,
+            100302831.0 / 723423059.0,
+            790204164.0 / 839813087.0,
+            800635310.0 / 3783071287.0,
+        ],
+        &[
+            246121993.0 / 1340847787.0,
+            0.0,
+            0.0,
+            -37695042795.0 / 15268766246.0,
+            -309121744.0 / 1061227803.0,
+            -12992083.0 / 490766935.0,
+            6005943493.0 / 2108947869.0,
+            393006217.0 / 1396673457.0,
+            123872331.0 / 1001029789.0,
+        ],
+        &[
+            -1028468189.0 / 846180014.0,
+            0.0,
+            0.0,
+            8478235783.0 / 508512852.0,
+            1311729495.0 / 1432422823.0,
+            -10304129995.0 / 1701304382.0,
+            -48777925059.0 / 3047939560.0,
+            15336726248.0 / 1032824649.0,
+            -45442868181.0 / 3398467696.0,
+            3065993473.0 / 597172653.0,
+        ],
+        &[
+            185892177.0 / 718116043.0,
+            0.0,
+            0.0,
+            -3185094517.0 / 667107341.0,
+            -477755414.0 / 1098053517.0,
+            -703635378.0 / 230739211.0,
+            5731566787.0 / 1027545527.0,
+            5232866602.0 / 850066563.0,
+            -4093664535.0 / 808688257.0,
+            3962137247.0 / 1805957418.0,
+            65686358.0 / 487910083.0,
+        ],
+        &[
+            403863854.0 / 491063109.0,
+            0.0,
+            0.0,
+            -5068492393.0 / 434740067.0,
+            -411421997.0 / 543043805.0,
+            652783627.0 / 914296604.0,
+            11173962825.0 / 925320556.0,
+            -13158990841.0 / 6184727034.0,
+            3936647629.0 / 1978049680.0,
+            -160528059.0 / 685178525.0,
+            248638103.0 / 1413531060.0,
+            0.0,
+        ],
+    ],
+    b: &[
+        14005451.0 / 335480064.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -59238493.0 / 1068277825.0,
+        181606767.0 / 758867731.0,
+        561292985.0 / 797845732.0,
+        -1041891430.0 / 1371343529.0,
+        760417239.0 / 1151165299.0,
+        118820643.0 / 751138087.0,
+        -528747749.0 / 2220607170.0,
+        1.0 / 4.0,
+    ],
+    b_error: Some(&[
+        14005451.0 / 335480064.0 - 13451932.0 / 455176623.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -59238493.0 / 1068277825.0 + 808719846.0 / 976000145.0,
+        181606767.0 / 758867731.0 - 1757004468.0 / 5645159321.0,
+        561292985.0 / 797845732.0 - 656045339.0 / 265891186.0,
+        -1041891430.0 / 1371343529.0 + 3867574721.0 / 1518517206.0,
+        760417239.0 / 1151165299.0 - 465885868.0 / 322736535.0,
+        118820643.0 / 751138087.0 - 53011238.0 / 667516719.0,
+        -528747749.0 / 2220607170.0 - 2.0 / 45.0,
+        1.0 / 4.0,
+    ]),
+    fsal: false,
+    interpolant: None,
+};
+
+/// Every tableau above.
+pub static ALL: &[&Tableau] = &[
+    &EULER,
+    &MIDPOINT,
+    &HEUN2,
+    &HEUN3,
+    &RK4,
+    &FEHLBERG2,
+    &ADAPTIVE_HEUN,
+    &BOSH3,
+    &DOPRI5,
+    &TSIT5,
+    &DOPRI8,
+];
+
+/// The tableau with this (torchdiffeq) name, if any.
+pub fn by_name(name: &str) -> Option<&'static Tableau> {
+    ALL.iter().copied().find(|t| t.name == name)
+}
