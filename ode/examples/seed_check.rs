@@ -75,7 +75,10 @@ fn main() {
     );
     let tight = &p["reference"]["tight"];
     let ref_h0 = mat(&tight["grad_h0"]);
-    let reps = 20;
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     for adjoint in [false, true] {
         let mut times = Vec::new();
         let mut report = String::new();

@@ -127,13 +127,14 @@ impl<F> AdjointOp<F> {
 }
 
 impl<F> AdjointOp<F> {
-    /// The backward pass of the design notes: for i = n … 1, record dL/dt_i = f(t_i, h_i)·g_i,
-    /// integrate [h, a, a_θ, a_t] from t_i to t_{i−1}, reset h to h_{i−1} and add g_{i−1} to a.
+    /// The backward pass of the design notes: for i = n … 1, add g_i to a, reset h to h_i,
+    /// record dL/dt_i = f(t_i, h_i)·g_i, integrate [h, a, a_θ, a_t] from t_i to t_{i−1}.
+    /// Output times without a cotangent are stepped through (nothing jumps there).
     fn backward<T: Scalar>(
         &self,
         inputs: &[&DMatrix<T>],
         outputs: &[&DMatrix<T>],
-        mut cotangents: Vec<Option<DMatrix<T>>>,
+        cotangents: Vec<Option<DMatrix<T>>>,
     ) -> Result<(Vec<Option<DMatrix<T>>>, SolveStats)>
     where
         F: Dynamics<T>,
@@ -159,27 +160,35 @@ impl<F> AdjointOp<F> {
         };
 
         let zeros = |m: &DMatrix<T>| DMatrix::zeros(m.nrows(), m.ncols());
-        let mut a = cotangents[n - 1]
-            .clone()
-            .unwrap_or_else(|| zeros(inputs[0]));
+        let mut a = zeros(inputs[0]);
         let mut a_theta: Vec<DMatrix<T>> = inputs[2..].iter().map(|p| zeros(p)).collect();
         let mut s = T::zero();
         let mut grad_t = DMatrix::zeros(1, n);
         let mut stats = SolveStats::default();
         let mut dt = None;
 
+        // Where the backward solve stops: t_0, and every output time whose output receives a
+        // cotangent (there a jumps and h is reset); others only with `adjoint_stop_at_all_outputs`.
+        let stops: Vec<usize> = (0..n)
+            .filter(|&i| i == 0 || self.opts.adjoint_stop_at_all_outputs || cotangents[i].is_some())
+            .collect();
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
-        for i in (1..n).rev() {
-            let (ti, tprev) = (self.grid[i], self.grid[i - 1]);
+        for w in stops.windows(2).rev() {
+            let (j, i) = (w[0], w[1]);
+            let (ti, tj) = (self.grid[i], self.grid[j]);
+            if let Some(g) = &cotangents[i] {
+                a += g;
+            }
             let t_base = scratch.constant(DMatrix::from_element(1, 1, T::cst(ti)));
-            let t_prev = scratch.constant(DMatrix::from_element(1, 1, T::cst(tprev)));
+            let t_end = scratch.constant(DMatrix::from_element(1, 1, T::cst(tj)));
             let mut y: State<'_, T> = Vec::with_capacity(n_params + 3);
+            // Reset h to the stored forward value: backward reconstruction drifts.
             y.push(scratch.constant(outputs[i].clone()));
             y.push(scratch.constant(a));
             y.extend(a_theta.into_iter().map(|m| scratch.constant(m)));
             let k0 = sys.eval(ti, t_base, &y)?;
-            // dL/dt_i = f(t_i, h_i) · g_i (the direct part), and a_t starts from −Σ of them.
+            // dL/dt_i = f(t_i, h_i) · g_i (the direct part); a_t starts from −Σ of them.
             let direct = match &cotangents[i] {
                 Some(g) => k0[0].with_value(|f| f.dot(g))?,
                 None => T::zero(),
@@ -188,7 +197,7 @@ impl<F> AdjointOp<F> {
             s -= direct;
             y.push(scratch.constant(DMatrix::from_element(1, 1, s)));
             let base = scratch.mark();
-            let out = [(tprev, t_prev)];
+            let out = [(tj, t_end)];
             let seg = Segment {
                 t0: ti,
                 t_base,
@@ -210,10 +219,10 @@ impl<F> AdjointOp<F> {
             s = values[n_params + 2][(0, 0)];
             a_theta = values.drain(2..2 + n_params).collect();
             a = values.swap_remove(1);
-            if let Some(g) = &cotangents[i - 1] {
-                a += g;
-            }
             scratch.reset()?;
+        }
+        if let Some(g) = &cotangents[0] {
+            a += g;
         }
         grad_t[(0, 0)] = s;
         stats.nfe = sys.nfe;

@@ -104,22 +104,65 @@ impl Controller {
     }
 
     /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖`: accept the step when ≤ 1.
-    fn error_ratio(&self, err: &[DMatrix<f64>], y0: &[DMatrix<f64>], y1: &[DMatrix<f64>]) -> f64 {
-        let scaled: Vec<DMatrix<f64>> = err
-            .iter()
-            .zip(y0.iter().zip(y1))
-            .map(|(e, (a, b))| {
-                DMatrix::from_fn(e.nrows(), e.ncols(), |i, j| {
-                    e[(i, j)] / (self.atol + self.rtol * a[(i, j)].abs().max(b[(i, j)].abs()))
+    fn error_ratio<T: Scalar>(
+        &self,
+        err: &[DMatrix<f64>],
+        y0: &[Var<'_, T>],
+        y1: &[Var<'_, T>],
+    ) -> Result<f64> {
+        let scale = |e: f64, a: T, b: T| {
+            e / (self.atol + self.rtol * a.primal().abs().max(b.primal().abs()))
+        };
+        let mut parts: Vec<(f64, usize)> = Vec::with_capacity(err.len());
+        let mut scaled: Vec<DMatrix<f64>> = Vec::new();
+        for (c, e) in err.iter().enumerate() {
+            if !self.counts(c) {
+                parts.push((0.0, 0));
+                if matches!(self.norm, Norm::Custom(_)) {
+                    scaled.push(DMatrix::zeros(e.nrows(), e.ncols()));
+                }
+                continue;
+            }
+            y0[c].with_value(|a| {
+                y1[c].with_value(|b| {
+                    if matches!(self.norm, Norm::Custom(_)) {
+                        let m = DMatrix::from_iterator(
+                            e.nrows(),
+                            e.ncols(),
+                            e.iter()
+                                .zip(a.iter().zip(b.iter()))
+                                .map(|(&e, (&a, &b))| scale(e, a, b)),
+                        );
+                        scaled.push(m);
+                    }
+                    let sum: f64 = e
+                        .as_slice()
+                        .iter()
+                        .zip(a.as_slice().iter().zip(b.as_slice()))
+                        .map(|(&e, (&a, &b))| {
+                            let v = scale(e, a, b);
+                            v * v
+                        })
+                        .sum();
+                    parts.push((sum, e.len()));
                 })
-            })
-            .collect();
-        let r = self.norm(&scaled);
-        if r.is_nan() {
-            f64::INFINITY
-        } else {
-            r
+            })??;
         }
+        let r = match &self.norm {
+            Norm::Rms => {
+                let (sum, n) = parts
+                    .iter()
+                    .fold((0.0, 0), |(s, n), &(ps, pn)| (s + ps, n + pn));
+                (sum / n.max(1) as f64).sqrt()
+            }
+            Norm::MaxRms => parts
+                .iter()
+                .filter(|p| p.1 > 0)
+                .map(|&(s, n)| (s / n as f64).sqrt())
+                .fold(0.0, f64::max),
+            Norm::Custom(f) => f(&scaled),
+        };
+        Ok(if r.is_nan() { f64::INFINITY } else { r })
     }
 
     /// The next step size after a step of size `dt` with this error ratio (torchdiffeq's
@@ -258,7 +301,12 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
                 let mut acc = DMatrix::<f64>::zeros(r, cols);
                 for (&ei, ki) in e.iter().zip(&k) {
                     if ei != 0.0 {
-                        ki[c].with_value(|m| acc.zip_apply(m, |a, v| *a += h * ei * v.primal()))?;
+                        let w = h * ei;
+                        ki[c].with_value(|m| {
+                            for (a, v) in acc.as_mut_slice().iter_mut().zip(m.as_slice()) {
+                                *a += w * v.primal();
+                            }
+                        })?;
                     }
                 }
                 err.push(acc);
@@ -421,9 +469,7 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
         let step = rk_step(tape, sys, tab, t, t_var, &y, k0.clone(), h)?;
         let (accept, dt_next) = match &step.err {
             Some(err) => {
-                let y0p: Vec<DMatrix<f64>> = y.iter().map(primal).collect::<Result<_>>()?;
-                let y1p: Vec<DMatrix<f64>> = step.y1.iter().map(primal).collect::<Result<_>>()?;
-                let ratio = ctl.error_ratio(err, &y0p, &y1p);
+                let ratio = ctl.error_ratio(err, &y, &step.y1)?;
                 (ratio <= 1.0, ctl.next_step(h.abs(), ratio))
             }
             None => (true, dt),

@@ -96,6 +96,10 @@ pub struct Options {
     pub adjoint_step_size: Option<f64>,
     /// Error norm of the backward solve.
     pub adjoint_norm: AdjointNorm,
+    /// Stop the backward solve at every output time, as torchdiffeq does, even where the
+    /// output receives no cotangent (default `false`: step through those times, since `a`
+    /// does not jump there; the step size is carried across stops either way).
+    pub adjoint_stop_at_all_outputs: bool,
 }
 
 impl Default for Options {
@@ -118,6 +122,7 @@ impl Default for Options {
             adjoint_atol: None,
             adjoint_step_size: None,
             adjoint_norm: AdjointNorm::Full,
+            adjoint_stop_at_all_outputs: false,
         }
     }
 }

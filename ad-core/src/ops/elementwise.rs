@@ -303,7 +303,7 @@ impl<T: Scalar> crate::tape::Tape<T> {
             let mut y = DMatrix::zeros(first.nrows(), first.ncols());
             for (&(c, _), xi) in terms.iter().zip(x) {
                 same_shape("lin_comb", first.shape(), xi.shape())?;
-                y.zip_apply(*xi, |y, x| *y += c * x);
+                axpy(&mut y, c, xi);
             }
             Ok((y, Op::LinComb(terms.iter().map(|t| t.0).collect())))
         })
@@ -340,7 +340,7 @@ impl<T: crate::scalar::Scalar> crate::tape::Tape<T> {
             let mut y = DMatrix::zeros(first.nrows(), first.ncols());
             for (&c, xi) in w.iter().zip(terms) {
                 same_shape("weighted_sum", first.shape(), xi.shape())?;
-                y.zip_apply(*xi, |y, x| *y += c * x);
+                axpy(&mut y, c, xi);
             }
             Ok((y, Op::WeightedSum))
         })
@@ -362,6 +362,13 @@ pub(crate) fn weighted_sum_vjp<T: Scalar>(
         out.push(want.then(|| &g * w[(0, j)]));
     }
     out
+}
+
+/// `y += c x` over the column-major buffers (a plain slice loop, which vectorises).
+fn axpy<T: Scalar>(y: &mut DMatrix<T>, c: T, x: &DMatrix<T>) {
+    for (y, &x) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
+        *y += c * x;
+    }
 }
 
 pub(crate) fn lin_comb_vjp<T: Scalar>(c: &[T], g: DMatrix<T>, wants: &[bool]) -> Grads<T> {
