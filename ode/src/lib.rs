@@ -56,4 +56,4 @@ pub use dynamics::Dynamics;
 pub use engine::SolveStats;
 pub use error::{Error, Result};
 pub use options::{method_by_name, AdjointNorm, Norm, NormFn, Options};
-pub use solve::{odeint, solve, Solution};
+pub use solve::{check_grid, odeint, solve, Solution};

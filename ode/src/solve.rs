@@ -18,7 +18,7 @@ pub struct Solution<'t, T: Scalar> {
     pub(crate) backward: Option<std::rc::Rc<std::cell::Cell<Option<SolveStats>>>>,
 }
 
-impl<T: Scalar> Solution<'_, T> {
+impl<'t, T: Scalar> Solution<'t, T> {
     /// Counts of the adjoint's backward solve, once a backward pass has run through it
     /// (`None` for taped solves and before backward).
     pub fn backward_stats(&self) -> Option<SolveStats> {
@@ -26,13 +26,14 @@ impl<T: Scalar> Solution<'_, T> {
     }
 
     /// The last output, `h(t_n)`.
-    pub fn last(&self) -> Var<'_, T> {
+    pub fn last(&self) -> Var<'t, T> {
         self.outputs[self.outputs.len() - 1]
     }
 }
 
-/// Check a time grid's values: at least two, finite, strictly monotonic.
-pub(crate) fn check_grid<T: Scalar>(times: &[T]) -> Result<Vec<f64>> {
+/// Check a time grid's values (at least two, finite, strictly increasing or strictly
+/// decreasing) and return them as `f64`.
+pub fn check_grid<T: Scalar>(times: &[T]) -> Result<Vec<f64>> {
     let t: Vec<f64> = times.iter().map(|x| x.primal()).collect();
     if t.len() < 2 {
         return Err(Error::BadTimeGrid {

@@ -84,6 +84,8 @@ unary_ops! {
     Sin sin: |x| DualNum::sin(&x), |x, y, g| g * DualNum::cos(&x);
     /// Elementwise cosine.
     Cos cos: |x| DualNum::cos(&x), |x, y, g| -g * DualNum::sin(&x);
+    /// Elementwise absolute value; its derivative at 0 is taken as 0.
+    Abs abs: |x| if x < T::zero() { -x } else { x }, |x, y, g| if x > T::zero() { g } else if x < T::zero() { -g } else { T::zero() };
     /// Elementwise square `x²`.
     Square square: |x| x * x, |x, y, g| g * (x + x);
     /// Elementwise square root (NaN for x < 0).

@@ -1,0 +1,185 @@
+//! Layers: `Linear` (PyTorch convention), activations, and the `Mlp` that chains them.
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Result as TapeResult, Scalar, Var};
+use rand::{Rng, RngCore};
+
+use crate::error::{Error, Result};
+use crate::params::ParamSet;
+
+/// Elementwise nonlinearities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `tanh(x)`.
+    Tanh,
+    /// `max(x, 0)`.
+    Relu,
+    /// `ln(1 + eˣ)`.
+    Softplus,
+    /// `1 / (1 + e⁻ˣ)`.
+    Sigmoid,
+    /// `x` (no nonlinearity).
+    Identity,
+}
+
+impl Activation {
+    /// Apply to every entry.
+    pub fn apply<'t, T: Scalar>(self, x: Var<'t, T>) -> Var<'t, T> {
+        match self {
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => x.relu(),
+            Activation::Softplus => x.softplus(),
+            Activation::Sigmoid => x.sigmoid(),
+            Activation::Identity => x,
+        }
+    }
+
+    /// The activation called `name` (`"tanh"`, `"relu"`, `"softplus"`, `"sigmoid"`, `"identity"`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "tanh" => Activation::Tanh,
+            "relu" => Activation::Relu,
+            "softplus" => Activation::Softplus,
+            "sigmoid" => Activation::Sigmoid,
+            "identity" | "none" => Activation::Identity,
+            _ => return None,
+        })
+    }
+}
+
+/// An affine layer `y = x Wᵀ + b` with `W` out × in and `b` 1 × out, as in PyTorch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linear {
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// A layer `in_features → out_features`.
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        Self {
+            in_features,
+            out_features,
+        }
+    }
+
+    /// PyTorch's default initialisation: weight and bias ~ U(−1/√in, 1/√in).
+    pub fn init(&self, rng: &mut dyn RngCore) -> (DMatrix<f64>, DMatrix<f64>) {
+        let bound = 1.0 / (self.in_features.max(1) as f64).sqrt();
+        let mut u = || rng.random_range(-bound..=bound);
+        let w = DMatrix::from_fn(self.out_features, self.in_features, |_, _| u());
+        let b = DMatrix::from_fn(1, self.out_features, |_, _| u());
+        (w, b)
+    }
+
+    /// `x Wᵀ + b` on the tape.
+    pub fn forward<'t, T: Scalar>(
+        &self,
+        x: Var<'t, T>,
+        weight: Var<'t, T>,
+        bias: Var<'t, T>,
+    ) -> TapeResult<Var<'t, T>> {
+        x.matmul_t(weight)?.add_row(bias)
+    }
+}
+
+/// A multilayer perceptron: `Linear` layers with the activation between them (not after
+/// the last). Holds the architecture only; weights live in a [`ParamSet`] so the same model
+/// runs on any tape and scalar type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mlp {
+    /// The layers, input first.
+    pub layers: Vec<Linear>,
+    /// The nonlinearity between layers.
+    pub activation: Activation,
+}
+
+impl Mlp {
+    /// An MLP through the given widths, e.g. `[64, 64, 64, 64]` is three 64 → 64 layers.
+    pub fn new(widths: &[usize], activation: Activation) -> Result<Self> {
+        if widths.len() < 2 || widths.contains(&0) {
+            return Err(Error::Mismatch(format!(
+                "an MLP needs at least two positive widths (input and output), got {widths:?}"
+            )));
+        }
+        Ok(Self {
+            layers: widths.windows(2).map(|w| Linear::new(w[0], w[1])).collect(),
+            activation,
+        })
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.layers[0].in_features
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.layers[self.layers.len() - 1].out_features
+    }
+
+    /// Fresh parameters (`layers.{i}.weight`, `layers.{i}.bias`) with PyTorch's default
+    /// initialisation.
+    pub fn init_params(&self, rng: &mut dyn RngCore) -> ParamSet {
+        let mut p = ParamSet::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (w, b) = l.init(rng);
+            p.push(format!("layers.{i}.weight"), w);
+            p.push(format!("layers.{i}.bias"), b);
+        }
+        p
+    }
+
+    /// Check that `params` fits this architecture (two tensors per layer, right shapes).
+    pub fn check_params(&self, params: &ParamSet) -> Result<()> {
+        let shapes: Vec<(usize, usize)> = self
+            .layers
+            .iter()
+            .flat_map(|l| [(l.out_features, l.in_features), (1, l.out_features)])
+            .collect();
+        if shapes.len() != params.len() {
+            return Err(Error::Mismatch(format!(
+                "the MLP has {} parameter tensors, the set has {}",
+                shapes.len(),
+                params.len()
+            )));
+        }
+        for ((shape, value), name) in shapes.iter().zip(params.values()).zip(params.names()) {
+            if value.shape() != *shape {
+                return Err(Error::Mismatch(format!(
+                    "`{name}` is {:?} but the MLP needs {shape:?}",
+                    value.shape()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the MLP on `x` (batch × in) with `params` in [`Mlp::init_params`] order.
+    pub fn forward<'t, T: Scalar>(
+        &self,
+        x: Var<'t, T>,
+        params: &[Var<'t, T>],
+    ) -> TapeResult<Var<'t, T>> {
+        if params.len() != 2 * self.layers.len() {
+            return Err(ad_core::Error::InvalidArgument {
+                op: "Mlp::forward",
+                message: format!(
+                    "{} parameter variables for {} layers (need weight and bias per layer)",
+                    params.len(),
+                    self.layers.len()
+                ),
+            });
+        }
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, params[2 * i], params[2 * i + 1])?;
+            if i + 1 < self.layers.len() {
+                x = self.activation.apply(x);
+            }
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,48 @@
+//! # nn: neural-ODE building blocks on the costate tape
+//!
+//! Layers ([`Linear`], [`Mlp`], [`Activation`]) hold the architecture; weights live in a
+//! [`ParamSet`] that goes onto any tape. [`OdeFunc`] is an MLP vector field and
+//! [`NeuralOde`] integrates it with taped or adjoint gradients. [`Adam`] and [`Sgd`] update
+//! parameters; [`Problem`] reads the `costate-problem/1` files of the reference scripts;
+//! [`weights`] saves and loads parameters.
+//!
+//! ```
+//! use ad_core::{nalgebra::DMatrix, Tape};
+//! use nn::{train_step, Activation, Adam, GradientMode, NeuralOde, OdeFunc};
+//! use rand::SeedableRng;
+//!
+//! // Learn h' = f(h) so that h(1) from h0 hits a target.
+//! let func = OdeFunc::new(2, &[16], Activation::Tanh)?;
+//! let mut params = func.mlp.init_params(&mut rand::rngs::StdRng::seed_from_u64(0));
+//! let model = NeuralOde::new(func, GradientMode::Adjoint);
+//! let h0 = DMatrix::from_row_slice(2, 2, &[1.0, 0.0, 0.0, 1.0]);
+//! let target = DMatrix::from_row_slice(2, 2, &[0.5, 0.5, -0.5, 0.5]);
+//! let mut opt = Adam::new(0.05);
+//! let tape = Tape::new();
+//! let mut losses = Vec::new();
+//! for _ in 0..30 {
+//!     losses.push(train_step(&tape, &mut params, &mut opt, |tape, p| {
+//!         let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 1.0]));
+//!         let sol = model.forward(tape, tape.constant(h0.clone()), t, p)?;
+//!         Ok(sol.last().mse(tape.constant(target.clone()))?)
+//!     })?);
+//! }
+//! assert!(losses[29] < 0.5 * losses[0]);
+//! # Ok::<(), nn::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod layers;
+mod odefunc;
+mod optim;
+mod params;
+pub mod problem;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use layers::{Activation, Linear, Mlp};
+pub use odefunc::{GradientMode, Input, NeuralOde, OdeFunc};
+pub use optim::{train_step, Adam, Optimizer, Sgd};
+pub use params::ParamSet;
+pub use problem::{Loss, Problem, ProblemFile};

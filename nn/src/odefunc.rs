@@ -1,0 +1,181 @@
+//! `OdeFunc`: an MLP vector field, and `NeuralOde`: an `OdeFunc` integrated in a chosen mode.
+
+use ad_core::{Result as TapeResult, Scalar, Tape, Var};
+use ode::{odeint, odeint_adjoint, Dynamics, Options, Solution};
+
+use crate::error::{Error, Result};
+use crate::layers::{Activation, Mlp};
+
+/// What the MLP sees of the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// `h` itself.
+    State,
+    /// `h³` elementwise (torchdiffeq's `ode_demo`).
+    Cube,
+}
+
+/// `f(t, h) = mlp(x) [− h]` with `x = h` or `h³`, and `t` appended as a last input column
+/// when `time_input` is set. Implements [`ode::Dynamics`] for every scalar type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OdeFunc {
+    /// The network; its input width is `dim + time_input`, its output width `dim`.
+    pub mlp: Mlp,
+    /// What the network sees of the state.
+    pub input: Input,
+    /// Append `t` as an input column.
+    pub time_input: bool,
+    /// Return `mlp(x) − h` (a contracting field for long horizons).
+    pub subtract_state: bool,
+}
+
+impl OdeFunc {
+    /// `dim → hidden… → dim` with the given activation, reading `h`, no time input.
+    pub fn new(dim: usize, hidden: &[usize], activation: Activation) -> Result<Self> {
+        let mut widths = vec![dim];
+        widths.extend_from_slice(hidden);
+        widths.push(dim);
+        Ok(Self {
+            mlp: Mlp::new(&widths, activation)?,
+            input: Input::State,
+            time_input: false,
+            subtract_state: false,
+        })
+    }
+
+    /// Build from a network and flags, checking that the widths fit.
+    pub fn from_mlp(
+        mlp: Mlp,
+        input: Input,
+        time_input: bool,
+        subtract_state: bool,
+    ) -> Result<Self> {
+        let dim = mlp.out_features();
+        if mlp.in_features() != dim + usize::from(time_input) {
+            return Err(Error::Mismatch(format!(
+                "the MLP reads {} features but the state has {dim}{}",
+                mlp.in_features(),
+                if time_input {
+                    " plus the time column"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(Self {
+            mlp,
+            input,
+            time_input,
+            subtract_state,
+        })
+    }
+
+    /// Same field with `t` appended as an input column (the first layer grows by one input).
+    pub fn with_time_input(mut self) -> Self {
+        if !self.time_input {
+            self.time_input = true;
+            self.mlp.layers[0].in_features += 1;
+        }
+        self
+    }
+
+    /// Same field returning `mlp(x) − h`.
+    pub fn with_subtract_state(mut self) -> Self {
+        self.subtract_state = true;
+        self
+    }
+
+    /// Same field reading `h³`.
+    pub fn with_input(mut self, input: Input) -> Self {
+        self.input = input;
+        self
+    }
+
+    /// State dimension.
+    pub fn dim(&self) -> usize {
+        self.mlp.out_features()
+    }
+}
+
+impl<T: Scalar> Dynamics<T> for OdeFunc {
+    fn eval<'t>(
+        &self,
+        t: Var<'t, T>,
+        h: Var<'t, T>,
+        params: &[Var<'t, T>],
+    ) -> TapeResult<Var<'t, T>> {
+        let mut x = match self.input {
+            Input::State => h,
+            Input::Cube => h.powi(3),
+        };
+        if self.time_input {
+            let rows = h.shape()?.0;
+            let column = t.broadcast(rows, 1)?;
+            x = h.tape().concat_cols(&[x, column])?;
+        }
+        let y = self.mlp.forward(x, params)?;
+        if self.subtract_state {
+            y.sub(h)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// How gradients through the solve are obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradientMode {
+    /// Record every stage ([`ode::odeint`]): exact discrete gradient, memory O(steps).
+    Taped,
+    /// One opaque node ([`ode::odeint_adjoint`]): memory O(state + parameters).
+    Adjoint,
+}
+
+impl GradientMode {
+    /// The peers' name for the mode: `"odeint"` or `"odeint_adjoint"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GradientMode::Taped => "odeint",
+            GradientMode::Adjoint => "odeint_adjoint",
+        }
+    }
+}
+
+/// An [`OdeFunc`] integrated over a time grid with a chosen gradient mode and solver.
+#[derive(Clone, Debug)]
+pub struct NeuralOde {
+    /// The vector field.
+    pub func: OdeFunc,
+    /// Taped or adjoint gradients.
+    pub mode: GradientMode,
+    /// Solver, tolerances and step control (forward and adjoint).
+    pub options: Options,
+}
+
+impl NeuralOde {
+    /// A neural ODE with default options (dopri5, rtol 1e-7, atol 1e-9).
+    pub fn new(func: OdeFunc, mode: GradientMode) -> Self {
+        Self {
+            func,
+            mode,
+            options: Options::default(),
+        }
+    }
+
+    /// `h(t_0), …, h(t_n)` on `tape`, with solver statistics. `params` are the field's
+    /// parameters on the same tape (see [`crate::ParamSet::to_tape`]).
+    pub fn forward<'t, T: Scalar>(
+        &self,
+        tape: &'t Tape<T>,
+        h0: Var<'t, T>,
+        t: Var<'t, T>,
+        params: &[Var<'t, T>],
+    ) -> Result<Solution<'t, T>> {
+        Ok(match self.mode {
+            GradientMode::Taped => odeint(tape, &self.func, h0, t, params, &self.options)?,
+            GradientMode::Adjoint => {
+                odeint_adjoint(tape, &self.func, h0, t, params, &self.options)?
+            }
+        })
+    }
+}

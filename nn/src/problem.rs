@@ -1,0 +1,480 @@
+//! `costate-problem/1` files: a model, its weights, h0, a time grid, solver settings, a loss
+//! and optional reference gradients, as written by the torchdiffeq reference scripts.
+
+use std::collections::BTreeMap;
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Tape, Var};
+use ode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layers::{Activation, Linear, Mlp};
+use crate::odefunc::{Input, OdeFunc};
+use crate::params::ParamSet;
+
+/// The format tag problem files carry.
+pub const PROBLEM_FORMAT: &str = "costate-problem/1";
+
+/// A problem file as stored (numbers as nested lists). Unknown keys are ignored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProblemFile {
+    /// Must be `costate-problem/1`.
+    pub format: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// The vector field and its weights.
+    pub model: ModelSpec,
+    /// Initial state, batch × dim.
+    pub h0: Vec<Vec<f64>>,
+    /// Output times, strictly increasing.
+    pub t: Vec<f64>,
+    /// Solver settings.
+    pub solver: SolverSpec,
+    /// The loss.
+    pub loss: LossSpec,
+    /// Gradients computed by a reference implementation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+    /// How the file was made (kept as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<serde_json::Value>,
+}
+
+/// The vector field of a problem file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelSpec {
+    /// Must be `mlp`.
+    pub kind: String,
+    /// Nonlinearity between layers.
+    pub activation: String,
+    /// `h` or `cube`.
+    pub input: String,
+    /// f = mlp(x) − h.
+    pub subtract_state: bool,
+    /// t appended as the last input column.
+    pub time_input: bool,
+    /// Layers, input first.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// One layer's weights: weight out × in, bias of length out.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LayerSpec {
+    /// out × in.
+    pub weight: Vec<Vec<f64>>,
+    /// out.
+    pub bias: Vec<f64>,
+}
+
+/// Solver settings of a problem file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SolverSpec {
+    /// Method name (`dopri5`, ...).
+    pub method: String,
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+}
+
+/// The loss of a problem file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LossSpec {
+    /// L = sum of all entries of h(t_n).
+    SumFinal,
+    /// L = Σᵢ ⟨vᵢ, h(tᵢ)⟩ over all output times, t₀ included.
+    Cotangents {
+        /// One batch × dim matrix per output time.
+        cotangents: Vec<Vec<Vec<f64>>>,
+    },
+}
+
+/// Reference results: taped, adjoint and tight-tolerance gradients.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reference {
+    /// Which implementation produced it.
+    #[serde(default)]
+    pub source: String,
+    /// The loss value.
+    pub loss: f64,
+    /// Taped gradients at the file's tolerances.
+    pub odeint: GradientSet,
+    /// Adjoint gradients at the file's tolerances.
+    pub odeint_adjoint: GradientSet,
+    /// The true gradient (tight tolerances).
+    pub tight: GradientSet,
+}
+
+/// Gradients of the loss with respect to h0, every layer and the time grid, plus counts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GradientSet {
+    /// dL/dh0, batch × dim.
+    pub grad_h0: Vec<Vec<f64>>,
+    /// dL/dW and dL/db per layer.
+    pub grad_layers: Vec<LayerSpec>,
+    /// dL/dt_i.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_t: Option<Vec<f64>>,
+    /// Everything else (NFE, step counts, the loss, ...), kept as is.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The loss of a loaded problem.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Loss {
+    /// Sum of all entries of the last output.
+    SumFinal,
+    /// Σᵢ ⟨vᵢ, h(tᵢ)⟩.
+    Cotangents(Vec<DMatrix<f64>>),
+}
+
+impl Loss {
+    /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape.
+    pub fn apply<'t>(&self, tape: &'t Tape<f64>, outputs: &[Var<'t, f64>]) -> Result<Var<'t, f64>> {
+        match self {
+            Loss::SumFinal => Ok(outputs[outputs.len() - 1].sum()),
+            Loss::Cotangents(v) => {
+                let mut terms = Vec::with_capacity(v.len());
+                for (vi, hi) in v.iter().zip(outputs) {
+                    terms.push(hi.mul(tape.constant(vi.clone()))?.sum());
+                }
+                let ones = vec![1.0; terms.len()];
+                Ok(tape.lin_comb(&ones.into_iter().zip(terms).collect::<Vec<_>>())?)
+            }
+        }
+    }
+}
+
+/// A validated problem: everything as tensors and solver options.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// The vector field.
+    pub func: OdeFunc,
+    /// Its weights.
+    pub params: ParamSet,
+    /// Initial state.
+    pub h0: DMatrix<f64>,
+    /// Output times.
+    pub t: Vec<f64>,
+    /// Solver settings from the file (other options at their defaults).
+    pub options: Options,
+    /// The loss.
+    pub loss: Loss,
+    /// The file as read (reference gradients included).
+    pub file: ProblemFile,
+}
+
+impl Problem {
+    /// Read and validate a problem file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Parse and validate a problem file's text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let file: ProblemFile = parse_json(text)?;
+        Self::from_file(file)
+    }
+
+    /// Validate a parsed problem file: shapes agree, numbers are finite, names are known.
+    pub fn from_file(file: ProblemFile) -> Result<Self> {
+        if file.format != PROBLEM_FORMAT {
+            return Err(Error::format(
+                "format",
+                format!("is {:?}, expected {PROBLEM_FORMAT:?}", file.format),
+            ));
+        }
+        let m = &file.model;
+        if m.kind != "mlp" {
+            return Err(Error::format(
+                "model.kind",
+                format!("is {:?}; only \"mlp\" is supported", m.kind),
+            ));
+        }
+        let activation = Activation::from_name(&m.activation).ok_or_else(|| {
+            Error::format(
+                "model.activation",
+                format!("unknown activation {:?}", m.activation),
+            )
+        })?;
+        let input = match m.input.as_str() {
+            "h" => Input::State,
+            "cube" => Input::Cube,
+            other => {
+                return Err(Error::format(
+                    "model.input",
+                    format!("is {other:?}, expected \"h\" or \"cube\""),
+                ))
+            }
+        };
+        if m.layers.is_empty() {
+            return Err(Error::format("model.layers", "has no layer"));
+        }
+        let mut params = ParamSet::new();
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for (i, l) in m.layers.iter().enumerate() {
+            let w = matrix(&l.weight, &format!("model.layers[{i}].weight"))?;
+            let b = row(&l.bias, &format!("model.layers[{i}].bias"))?;
+            if b.ncols() != w.nrows() {
+                return Err(Error::format(
+                    format!("model.layers[{i}].bias"),
+                    format!(
+                        "has {} entries but the weight has {} rows",
+                        b.ncols(),
+                        w.nrows()
+                    ),
+                ));
+            }
+            if let Some(prev) = layers.last().map(|l: &Linear| l.out_features) {
+                if w.ncols() != prev {
+                    return Err(Error::format(
+                        format!("model.layers[{i}].weight"),
+                        format!(
+                            "has {} columns but the previous layer outputs {prev}",
+                            w.ncols()
+                        ),
+                    ));
+                }
+            }
+            layers.push(Linear::new(w.ncols(), w.nrows()));
+            params.push(format!("layers.{i}.weight"), w);
+            params.push(format!("layers.{i}.bias"), b);
+        }
+        let mlp = Mlp { layers, activation };
+        let h0 = matrix(&file.h0, "h0")?;
+        let dim = mlp.out_features();
+        if h0.ncols() != dim {
+            return Err(Error::format(
+                "h0",
+                format!(
+                    "has {} columns but the model's output has {dim}",
+                    h0.ncols()
+                ),
+            ));
+        }
+        let expected_in = dim + usize::from(m.time_input);
+        if mlp.in_features() != expected_in {
+            return Err(Error::format(
+                "model.layers[0].weight",
+                format!(
+                    "has {} columns, expected {expected_in} (state dim{})",
+                    mlp.in_features(),
+                    if m.time_input {
+                        " + 1 for time_input"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let func = OdeFunc::from_mlp(mlp, input, m.time_input, m.subtract_state)?;
+        let t = file.t.clone();
+        if let Some(i) = t.iter().position(|x| !x.is_finite()) {
+            return Err(Error::format(format!("t[{i}]"), "is not finite"));
+        }
+        ode::check_grid(&t).map_err(|e| match e {
+            ode::Error::BadTimeGrid { reason } => Error::format("t", reason),
+            other => Error::Ode(other),
+        })?;
+        let method = ode::method_by_name(&file.solver.method).map_err(|_| {
+            Error::format(
+                "solver.method",
+                format!("unknown method {:?}", file.solver.method),
+            )
+        })?;
+        let options = Options {
+            method,
+            rtol: file.solver.rtol,
+            atol: file.solver.atol,
+            ..Options::default()
+        };
+        options
+            .validate()
+            .map_err(|e| Error::format("solver", e.to_string()))?;
+        let loss = match &file.loss {
+            LossSpec::SumFinal => Loss::SumFinal,
+            LossSpec::Cotangents { cotangents } => {
+                if cotangents.len() != t.len() {
+                    return Err(Error::format(
+                        "loss.cotangents",
+                        format!(
+                            "has {} entries for {} output times",
+                            cotangents.len(),
+                            t.len()
+                        ),
+                    ));
+                }
+                let mut v = Vec::with_capacity(t.len());
+                for (i, c) in cotangents.iter().enumerate() {
+                    let key = format!("loss.cotangents[{i}]");
+                    let c = matrix(c, &key)?;
+                    if c.shape() != h0.shape() {
+                        return Err(Error::format(
+                            key,
+                            format!("is {:?} but h0 is {:?}", c.shape(), h0.shape()),
+                        ));
+                    }
+                    v.push(c);
+                }
+                Loss::Cotangents(v)
+            }
+        };
+        Ok(Self {
+            func,
+            params,
+            h0,
+            t,
+            options,
+            loss,
+            file,
+        })
+    }
+
+    /// The file with this problem's current weights, h0 and grid (reference kept).
+    pub fn to_file(&self) -> ProblemFile {
+        let mut file = self.file.clone();
+        file.model.layers = layer_specs(&self.params);
+        file.h0 = nested(&self.h0);
+        file.t = self.t.clone();
+        file
+    }
+
+    /// Write the problem file.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = serde_json::to_string(&self.to_file())
+            .map_err(|e| Error::format("(root)", e.to_string()))?;
+        std::fs::write(path, text).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Weights as `{weight, bias}` per layer, in `layers.{i}.weight/bias` order.
+pub fn layer_specs(params: &ParamSet) -> Vec<LayerSpec> {
+    params
+        .values()
+        .chunks(2)
+        .map(|wb| LayerSpec {
+            weight: nested(&wb[0]),
+            bias: wb
+                .get(1)
+                .map(|b| b.iter().copied().collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// A matrix as a list of rows.
+pub fn nested(m: &DMatrix<f64>) -> Vec<Vec<f64>> {
+    m.row_iter().map(|r| r.iter().copied().collect()).collect()
+}
+
+/// Rows to a matrix, checking it is non-empty, rectangular and finite; errors name `key`.
+pub fn matrix(rows: &[Vec<f64>], key: &str) -> Result<DMatrix<f64>> {
+    let Some(first) = rows.first() else {
+        return Err(Error::format(key, "is empty"));
+    };
+    let cols = first.len();
+    if cols == 0 {
+        return Err(Error::format(format!("{key}[0]"), "is an empty row"));
+    }
+    for (i, r) in rows.iter().enumerate() {
+        if r.len() != cols {
+            return Err(Error::format(
+                format!("{key}[{i}]"),
+                format!("has {} entries, expected {cols} like row 0", r.len()),
+            ));
+        }
+        if let Some(j) = r.iter().position(|x| !x.is_finite()) {
+            return Err(Error::format(
+                format!("{key}[{i}][{j}]"),
+                "is not a finite number",
+            ));
+        }
+    }
+    Ok(DMatrix::from_fn(rows.len(), cols, |i, j| rows[i][j]))
+}
+
+/// A list to a 1 × n row, checking it is non-empty and finite; errors name `key`.
+pub fn row(values: &[f64], key: &str) -> Result<DMatrix<f64>> {
+    if values.is_empty() {
+        return Err(Error::format(key, "is empty"));
+    }
+    if let Some(j) = values.iter().position(|x| !x.is_finite()) {
+        return Err(Error::format(
+            format!("{key}[{j}]"),
+            "is not a finite number",
+        ));
+    }
+    Ok(DMatrix::from_row_slice(1, values.len(), values))
+}
+
+/// Parse JSON into `T`, naming the offending key on error. Python's `NaN`/`Infinity` tokens
+/// (which plain JSON lacks) are reported as non-finite numbers at their key.
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let text = quote_non_finite(text);
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = if inner.contains("\"NaN\"") || inner.contains("Infinity\"") {
+            "is not a finite number (NaN or Infinity)".to_owned()
+        } else {
+            inner
+        };
+        Error::format(if key == "." { "(root)".to_owned() } else { key }, message)
+    })
+}
+
+/// Turn bare `NaN`, `Infinity` and `-Infinity` tokens (outside strings) into strings, so the
+/// parser reaches them as values and the error carries their path.
+fn quote_non_finite(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("NaN") && !text.contains("Infinity") {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        if let Some(t) = token {
+            out.push('"');
+            out.push_str(t);
+            out.push('"');
+            rest = &rest[t.len()..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out.into()
+}
