@@ -5,6 +5,10 @@
 //!
 //! - [`ad_core`]: a tensor-level reverse-mode tape over `nalgebra` matrices, generic over the
 //!   scalar (`f64`, or `num-dual` numbers for forward-over-reverse derivatives).
+//! - [`ode`]: one Runge–Kutta engine; taped `odeint` and `odeint_adjoint` (one opaque node).
+//! - [`nn`]: layers, `OdeFunc`, `NeuralOde`, optimisers, problem files.
+//!
+//! [`heap`] and [`report`] serve the examples: a counting allocator, tables and SVG charts.
 //!
 //! ```
 //! use costate::ad_core::Tape;
@@ -23,5 +27,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod heap;
+pub mod report;
+
 pub use ad_core;
 pub use ad_core::{nalgebra, num_dual};
+pub use nn;
+pub use ode;

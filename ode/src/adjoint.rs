@@ -45,7 +45,9 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     };
     let mut inputs = vec![h0, row];
     inputs.extend_from_slice(params);
-    let outputs = tape.custom(op, &inputs).map_err(Error::from_tape)?;
+    // The node's outputs are h(t_1..t_n); h(t_0) is h0 itself.
+    let mut outputs = vec![h0];
+    outputs.extend(tape.custom(op, &inputs).map_err(Error::from_tape)?);
     Ok(Solution {
         outputs,
         stats: stats.get(),
@@ -53,7 +55,7 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     })
 }
 
-/// The opaque node. Inputs: `[h0, t (1×n), θ…]`; outputs: `h(t_0), …, h(t_n)`.
+/// The opaque node. Inputs: `[h0, t (1×n), θ…]`; outputs: `h(t_1), …, h(t_n)`.
 struct AdjointOp<F> {
     f: F,
     grid: Vec<f64>,
@@ -73,8 +75,9 @@ impl<T: Scalar, F: Dynamics<T> + Clone + 'static> CustomOp<T> for AdjointOp<F> {
     ) -> std::result::Result<Vec<DMatrix<T>>, BoxError> {
         let params: Vec<DMatrix<T>> = inputs[2..].iter().map(|p| (*p).clone()).collect();
         let times: Vec<T> = inputs[1].iter().copied().collect();
-        let (outputs, stats) = solve(&self.f, inputs[0], &times, &params, &self.opts)?;
+        let (mut outputs, stats) = solve(&self.f, inputs[0], &times, &params, &self.opts)?;
         self.forward_stats.set(stats);
+        outputs.remove(0);
         Ok(outputs)
     }
 
@@ -169,27 +172,36 @@ impl<F> AdjointOp<F> {
 
         // Where the backward solve stops: t_0, and every output time whose output receives a
         // cotangent (there a jumps and h is reset); others only with `adjoint_stop_at_all_outputs`.
+        // Output i ≥ 1 is the node's output i − 1; h(t_0) = h0 takes its cotangent directly.
+        let g = |i: usize| {
+            if i == 0 {
+                None
+            } else {
+                cotangents[i - 1].as_ref()
+            }
+        };
+        let h = |i: usize| if i == 0 { inputs[0] } else { outputs[i - 1] };
         let stops: Vec<usize> = (0..n)
-            .filter(|&i| i == 0 || self.opts.adjoint_stop_at_all_outputs || cotangents[i].is_some())
+            .filter(|&i| i == 0 || self.opts.adjoint_stop_at_all_outputs || g(i).is_some())
             .collect();
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
         for w in stops.windows(2).rev() {
             let (j, i) = (w[0], w[1]);
             let (ti, tj) = (self.grid[i], self.grid[j]);
-            if let Some(g) = &cotangents[i] {
+            if let Some(g) = g(i) {
                 a += g;
             }
             let t_base = scratch.constant(DMatrix::from_element(1, 1, T::cst(ti)));
             let t_end = scratch.constant(DMatrix::from_element(1, 1, T::cst(tj)));
             let mut y: State<'_, T> = Vec::with_capacity(n_params + 3);
             // Reset h to the stored forward value: backward reconstruction drifts.
-            y.push(scratch.constant(outputs[i].clone()));
+            y.push(scratch.constant(h(i).clone()));
             y.push(scratch.constant(a));
             y.extend(a_theta.into_iter().map(|m| scratch.constant(m)));
             let k0 = sys.eval(ti, t_base, &y)?;
             // dL/dt_i = f(t_i, h_i) · g_i (the direct part); a_t starts from −Σ of them.
-            let direct = match &cotangents[i] {
+            let direct = match g(i) {
                 Some(g) => k0[0].with_value(|f| f.dot(g))?,
                 None => T::zero(),
             };
@@ -220,9 +232,6 @@ impl<F> AdjointOp<F> {
             a_theta = values.drain(2..2 + n_params).collect();
             a = values.swap_remove(1);
             scratch.reset()?;
-        }
-        if let Some(g) = &cotangents[0] {
-            a += g;
         }
         grad_t[(0, 0)] = s;
         stats.nfe = sys.nfe;

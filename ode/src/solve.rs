@@ -25,6 +25,23 @@ impl<'t, T: Scalar> Solution<'t, T> {
         self.backward.as_ref().and_then(|c| c.get())
     }
 
+    /// *Held bytes* as the design notes define them: bytes the tape keeps alive for backward
+    /// (its [`ad_core::TapeStats::held_bytes`]) less the outputs `h(t_1..t_n)` themselves.
+    /// Call it between forward and backward, before recording the loss.
+    pub fn held_bytes(&self) -> Result<usize> {
+        let Some(first) = self.outputs.first() else {
+            return Ok(0);
+        };
+        let mut outputs = 0;
+        for v in &self.outputs[1..] {
+            if v.requires_grad()? {
+                let (r, c) = v.shape()?;
+                outputs += r * c * std::mem::size_of::<T>();
+            }
+        }
+        Ok(first.tape().stats().held_bytes.saturating_sub(outputs))
+    }
+
     /// The last output, `h(t_n)`.
     pub fn last(&self) -> Var<'t, T> {
         self.outputs[self.outputs.len() - 1]

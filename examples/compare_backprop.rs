@@ -1,0 +1,326 @@
+//! Taped `odeint` against `odeint_adjoint` on one neural ODE: NFE, gradient agreement, tape
+//! size, held bytes and time — the seed textbook's `compare_backprop_methods`.
+//!
+//! ```sh
+//! cargo run --release --example compare_backprop                     # dim 64, batch 32, 50 times
+//! cargo run --release --example compare_backprop -- --problem ../shared/anchors/problems/seed.json
+//! cargo run --release --example compare_backprop -- --json --reps 20
+//! ```
+//! With `--problem FILE` (a `costate-problem/1` file) it also prints each mode's error
+//! against the file's `tight` reference gradients. With `--json` it prints one JSON object
+//! with an entry per mode (`odeint`, `odeint_adjoint`) in the problem file's layout.
+
+use std::error::Error;
+use std::time::Instant;
+
+use costate::ad_core::nalgebra::DMatrix;
+use costate::ad_core::Tape;
+use costate::nn::problem::{
+    layer_specs, nested, GradientSet, LossSpec, ModelSpec, ProblemFile, SolverSpec,
+};
+use costate::nn::{Activation, GradientMode, NeuralOde, Problem};
+use costate::report::{bytes, median, peak_rss_bytes, Table};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+struct Args {
+    problem: Option<String>,
+    json: bool,
+    reps: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        problem: None,
+        json: false,
+        reps: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--problem" => args.problem = Some(it.next().ok_or("--problem needs a file")?),
+            "--json" => args.json = true,
+            "--reps" => {
+                args.reps = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--reps needs a positive integer")?;
+            }
+            "-h" | "--help" => {
+                return Err("usage: compare_backprop [--problem FILE] [--json] [--reps N]".into());
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    Ok(args)
+}
+
+/// The seed workload with fresh weights: dim 64, batch 32, 64→64→64→64 tanh MLP, 50 times in
+/// [0, 1], dopri5 at rtol 1e-7 / atol 1e-9, loss = sum of h(1).
+fn synthetic() -> Result<Problem, Box<dyn Error>> {
+    let (dim, batch, npts) = (64, 32, 50);
+    let func = costate::nn::OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let params = func.mlp.init_params(&mut rng);
+    let h0 = DMatrix::from_fn(batch, dim, |_, _| standard_normal(&mut rng));
+    let file = ProblemFile {
+        format: costate::nn::problem::PROBLEM_FORMAT.into(),
+        description: "synthetic seed workload".into(),
+        model: ModelSpec {
+            kind: "mlp".into(),
+            activation: "tanh".into(),
+            input: "h".into(),
+            subtract_state: false,
+            time_input: false,
+            layers: layer_specs(&params),
+        },
+        h0: nested(&h0),
+        t: (0..npts).map(|i| i as f64 / (npts - 1) as f64).collect(),
+        solver: SolverSpec {
+            method: "dopri5".into(),
+            rtol: 1e-7,
+            atol: 1e-9,
+        },
+        loss: LossSpec::SumFinal,
+        reference: None,
+        generator: None,
+    };
+    Ok(Problem::from_file(file)?)
+}
+
+fn standard_normal(rng: &mut impl Rng) -> f64 {
+    // Box–Muller.
+    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+/// What one mode produced.
+struct Run {
+    mode: GradientMode,
+    loss: f64,
+    grad_h0: DMatrix<f64>,
+    grad_params: Vec<DMatrix<f64>>,
+    grad_t: DMatrix<f64>,
+    nfe_forward: usize,
+    nfe_backward: usize,
+    accepted: usize,
+    rejected: usize,
+    tape_nodes: usize,
+    held_bytes: usize,
+    time_ms: f64,
+}
+
+fn run(problem: &Problem, mode: GradientMode, reps: usize) -> Result<Run, Box<dyn Error>> {
+    let model = NeuralOde {
+        func: problem.func.clone(),
+        mode,
+        options: problem.options.clone(),
+    };
+    let tape = Tape::<f64>::new();
+    let mut times = Vec::with_capacity(reps);
+    let mut first = None;
+    for _ in 0..reps {
+        tape.reset()?;
+        let start = Instant::now();
+        let params = problem.params.to_tape(&tape);
+        let h0 = tape.var(problem.h0.clone());
+        let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
+        let sol = model.forward(&tape, h0, t, &params)?;
+        let (tape_nodes, held_bytes) = (tape.stats().nodes, sol.held_bytes()?);
+        let loss = problem.loss.apply(&tape, &sol.outputs)?;
+        let mut grads = tape.backward(loss)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        if first.is_none() {
+            first = Some(Run {
+                mode,
+                loss: loss.scalar_value()?,
+                grad_h0: grads.take_or_zeros(h0)?,
+                grad_params: problem.params.grads(&mut grads, &params)?,
+                grad_t: grads.take_or_zeros(t)?,
+                nfe_forward: sol.stats.nfe,
+                nfe_backward: sol.backward_stats().map_or(0, |s| s.nfe),
+                accepted: sol.stats.accepted,
+                rejected: sol.stats.rejected,
+                tape_nodes,
+                held_bytes,
+                time_ms: 0.0,
+            });
+        }
+    }
+    let mut r = first.ok_or("no repetition ran")?;
+    r.time_ms = median(&times);
+    Ok(r)
+}
+
+fn max_abs_diff(a: &[&DMatrix<f64>], b: &[&DMatrix<f64>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x - *y).abs().max())
+        .fold(0.0, f64::max)
+}
+
+/// Max abs and relative (max abs / max |ref|) error of a run against a reference set.
+fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<(String, f64, f64)>, Box<dyn Error>> {
+    let mut out = Vec::new();
+    let h0 = costate::nn::problem::matrix(&reference.grad_h0, "reference.grad_h0")?;
+    out.push((
+        "dL/dh0".into(),
+        (&run.grad_h0 - &h0).abs().max(),
+        h0.abs().max(),
+    ));
+    let mut layers_abs: f64 = 0.0;
+    let mut layers_max: f64 = 0.0;
+    for (i, l) in reference.grad_layers.iter().enumerate() {
+        let w = costate::nn::problem::matrix(&l.weight, "reference.grad_layers.weight")?;
+        let b = costate::nn::problem::row(&l.bias, "reference.grad_layers.bias")?;
+        layers_abs = layers_abs
+            .max((&run.grad_params[2 * i] - &w).abs().max())
+            .max((&run.grad_params[2 * i + 1] - &b).abs().max());
+        layers_max = layers_max.max(w.abs().max()).max(b.abs().max());
+    }
+    out.push(("dL/dθ".into(), layers_abs, layers_max));
+    if let Some(gt) = &reference.grad_t {
+        let gt = DMatrix::from_row_slice(1, gt.len(), gt);
+        out.push((
+            "dL/dt".into(),
+            (&run.grad_t - &gt).abs().max(),
+            gt.abs().max(),
+        ));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(n, a, m)| (n, a, if m > 0.0 { a / m } else { a }))
+        .collect())
+}
+
+fn to_json(r: &Run) -> serde_json::Value {
+    let layers: Vec<serde_json::Value> = r
+        .grad_params
+        .chunks(2)
+        .map(|wb| json!({"weight": nested(&wb[0]), "bias": wb[1].iter().copied().collect::<Vec<f64>>()}))
+        .collect();
+    json!({
+        "loss": r.loss,
+        "grad_h0": nested(&r.grad_h0),
+        "grad_layers": layers,
+        "grad_t": r.grad_t.iter().copied().collect::<Vec<f64>>(),
+        "nfe_forward": r.nfe_forward,
+        "nfe_backward": r.nfe_backward,
+        "accepted_forward": r.accepted,
+        "rejected_forward": r.rejected,
+        "tape_nodes": r.tape_nodes,
+        "held_bytes": r.held_bytes,
+        "time_ms": r.time_ms,
+    })
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    let problem = match &args.problem {
+        Some(path) => Problem::load(path)?,
+        None => synthetic()?,
+    };
+    let runs = [
+        run(&problem, GradientMode::Taped, args.reps)?,
+        run(&problem, GradientMode::Adjoint, args.reps)?,
+    ];
+    let reference = problem.file.reference.as_ref();
+
+    if args.json {
+        let mut obj = serde_json::Map::new();
+        for r in &runs {
+            obj.insert(r.mode.name().into(), to_json(r));
+        }
+        obj.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
+        println!("{}", serde_json::Value::Object(obj));
+        return Ok(());
+    }
+
+    let (b, d) = (problem.h0.nrows(), problem.h0.ncols());
+    println!(
+        "neural ODE: batch {b}, dim {d}, {} parameters, {} output times in [{}, {}], {} at rtol {:e} / atol {:e}; median of {} runs\n",
+        problem.params.numel(),
+        problem.t.len(),
+        problem.t[0],
+        problem.t[problem.t.len() - 1],
+        problem.options.method.name,
+        problem.options.rtol,
+        problem.options.atol,
+        args.reps
+    );
+    let mut table = Table::new(&[
+        "mode",
+        "loss",
+        "NFE fwd",
+        "NFE bwd",
+        "steps",
+        "tape nodes",
+        "held",
+        "fwd+bwd ms",
+    ]);
+    for r in &runs {
+        table.row(vec![
+            r.mode.name().into(),
+            format!("{:.10}", r.loss),
+            r.nfe_forward.to_string(),
+            r.nfe_backward.to_string(),
+            format!("{}+{}", r.accepted, r.rejected),
+            r.tape_nodes.to_string(),
+            bytes(r.held_bytes),
+            format!("{:.3}", r.time_ms),
+        ]);
+    }
+    print!("{}", table.render());
+    let [taped, adjoint] = &runs;
+    println!(
+        "\ntaped vs adjoint: max |Δ dL/dh0| = {:.2e}  max |Δ dL/dθ| = {:.2e}  max |Δ dL/dt| = {:.2e}  (max |dL/dh0| {:.3}, max |dL/dθ| {:.3})",
+        max_abs_diff(&[&taped.grad_h0], &[&adjoint.grad_h0]),
+        max_abs_diff(&taped.grad_params.iter().collect::<Vec<_>>(), &adjoint.grad_params.iter().collect::<Vec<_>>()),
+        max_abs_diff(&[&taped.grad_t], &[&adjoint.grad_t]),
+        taped.grad_h0.abs().max(),
+        taped.grad_params.iter().map(|g| g.abs().max()).fold(0.0, f64::max),
+    );
+    if let Some(reference) = reference {
+        println!("\nerror against the file's tight reference (max abs / relative to max |ref|):");
+        let mut t = Table::new(&["mode", "quantity", "max abs", "rel"]);
+        for (name, r) in [("costate odeint", taped), ("costate adjoint", adjoint)] {
+            for (q, abs, rel) in error_vs(r, &reference.tight)? {
+                t.row(vec![
+                    name.into(),
+                    q,
+                    format!("{abs:.2e}"),
+                    format!("{rel:.2e}"),
+                ]);
+            }
+        }
+        for (name, g) in [
+            ("torchdiffeq odeint", &reference.odeint),
+            ("torchdiffeq adjoint", &reference.odeint_adjoint),
+        ] {
+            let h0 = costate::nn::problem::matrix(&g.grad_h0, "reference")?;
+            let th = costate::nn::problem::matrix(&reference.tight.grad_h0, "reference")?;
+            t.row(vec![
+                name.into(),
+                "dL/dh0".into(),
+                format!("{:.2e}", (&h0 - &th).abs().max()),
+                format!("{:.2e}", (&h0 - &th).abs().max() / th.abs().max()),
+            ]);
+        }
+        print!("{}", t.render());
+        if let Some(nfe) = reference.odeint.extra.get("nfe_forward") {
+            println!("torchdiffeq forward NFE on this file: {nfe}");
+        }
+    }
+    if let Some(rss) = peak_rss_bytes() {
+        println!("\npeak RSS of this process: {}", bytes(rss));
+    }
+    Ok(())
+}
