@@ -161,8 +161,11 @@ fn max_abs_diff(a: &[&DMatrix<f64>], b: &[&DMatrix<f64>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// One quantity's error: name, max abs, relative to max |ref|.
+type QuantityError = (String, f64, f64);
+
 /// Max abs and relative (max abs / max |ref|) error of a run against a reference set.
-fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<(String, f64, f64)>, Box<dyn Error>> {
+fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<QuantityError>, Box<dyn Error>> {
     let mut out = Vec::new();
     let h0 = costate::nn::problem::matrix(&reference.grad_h0, "reference.grad_h0")?;
     out.push((

@@ -36,6 +36,14 @@ impl std::ops::AddAssign for SolveStats {
     }
 }
 
+/// A time as a number (for step control and messages) and as a 1×1 variable (through which
+/// taped solves differentiate).
+#[derive(Clone, Copy)]
+pub(crate) struct Time<'t, T: Scalar> {
+    pub at: f64,
+    pub var: Var<'t, T>,
+}
+
 /// What the engine integrates: `y' = F(t, y)` over a list of tensors.
 pub(crate) trait System<'t, T: Scalar> {
     /// `F(t, y)`; `t` is given as a number (for error messages and local tapes) and as a
@@ -184,8 +192,7 @@ impl Controller {
         &self,
         tape: &'t Tape<T>,
         sys: &mut S,
-        t0: f64,
-        t_base: Var<'t, T>,
+        t0: Time<'t, T>,
         dir: f64,
         y0: &[Var<'t, T>],
         f0: &[Var<'t, T>],
@@ -209,7 +216,7 @@ impl Controller {
         };
         let mark = tape.mark();
         let y1 = combine(tape, y0, dir * h0, &[1.0], &[f0.to_vec()])?;
-        let f1 = sys.eval(t0 + dir * h0, t_base.add_scalar(T::cst(dir * h0)), &y1)?;
+        let f1 = sys.eval(t0.at + dir * h0, t0.var.add_scalar(T::cst(dir * h0)), &y1)?;
         let f1p: Vec<DMatrix<f64>> = f1.iter().map(primal).collect::<Result<_>>()?;
         tape.rewind(mark)?;
         let d2 = self.norm(
@@ -257,6 +264,8 @@ fn combine<'t, T: Scalar>(
 
 /// The stages of one step and its result.
 pub(crate) struct Step<'t, T: Scalar> {
+    /// The state at the step's start.
+    pub y0: State<'t, T>,
     /// `k_i`, one state per stage (`k[0]` is F at the step's start).
     pub k: Vec<State<'t, T>>,
     /// The propagated solution at `t + h`.
@@ -271,8 +280,7 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     tape: &'t Tape<T>,
     sys: &mut S,
     tab: &Tableau,
-    t: f64,
-    t_var: Var<'t, T>,
+    t: Time<'t, T>,
     y: &[Var<'t, T>],
     k0: State<'t, T>,
     h: f64,
@@ -283,8 +291,8 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     let mut last_input = None;
     for i in 1..s {
         let yi = combine(tape, y, h, tab.a[i], &k)?;
-        let ti = t_var.add_scalar(T::cst(tab.c[i] * h));
-        let ki = sys.eval(t + tab.c[i] * h, ti, &yi)?;
+        let ti = t.var.add_scalar(T::cst(tab.c[i] * h));
+        let ki = sys.eval(t.at + tab.c[i] * h, ti, &yi)?;
         k.push(ki);
         last_input = Some(yi);
     }
@@ -315,7 +323,12 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         }
         None => None,
     };
-    Ok(Step { k, y1, err })
+    Ok(Step {
+        y0: y.to_vec(),
+        k,
+        y1,
+        err,
+    })
 }
 
 /// Dense output at `t_out` inside the step `[t_n, t_n + h]`: the method's own interpolant,
@@ -326,10 +339,10 @@ pub(crate) fn interpolate<'t, T: Scalar>(
     t_n: Var<'t, T>,
     h: f64,
     t_out: Var<'t, T>,
-    y: &[Var<'t, T>],
     step: &Step<'t, T>,
     k_next: Option<&State<'t, T>>,
 ) -> Result<State<'t, T>> {
+    let y = &step.y0;
     // weights(θ) = [1, θ, …, θ^K] · C, over the terms listed below.
     let (coeffs, terms): (DMatrix<T>, Vec<&State<'t, T>>) = match (tab.interpolant, k_next) {
         (Some(p), _) => {
@@ -442,10 +455,20 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
     let mut dt = match (ctl.fixed_step, seg.dt, ctl.first_step) {
         (Some(h), _, _) => h,
         (None, Some(h), _) | (None, None, Some(h)) => h,
-        (None, None, None) => ctl.initial_step(tape, sys, seg.t0, seg.t_base, dir, &y, &k0)?,
+        (None, None, None) => {
+            let t0 = Time {
+                at: seg.t0,
+                var: seg.t_base,
+            };
+            ctl.initial_step(tape, sys, t0, dir, &y, &k0)?
+        }
     };
     let mut t = seg.t0;
     let mut next_out = 0;
+    // A method without its own interpolant gets a cubic Hermite, O(h⁴) locally: far below a
+    // high-order adaptive method's accuracy at its large steps (dopri8 at rtol 1e-8: errors
+    // of 1e-4). Such methods step onto every output time instead.
+    let land_all = tab.interpolant.is_none() && tab.b_error.is_some() && tab.order > 4;
     loop {
         if stats.accepted + stats.rejected >= ctl.max_num_steps {
             return Err(Error::TooManySteps {
@@ -454,8 +477,13 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
             });
         }
         dt = dt.min(ctl.max_step);
-        let remaining = (t_end - t) * dir;
-        let landing = seg.land && dt >= remaining * (1.0 - 1e-12);
+        let target = if land_all {
+            seg.outputs[next_out].0
+        } else {
+            t_end
+        };
+        let remaining = (target - t) * dir;
+        let landing = (seg.land || land_all) && dt >= remaining * (1.0 - 1e-12);
         let h = if landing { remaining * dir } else { dt * dir };
         if t + h == t || !h.is_finite() {
             return Err(Error::StepSizeUnderflow {
@@ -466,7 +494,15 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
         }
         let step_mark = tape.mark();
         let t_var = seg.t_base.add_scalar(T::cst(t - seg.t0));
-        let step = rk_step(tape, sys, tab, t, t_var, &y, k0.clone(), h)?;
+        let step = rk_step(
+            tape,
+            sys,
+            tab,
+            Time { at: t, var: t_var },
+            &y,
+            k0.clone(),
+            h,
+        )?;
         let (accept, dt_next) = match &step.err {
             Some(err) => {
                 let ratio = ctl.error_ratio(err, &y, &step.y1)?;
@@ -488,7 +524,7 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
             continue;
         }
         stats.accepted += 1;
-        let t1 = if landing { t_end } else { t + h };
+        let t1 = if landing { target } else { t + h };
         for yc in &step.y1 {
             if !yc.with_value(ad_core::all_finite)? {
                 return Err(Error::NonFinite {
@@ -505,8 +541,31 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
             if !inside {
                 break;
             }
-            let value = if landing && next_out + 1 == seg.outputs.len() {
-                step.y1.clone()
+            let value = if landing && (land_all || next_out + 1 == seg.outputs.len()) {
+                if seg.land {
+                    step.y1.clone()
+                } else {
+                    // y₁ + (t_out − t₁)·F(t₁, y₁): the value is y₁, and the output time
+                    // keeps its derivative dh/dt = F, as through an interpolant.
+                    let k = next_first_stage(
+                        tab,
+                        sys,
+                        &step,
+                        t1,
+                        seg.t_base.add_scalar(T::cst(t1 - seg.t0)),
+                    )?;
+                    let shift = t_out_var.add_scalar(T::cst(-t1));
+                    let one = tape.constant(DMatrix::from_element(1, 1, T::one()));
+                    let weights = tape.concat_cols(&[one, shift])?;
+                    let value = step
+                        .y1
+                        .iter()
+                        .zip(&k)
+                        .map(|(&y1, &k)| Ok(tape.weighted_sum(weights, &[y1, k])?))
+                        .collect::<Result<State<'t, T>>>()?;
+                    k_next = Some(k);
+                    value
+                }
             } else {
                 if tab.interpolant.is_none() && k_next.is_none() {
                     k_next = Some(next_first_stage(
@@ -517,7 +576,7 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
                         seg.t_base.add_scalar(T::cst(t1 - seg.t0)),
                     )?);
                 }
-                interpolate(tape, tab, t_var, h, t_out_var, &y, &step, k_next.as_ref())?
+                interpolate(tape, tab, t_var, h, t_out_var, &step, k_next.as_ref())?
             };
             emit(next_out, &value)?;
             next_out += 1;
@@ -548,7 +607,8 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
         k0 = carried.split_off(n);
         y = carried;
         t = t1;
-        dt = dt_next.max(ctl.min_step);
+        // A step shortened to land on an output does not shrink the next one.
+        dt = if landing { dt.max(dt_next) } else { dt_next }.max(ctl.min_step);
     }
 }
 

@@ -193,7 +193,7 @@ impl Options {
                 expected: "must be finite and >= 0",
             });
         }
-        if !(self.max_step > self.min_step) {
+        if self.max_step.partial_cmp(&self.min_step) != Some(std::cmp::Ordering::Greater) {
             return Err(Error::BadOption {
                 name: "max_step",
                 value: self.max_step,

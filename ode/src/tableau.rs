@@ -199,14 +199,17 @@ pub static DOPRI5: Tableau = Tableau {
         11.0 / 84.0,
         0.0,
     ],
+    // Shampine's alternative embedded 4th-order weights b̂ = [1951/21600, 0, 22642/50085,
+    // 451/720, −12231/42400, 649/6300, 1/60], as torchdiffeq and Diffrax use: the same error
+    // estimate gives the same accepted steps and NFE as those peers on the same problem.
     b_error: Some(&[
-        71.0 / 57600.0,
+        35.0 / 384.0 - 1951.0 / 21600.0,
         0.0,
-        -71.0 / 16695.0,
-        71.0 / 1920.0,
-        -17253.0 / 339200.0,
-        22.0 / 525.0,
-        -1.0 / 40.0,
+        500.0 / 1113.0 - 22642.0 / 50085.0,
+        125.0 / 192.0 - 451.0 / 720.0,
+        -2187.0 / 6784.0 + 12231.0 / 42400.0,
+        11.0 / 84.0 - 649.0 / 6300.0,
+        -1.0 / 60.0,
     ]),
     fsal: true,
     interpolant: Some(&[

@@ -2,7 +2,8 @@
 //!
 //! Everything here runs on a tiny reference Runge–Kutta stepper over `Vec<f64>` states written
 //! in this file, independent of the solver engine, so that a wrong coefficient shows up as a
-//! wrong order of convergence rather than being masked by (or blamed on) the engine.
+//! wrong order of convergence rather than being masked by (or blamed on) the engine. The
+//! order conditions are also checked exactly, tree by tree (Butcher's rooted trees).
 
 use ode::tableau::*;
 
@@ -69,15 +70,18 @@ fn interp_weight_derivative(poly: &[f64], theta: f64) -> f64 {
         .fold(0.0, |acc, (k, &p)| acc * theta + (k + 1) as f64 * p)
 }
 
-/// The method's dense output `y + h Σ_i b_i(θ) k_i` inside one step.
-fn dense(tab: &Tableau, y: &[f64], h: f64, ks: &[Vec<f64>], theta: f64) -> Vec<f64> {
-    let w: Vec<f64> = tab
-        .interpolant
+/// All the weights `b_i(θ)`.
+fn interp_weights(tab: &Tableau, theta: f64) -> Vec<f64> {
+    tab.interpolant
         .expect("tableau with an interpolant")
         .iter()
         .map(|poly| interp_weight(poly, theta))
-        .collect();
-    combine(y, h, &w, ks)
+        .collect()
+}
+
+/// The method's dense output `y + h Σ_i b_i(θ) k_i` inside one step.
+fn dense(tab: &Tableau, y: &[f64], h: f64, ks: &[Vec<f64>], theta: f64) -> Vec<f64> {
+    combine(y, h, &interp_weights(tab, theta), ks)
 }
 
 /// Max-norm distance; NaN if any component is NaN (so a blow-up never reads as "no error").
@@ -90,10 +94,12 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Test problems with known solutions (both nonlinear, so that every elementary differential is
-// exercised; one of them non-autonomous, so that the stage times `c` matter).
+// Test problems with known solutions. All are nonlinear (a linear problem only exercises the
+// "tall" trees, so it can hide a wrong coefficient); two are non-autonomous (so the stage times
+// `c` matter) and two are systems (scalar problems do not separate all trees beyond order 4).
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Clone, Copy)]
 struct Problem {
     name: &'static str,
     f: Rhs,
@@ -128,46 +134,67 @@ fn kepler_exact(t: f64) -> Vec<f64> {
     vec![c - ECC, w * s, -s * rate, w * c * rate]
 }
 
-/// `y' = −2 t y²`, `y(0) = 1`: `y = 1/(1 + t²)`.
-fn rational_f(t: f64, y: &[f64]) -> Vec<f64> {
-    vec![-2.0 * t * y[0] * y[0]]
+/// A rotation whose angular speed depends on the radius and on time:
+/// `y' = (1 + cos(t)/2) |y|² J y`; from `(1, 0)`, `y = (cos φ, sin φ)` with `φ = t + sin(t)/2`.
+fn spin_f(t: f64, y: &[f64]) -> Vec<f64> {
+    let w = (1.0 + 0.5 * t.cos()) * (y[0] * y[0] + y[1] * y[1]);
+    vec![-w * y[1], w * y[0]]
 }
 
-fn rational_exact(t: f64) -> Vec<f64> {
-    vec![1.0 / (1.0 + t * t)]
+fn spin_exact(t: f64) -> Vec<f64> {
+    let phi = t + 0.5 * t.sin();
+    vec![phi.cos(), phi.sin()]
 }
 
-/// `y' = y cos t`, `y(0) = 1`: `y = exp(sin t)`.
-fn exp_sin_f(t: f64, y: &[f64]) -> Vec<f64> {
-    vec![y[0] * t.cos()]
+/// `y' = 2 t y²`, `y(0) = 1`: `y = 1/(1 − t²)` (blows up at t = 1).
+fn blowup_f(t: f64, y: &[f64]) -> Vec<f64> {
+    vec![2.0 * t * y[0] * y[0]]
 }
 
-fn exp_sin_exact(t: f64) -> Vec<f64> {
-    vec![t.sin().exp()]
+fn blowup_exact(t: f64) -> Vec<f64> {
+    vec![1.0 / (1.0 - t * t)]
 }
 
-fn problems() -> [Problem; 3] {
-    [
-        Problem {
-            name: "kepler",
-            f: kepler_f,
-            exact: kepler_exact,
-            t_end: 2.0,
-        },
-        Problem {
-            name: "rational",
-            f: rational_f,
-            exact: rational_exact,
-            t_end: 2.0,
-        },
-        Problem {
-            name: "exp_sin",
-            f: exp_sin_f,
-            exact: exp_sin_exact,
-            t_end: 2.0,
-        },
-    ]
+/// `y' = 1 + y²`, `y(0) = 0`: `y = tan t`.
+fn tan_f(_t: f64, y: &[f64]) -> Vec<f64> {
+    vec![1.0 + y[0] * y[0]]
 }
+
+fn tan_exact(t: f64) -> Vec<f64> {
+    vec![t.tan()]
+}
+
+fn kepler(t_end: f64) -> Problem {
+    Problem {
+        name: "kepler",
+        f: kepler_f,
+        exact: kepler_exact,
+        t_end,
+    }
+}
+
+fn spin(t_end: f64) -> Problem {
+    Problem {
+        name: "spin",
+        f: spin_f,
+        exact: spin_exact,
+        t_end,
+    }
+}
+
+const BLOWUP: Problem = Problem {
+    name: "blowup",
+    f: blowup_f,
+    exact: blowup_exact,
+    t_end: 0.9,
+};
+
+const TAN: Problem = Problem {
+    name: "tan",
+    f: tan_f,
+    exact: tan_exact,
+    t_end: 1.4,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Consistency of the data
@@ -190,6 +217,14 @@ fn all_and_by_name_agree() {
         let tab = by_name(name).unwrap_or_else(|| panic!("no tableau named {name}"));
         assert_eq!(tab.name, *name);
         assert_eq!(ALL.iter().filter(|t| t.name == *name).count(), 1);
+    }
+    for name in FIXED {
+        let tab = by_name(name).unwrap();
+        assert!(
+            tab.b_error.is_none() && tab.embedded_order.is_none(),
+            "{name}"
+        );
+        assert!(tab.interpolant.is_none() && !tab.fsal, "{name}");
     }
     assert!(by_name("rk45").is_none());
     assert!(by_name("").is_none());
@@ -303,18 +338,197 @@ fn interpolants_match_stage_derivatives_at_the_ends() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Empirical orders of convergence
+// Order conditions, exactly: Σ_i w_i Φ_i(τ) = 1/γ(τ) for every rooted tree τ
 // ---------------------------------------------------------------------------------------------
 
-/// The step counts `N` (errors at `N` and `2N` are compared): large enough to be in the
-/// asymptotic regime on [0, 2], small enough to keep the errors far above roundoff.
-fn step_count(tab: &Tableau) -> usize {
-    match tab.order {
-        1 => 256,
-        2 => 128,
-        3 => 64,
-        4 | 5 => 32,
-        _ => 16,
+/// A rooted tree: its order (number of nodes), its density `γ`, and the subtrees hanging off
+/// its root (indices into the list of all trees, non-increasing, so each tree appears once).
+struct Tree {
+    order: usize,
+    gamma: f64,
+    children: Vec<usize>,
+}
+
+/// Every rooted tree with at most `max_order` nodes, by increasing order.
+fn rooted_trees(max_order: usize) -> Vec<Tree> {
+    /// Multisets of trees `trees[..=max_index]` whose orders add up to `remaining`.
+    fn forests(
+        trees: &[Tree],
+        remaining: usize,
+        max_index: usize,
+        current: &mut Vec<usize>,
+        out: &mut Vec<Vec<usize>>,
+    ) {
+        if remaining == 0 {
+            out.push(current.clone());
+            return;
+        }
+        for index in (0..=max_index).rev() {
+            if trees[index].order <= remaining {
+                current.push(index);
+                forests(trees, remaining - trees[index].order, index, current, out);
+                current.pop();
+            }
+        }
+    }
+
+    let mut trees = vec![Tree {
+        order: 1,
+        gamma: 1.0,
+        children: Vec::new(),
+    }];
+    for order in 2..=max_order {
+        let mut out = Vec::new();
+        forests(
+            &trees,
+            order - 1,
+            trees.len() - 1,
+            &mut Vec::new(),
+            &mut out,
+        );
+        for children in out {
+            let gamma = order as f64 * children.iter().map(|&c| trees[c].gamma).product::<f64>();
+            trees.push(Tree {
+                order,
+                gamma,
+                children,
+            });
+        }
+    }
+    trees
+}
+
+/// The elementary weights `Φ_i(τ)` of every tree: `Φ(•) = 1`,
+/// `Φ_i([τ_1 … τ_m]) = Π_k Σ_j a_ij Φ_j(τ_k)`.
+fn elementary_weights(tab: &Tableau, trees: &[Tree]) -> Vec<Vec<f64>> {
+    let s = tab.b.len();
+    let mut phi: Vec<Vec<f64>> = Vec::with_capacity(trees.len());
+    let mut a_phi: Vec<Vec<f64>> = Vec::with_capacity(trees.len());
+    for tree in trees {
+        let mut p = vec![1.0; s];
+        for &child in &tree.children {
+            for (pi, api) in p.iter_mut().zip(&a_phi[child]) {
+                *pi *= api;
+            }
+        }
+        let ap = tab
+            .a
+            .iter()
+            .map(|row| row.iter().zip(&p).map(|(a, p)| a * p).sum())
+            .collect();
+        phi.push(p);
+        a_phi.push(ap);
+    }
+    phi
+}
+
+/// The largest residual `|Σ_i w_i Φ_i(τ) − θ^|τ|/γ(τ)|` over the trees of each order (index
+/// = order). `θ = 1` for the step's weights, `θ ∈ (0, 1)` for dense-output weights `b_i(θ)`.
+fn residuals_by_order(trees: &[Tree], phi: &[Vec<f64>], w: &[f64], theta: f64) -> Vec<f64> {
+    let max_order = trees.last().unwrap().order;
+    let mut worst = vec![0.0_f64; max_order + 1];
+    for (tree, p) in trees.iter().zip(phi) {
+        let lhs: f64 = w.iter().zip(p).map(|(w, p)| w * p).sum();
+        let rhs = theta.powi(tree.order as i32) / tree.gamma;
+        worst[tree.order] = worst[tree.order].max((lhs - rhs).abs());
+    }
+    worst
+}
+
+#[test]
+fn rooted_tree_counts() {
+    let trees = rooted_trees(9);
+    let counts: Vec<usize> = (1..=9)
+        .map(|n| trees.iter().filter(|t| t.order == n).count())
+        .collect();
+    assert_eq!(counts, [1, 1, 2, 4, 9, 20, 48, 115, 286]);
+}
+
+/// Each declared order is exactly right: every condition up to it holds (to rounding), and some
+/// condition of the next order fails (so the order is not understated either).
+#[test]
+fn order_conditions_hold_exactly_up_to_the_declared_order() {
+    let trees = rooted_trees(9);
+    for tab in ALL {
+        let phi = elementary_weights(tab, &trees);
+        let mut solutions = vec![("solution", tab.b.to_vec(), tab.order)];
+        if let Some(embedded) = tab.embedded_order {
+            solutions.push(("embedded", embedded_weights(tab), embedded));
+        }
+        for (what, w, order) in solutions {
+            let order = order as usize;
+            let worst = residuals_by_order(&trees, &phi, &w, 1.0);
+            let held = worst[1..=order].iter().fold(0.0_f64, |m, &r| m.max(r));
+            println!(
+                "{:>13} {what:>8}: order ≤ {order}: max residual {held:.1e}; order {}: {:.1e}",
+                tab.name,
+                order + 1,
+                worst[order + 1]
+            );
+            for (q, &r) in worst.iter().enumerate().take(order + 1).skip(1) {
+                assert!(
+                    r < 1e-13,
+                    "{} {what}: an order-{q} condition is off by {r:e}",
+                    tab.name
+                );
+            }
+            assert!(
+                worst[order + 1] > 1e-6,
+                "{} {what}: every order-{} condition holds (residual {:e})",
+                tab.name,
+                order + 1,
+                worst[order + 1]
+            );
+        }
+    }
+}
+
+/// The dense outputs are of order 4 for every θ: `Σ_i b_i(θ) Φ_i(τ) = θ^|τ|/γ(τ)` for
+/// `|τ| ≤ 4` (local error O(h⁵)).
+#[test]
+fn interpolant_order_conditions_hold_up_to_order_four() {
+    let trees = rooted_trees(5);
+    for tab in [&DOPRI5, &TSIT5] {
+        let phi = elementary_weights(tab, &trees);
+        for theta in [0.1, 0.3, 0.5, 0.7, 0.9] {
+            let worst = residuals_by_order(&trees, &phi, &interp_weights(tab, theta), theta);
+            for (q, &r) in worst.iter().enumerate().take(5).skip(1) {
+                assert!(
+                    r < 1e-13,
+                    "{} at θ = {theta}: an order-{q} condition is off by {r:e}",
+                    tab.name
+                );
+            }
+            assert!(worst[5] > 1e-8, "{} at θ = {theta}: order 5?", tab.name);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Empirical orders of convergence with the reference stepper
+// ---------------------------------------------------------------------------------------------
+
+/// The problems (with their intervals) and the step count `N` used to measure a declared order
+/// `p`: errors at `N` and `2N` steps are compared. `N` is large enough to be in the asymptotic
+/// regime and small enough to keep the errors well above roundoff (asserted below).
+///
+/// The optimised high-order pairs have tiny principal error coefficients, so the next term
+/// dominates until late: the 5th-order solutions are measured on longer integrations (where the
+/// error accumulates far above roundoff), and RK8(7)13M's order-8 solution approaches 8 from
+/// below (≈ 7.8 at the last step counts whose errors are still ~1e-11, on the problems where the
+/// approach is monotone). `order_conditions_hold_exactly_up_to_the_declared_order` is the exact
+/// check; this one checks that the data really integrates ODEs at that rate.
+fn order_setup(order: u32) -> (Vec<Problem>, usize) {
+    let short = vec![kepler(2.0), spin(2.0), BLOWUP, TAN];
+    match order {
+        1 => (short, 4096),
+        2 => (short, 1024),
+        3 => (short, 256),
+        4 => (short, 128),
+        5 => (vec![kepler(20.0), spin(20.0)], 1024),
+        7 => (vec![kepler(6.0), BLOWUP, TAN], 64),
+        8 => (vec![BLOWUP, TAN], 32),
+        _ => unreachable!("no tableau of order {order}"),
     }
 }
 
@@ -327,13 +541,13 @@ fn observed_order(tab: &Tableau, w: &[f64], p: &Problem, n: usize) -> (f64, f64,
 }
 
 fn check_order(tab: &Tableau, w: &[f64], declared: u32, what: &str) {
-    let n = step_count(tab);
-    for p in problems() {
+    let (problems, n) = order_setup(declared);
+    for p in problems {
         let (order, e1, e2) = observed_order(tab, w, &p, n);
         println!(
-            "{:>13} {what:>8} {:>8}: N = {n:>3}: err {e1:.3e} -> {e2:.3e}, order {order:.3} \
+            "{:>13} {what:>8} {:>6} [0, {:>4}]: N = {n:>4}: err {e1:.2e} -> {e2:.2e}, order {order:.3} \
              (declared {declared})",
-            tab.name, p.name
+            tab.name, p.name, p.t_end
         );
         assert!(
             e2 > 1e-12,
@@ -365,6 +579,48 @@ fn embedded_solutions_converge_at_the_declared_order() {
     }
 }
 
+/// The error estimate `h Σ e_i k_i` is the difference of the two solutions after one step, so
+/// it is O(h^(p̂+1)): halving h divides it by about 2^(p̂+1). (Not measurable for RK8(7)13M in
+/// f64: its estimate reaches roundoff before the asymptotic regime; the exact order conditions
+/// of its `b − e` cover it.)
+#[test]
+fn local_error_estimate_has_the_embedded_order() {
+    for tab in ALL
+        .iter()
+        .filter(|t| t.embedded_order.is_some_and(|p| p <= 4))
+    {
+        let e = tab.b_error.unwrap();
+        for p in [kepler(0.0), spin(0.0)] {
+            let t0 = 0.4;
+            let y0 = (p.exact)(t0);
+            let estimate = |h: f64| {
+                let ks = stages(tab, p.f, t0, &y0, h);
+                max_abs_diff(&combine(&y0, h, e, &ks), &y0)
+            };
+            let h = 0.025;
+            let (e1, e2) = (estimate(h), estimate(h / 2.0));
+            let rate = (e1 / e2).log2();
+            let expect = f64::from(tab.embedded_order.unwrap() + 1);
+            println!(
+                "{:>13} error estimate {:>6}: {e1:.2e} -> {e2:.2e}, rate {rate:.3} (expect {expect})",
+                tab.name, p.name
+            );
+            assert!(
+                e2 > 1e-12,
+                "{} on {}: estimate at roundoff",
+                tab.name,
+                p.name
+            );
+            assert!(
+                (rate - expect).abs() <= 0.3,
+                "{} on {}: error estimate shrinks like h^{rate:.3}, expected h^{expect}",
+                tab.name,
+                p.name
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dense output
 // ---------------------------------------------------------------------------------------------
@@ -383,19 +639,19 @@ fn dense_error(tab: &Tableau, p: &Problem, t0: f64, h: f64) -> f64 {
 #[test]
 fn dense_output_has_local_error_of_order_five() {
     for tab in [&DOPRI5, &TSIT5] {
-        for p in problems() {
+        for p in [kepler(0.0), spin(0.0), BLOWUP] {
             let t0 = 0.4;
-            let errs: Vec<f64> = [0.2, 0.1, 0.05]
+            let errs: Vec<f64> = [0.1, 0.05, 0.025]
                 .iter()
                 .map(|&h| dense_error(tab, &p, t0, h))
                 .collect();
             let rates: Vec<f64> = errs.windows(2).map(|e| (e[0] / e[1]).log2()).collect();
             println!(
-                "{:>6} dense {:>8}: err {:.3e} {:.3e} {:.3e}, log2 ratios {:.3} {:.3}",
+                "{:>6} dense {:>6}: err {:.2e} {:.2e} {:.2e}, log2 ratios {:.3} {:.3}",
                 tab.name, p.name, errs[0], errs[1], errs[2], rates[0], rates[1]
             );
             assert!(
-                errs[2] > 1e-14,
+                errs[2] > 1e-12,
                 "{} on {}: error at roundoff",
                 tab.name,
                 p.name
@@ -414,7 +670,7 @@ fn dense_output_has_local_error_of_order_five() {
 #[test]
 fn dense_output_is_continuous_with_the_step_endpoints() {
     for tab in [&DOPRI5, &TSIT5] {
-        for p in problems() {
+        for p in [kepler(0.0), spin(0.0), BLOWUP, TAN] {
             let (t0, h) = (0.4, 0.3);
             let y0 = (p.exact)(t0);
             let ks = stages(tab, p.f, t0, &y0, h);
