@@ -34,3 +34,8 @@ pub use ad_core;
 pub use ad_core::{nalgebra, num_dual};
 pub use nn;
 pub use ode;
+
+/// The README's code sample, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctest;
