@@ -1,0 +1,86 @@
+//! The seed workload (issue #3): f = 64→64→64→64 tanh MLP, batch 32, 50 output times in
+//! [0, 1], dopri5 at rtol 1e-7 / atol 1e-9, L = sum of h(1). Uses the exact weights the
+//! torchdiffeq reference was timed on (`../shared/anchors/problems/seed.json`) when present,
+//! so forward NFE and times compare one to one with `bench_problem.py`.
+//!
+//! `cargo bench --bench seed` (add `-- --quick` for a short run).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use costate::ad_core::nalgebra::DMatrix;
+use costate::ad_core::Tape;
+use costate::nn::{GradientMode, NeuralOde, Problem};
+use costate::ode::Dynamics;
+
+fn seed_problem() -> Problem {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/anchors/problems/seed.json"
+    );
+    Problem::load(path).unwrap_or_else(|e| panic!("the seed benchmark needs {path}: {e}"))
+}
+
+fn fwd_bwd(problem: &Problem, mode: GradientMode, tape: &Tape<f64>) -> (usize, usize) {
+    let model = NeuralOde {
+        func: problem.func.clone(),
+        mode,
+        options: problem.options.clone(),
+    };
+    tape.reset().expect("reset");
+    let p = problem.params.to_tape(tape);
+    let h0 = tape.var(problem.h0.clone());
+    let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
+    let sol = model.forward(tape, h0, t, &p).expect("solve");
+    let loss = problem.loss.apply(tape, &sol.outputs).expect("loss");
+    tape.backward(loss).expect("backward");
+    (sol.stats.nfe, sol.backward_stats().map_or(0, |s| s.nfe))
+}
+
+fn bench(c: &mut Criterion) {
+    let problem = seed_problem();
+    let tape = Tape::<f64>::new();
+    for mode in [GradientMode::Taped, GradientMode::Adjoint] {
+        let (fwd, bwd) = fwd_bwd(&problem, mode, &tape);
+        eprintln!("{}: forward NFE {fwd}, backward NFE {bwd}", mode.name());
+        c.bench_function(&format!("seed/{}_fwd_bwd", mode.name()), |b| {
+            b.iter(|| fwd_bwd(&problem, mode, &tape))
+        });
+    }
+    // One evaluation of f, and one f + VJP w.r.t. h and θ (what each adjoint step costs).
+    let h0 = problem.h0.clone();
+    let cot = DMatrix::from_element(h0.nrows(), h0.ncols(), 1.0);
+    c.bench_function("seed/f_eval_no_grad", |b| {
+        b.iter(|| {
+            tape.reset().expect("reset");
+            let _g = tape.no_grad();
+            let p = problem.params.to_tape(&tape);
+            let t0 = tape.scalar(0.0);
+            problem
+                .func
+                .eval(t0, tape.constant(h0.clone()), &p)
+                .expect("eval")
+                .with_value(|m| m[(0, 0)])
+                .expect("value")
+        })
+    });
+    c.bench_function("seed/f_eval_vjp", |b| {
+        b.iter(|| {
+            tape.reset().expect("reset");
+            let p = problem.params.to_tape(&tape);
+            let h = tape.var(h0.clone());
+            let out = problem.func.eval(tape.scalar(0.0), h, &p).expect("eval");
+            let mut wrt = vec![h];
+            wrt.extend_from_slice(&p);
+            tape.vjp_wrt(&[(out, cot.clone())], &wrt)
+                .expect("vjp")
+                .len()
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
+    targets = bench
+}
+criterion_main!(benches);
