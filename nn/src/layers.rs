@@ -81,7 +81,7 @@ impl Linear {
         weight: Var<'t, T>,
         bias: Var<'t, T>,
     ) -> TapeResult<Var<'t, T>> {
-        x.matmul_t(weight)?.add_row(bias)
+        x.linear(weight, bias)
     }
 }
 

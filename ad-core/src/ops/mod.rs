@@ -4,6 +4,7 @@
 //! and the few constants that VJP needs. Tensors the VJP reads (inputs, output) are not
 //! copied: they are the values of the node and its parents in the arena.
 
+mod affine;
 mod custom;
 mod elementwise;
 mod fast;
@@ -39,6 +40,7 @@ pub(crate) enum Op<T: Scalar> {
     Binary(Binary),
     MatMul,
     MatMulT,
+    Linear,
     Transpose,
     AddRow,
     Broadcast,
@@ -65,6 +67,7 @@ impl<T: Scalar> Op<T> {
             Op::Binary(b) => b.name(),
             Op::MatMul => "matmul",
             Op::MatMulT => "matmul_t",
+            Op::Linear => "linear",
             Op::Transpose => "transpose",
             Op::AddRow => "add_row",
             Op::Broadcast => "broadcast",
@@ -106,6 +109,7 @@ impl<T: Scalar> Op<T> {
             Op::Binary(b) => b.vjp(inputs[0], inputs[1], out, g, wants),
             Op::MatMul => linalg::matmul_vjp(inputs[0], inputs[1], &g, wants),
             Op::MatMulT => linalg::matmul_t_vjp(inputs[0], inputs[1], &g, wants),
+            Op::Linear => affine::linear_vjp(inputs[0], inputs[1], &g, wants),
             Op::Transpose => one(g.transpose()),
             Op::AddRow => shape::add_row_vjp(g, wants),
             Op::Broadcast => one(shape::broadcast_vjp(inputs[0].shape(), g)),
