@@ -11,7 +11,9 @@ use crate::dynamics::Dynamics;
 use crate::engine::{integrate, Controller, Segment, SolveStats, State, System};
 use crate::error::{Error, Result};
 use crate::options::{AdjointNorm, Norm, Options};
-use crate::solve::{check_field_output, check_h0, forward_controller, grid_row, solve, Solution};
+use crate::solve::{
+    check_field_output, check_h0, check_tape, forward_controller, grid_row, solve, Solution,
+};
 
 /// Constant-memory gradients: the forward solve records nothing, and the tape gets one node
 /// (plus one output node per grid time). Its VJP solves the augmented system
@@ -32,6 +34,7 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     opts: &Options,
 ) -> Result<Solution<'t, T>> {
     opts.validate()?;
+    check_tape(tape, "odeint_adjoint", [&h0, &t].into_iter().chain(params))?;
     let (row, grid) = grid_row(t)?;
     h0.with_value(|m| check_h0(m, grid[0]))??;
     let stats = Rc::new(Cell::new(SolveStats::default()));

@@ -546,7 +546,9 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
                     step.y1.clone()
                 } else {
                     // y₁ + (t_out − t₁)·F(t₁, y₁): the value is y₁, and the output time
-                    // keeps its derivative dh/dt = F, as through an interpolant.
+                    // keeps its derivative dh/dt = F, as through an interpolant. t₁ is a
+                    // variable (it moves with t_0, like every step time), and the shift is
+                    // computed as (t_out − t_0) − (t₁ − t_0) so that it is exactly 0.
                     let k = next_first_stage(
                         tab,
                         sys,
@@ -554,7 +556,9 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
                         t1,
                         seg.t_base.add_scalar(T::cst(t1 - seg.t0)),
                     )?;
-                    let shift = t_out_var.add_scalar(T::cst(-t1));
+                    let shift = t_out_var
+                        .sub(seg.t_base)?
+                        .add_scalar(T::cst(-(t1 - seg.t0)));
                     let one = tape.constant(DMatrix::from_element(1, 1, T::one()));
                     let weights = tape.concat_cols(&[one, shift])?;
                     let value = step

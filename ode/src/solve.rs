@@ -91,6 +91,21 @@ pub(crate) fn grid_row<'t, T: Scalar>(t: Var<'t, T>) -> Result<(Var<'t, T>, Vec<
     Ok((row, check_grid(&values)?))
 }
 
+/// Refuse a `Var` of another tape before anything is recorded: the solve rewinds only
+/// `tape` on error, so it must not write to the other one either.
+pub(crate) fn check_tape<'a, 't: 'a, T: Scalar>(
+    tape: &'t Tape<T>,
+    op: &'static str,
+    vars: impl IntoIterator<Item = &'a Var<'t, T>>,
+) -> Result<()> {
+    for v in vars {
+        if !std::ptr::eq(v.tape(), tape) {
+            return Err(Error::Tape(ad_core::Error::ForeignVar { op }));
+        }
+    }
+    Ok(())
+}
+
 /// Check that the initial state is finite.
 pub(crate) fn check_h0<T: Scalar>(h0: &DMatrix<T>, t0: f64) -> Result<()> {
     if h0.is_empty() {
@@ -188,6 +203,7 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
     opts: &Options,
 ) -> Result<Solution<'t, T>> {
     opts.validate()?;
+    check_tape(tape, "odeint", [&h0, &t].into_iter().chain(params))?;
     let mark = tape.mark();
     let result = odeint_recorded(tape, f, h0, t, params, opts);
     if result.is_err() {

@@ -1,0 +1,309 @@
+//! Shared helpers of the ode integration tests: a deterministic RNG, a generic tanh-MLP
+//! vector field, simple closed-form fields, and loss / gradient plumbing.
+#![allow(dead_code)]
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::num_dual::Dual64;
+use ad_core::{Result as TapeResult, Scalar, Tape, Var};
+use ode::{odeint, odeint_adjoint, Dynamics, Options, SolveStats};
+
+/// SplitMix64: a tiny deterministic generator (no `rand` dependency).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    /// Uniform index in 0..n.
+    pub fn index(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// An r×c matrix with entries uniform in [−s, s).
+    pub fn matrix(&mut self, r: usize, c: usize, s: f64) -> DMatrix<f64> {
+        DMatrix::from_fn(r, c, |_, _| self.range(-s, s))
+    }
+
+    /// A strictly increasing grid of `n` points starting at `t0` with gaps in [lo, hi).
+    pub fn grid(&mut self, n: usize, t0: f64, lo: f64, hi: f64) -> Vec<f64> {
+        let mut t = vec![t0];
+        for _ in 1..n {
+            let last = *t.last().unwrap();
+            t.push(last + self.range(lo, hi));
+        }
+        t
+    }
+}
+
+/// `f(t, h) = tanh([h, t] W1ᵀ + b1) W2ᵀ + b2 (− h if `decay`)`, with parameters
+/// `[W1 (hidden × (dim + time)), b1 (1 × hidden), W2 (dim × hidden), b2 (1 × dim)]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mlp {
+    /// Append `t` as an extra input column.
+    pub time: bool,
+    /// Subtract `h` (contracting dynamics that stay bounded over long horizons).
+    pub decay: bool,
+}
+
+impl<T: Scalar> Dynamics<T> for Mlp {
+    fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (rows, _) = h.shape()?;
+        let x = if self.time {
+            let tb = t.broadcast(rows, 1)?;
+            h.tape().concat_cols(&[h, tb])?
+        } else {
+            h
+        };
+        let z = x.matmul_t(p[0])?.add_row(p[1])?.tanh();
+        let out = z.matmul_t(p[2])?.add_row(p[3])?;
+        if self.decay {
+            out.sub(h)
+        } else {
+            Ok(out)
+        }
+    }
+}
+
+impl Mlp {
+    /// Time-dependent, not contracting.
+    pub const TIMED: Mlp = Mlp {
+        time: true,
+        decay: false,
+    };
+
+    /// Random parameters for a `dim`-dimensional state with `hidden` units.
+    pub fn params(
+        &self,
+        rng: &mut Rng,
+        dim: usize,
+        hidden: usize,
+        scale: f64,
+    ) -> Vec<DMatrix<f64>> {
+        let inputs = dim + usize::from(self.time);
+        vec![
+            rng.matrix(hidden, inputs, scale),
+            rng.matrix(1, hidden, scale),
+            rng.matrix(dim, hidden, scale),
+            rng.matrix(1, dim, scale),
+        ]
+    }
+}
+
+/// `h' = −k h` with `k` the only (1×1) parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct Decay;
+
+impl<T: Scalar> Dynamics<T> for Decay {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (r, c) = h.shape()?;
+        Ok(-(h.mul(p[0].broadcast(r, c)?)?))
+    }
+}
+
+/// `h' = h Aᵀ` with `A` the only parameter (rows of `h` are samples).
+#[derive(Clone, Copy, Debug)]
+pub struct Linear;
+
+impl<T: Scalar> Dynamics<T> for Linear {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        h.matmul_t(p[0])
+    }
+}
+
+/// Scalar time-dependent fields with closed forms.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeField {
+    /// `h' = −2 t h`, so `h(t) = h(s) exp(s² − t²)`.
+    Gaussian,
+    /// `h' = h cos t`, so `h(t) = h(s) exp(sin t − sin s)`.
+    CosGrowth,
+}
+
+impl TimeField {
+    /// `h(t)` given `h(s)`.
+    pub fn exact(self, hs: f64, s: f64, t: f64) -> f64 {
+        match self {
+            TimeField::Gaussian => hs * (s * s - t * t).exp(),
+            TimeField::CosGrowth => hs * (t.sin() - s.sin()).exp(),
+        }
+    }
+}
+
+impl<T: Scalar> Dynamics<T> for TimeField {
+    fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (r, c) = h.shape()?;
+        let coef = match self {
+            TimeField::Gaussian => t.scale(T::cst(-2.0)),
+            TimeField::CosGrowth => t.cos(),
+        };
+        h.mul(coef.broadcast(r, c)?)
+    }
+}
+
+/// `L = Σ_i ⟨v_i, h_i⟩` over the outputs that have a cotangent.
+pub fn dot_loss<'t, T: Scalar>(
+    tape: &'t Tape<T>,
+    outputs: &[Var<'t, T>],
+    cots: &[Option<DMatrix<f64>>],
+) -> TapeResult<Var<'t, T>> {
+    let mut terms = Vec::new();
+    for (h, v) in outputs.iter().zip(cots) {
+        if let Some(v) = v {
+            terms.push(h.mul(tape.constant(v.map(T::cst)))?.sum());
+        }
+    }
+    let mut loss = terms[0];
+    for term in &terms[1..] {
+        loss = loss.add(*term)?;
+    }
+    Ok(loss)
+}
+
+/// A Dual64 matrix with real part `m` and unit eps at `(i, j)` when `seed` is `Some((i, j))`.
+pub fn dual(m: &DMatrix<f64>, seed: Option<(usize, usize)>) -> DMatrix<Dual64> {
+    DMatrix::from_fn(m.nrows(), m.ncols(), |i, j| {
+        Dual64::new(m[(i, j)], if seed == Some((i, j)) { 1.0 } else { 0.0 })
+    })
+}
+
+/// Largest absolute entry.
+pub fn max_abs(m: &DMatrix<f64>) -> f64 {
+    m.iter().fold(0.0, |a, &x| a.max(x.abs()))
+}
+
+/// Largest absolute entrywise difference.
+pub fn max_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Every adaptive method's name.
+pub const ADAPTIVE: [&str; 6] = [
+    "fehlberg2",
+    "adaptive_heun",
+    "bosh3",
+    "dopri5",
+    "tsit5",
+    "dopri8",
+];
+
+/// Every fixed-step method's name.
+pub const FIXED: [&str; 5] = ["euler", "midpoint", "heun2", "heun3", "rk4"];
+
+/// A random MLP problem: field, inputs and the loss's cotangents.
+pub struct Problem {
+    pub f: Mlp,
+    pub h0: DMatrix<f64>,
+    pub params: Vec<DMatrix<f64>>,
+    pub grid: Vec<f64>,
+    /// One per grid time; `None` where the loss does not read the output.
+    pub cots: Vec<Option<DMatrix<f64>>>,
+}
+
+/// Gradients of `L` with respect to every input of a solve.
+#[derive(Clone, Debug)]
+pub struct Grads {
+    pub h0: DMatrix<f64>,
+    pub params: Vec<DMatrix<f64>>,
+    pub t: DMatrix<f64>,
+    pub forward: SolveStats,
+    pub backward: Option<SolveStats>,
+}
+
+impl Grads {
+    /// Largest absolute entry over every gradient.
+    pub fn max_abs(&self) -> f64 {
+        self.params
+            .iter()
+            .chain([&self.h0, &self.t])
+            .map(max_abs)
+            .fold(0.0, f64::max)
+    }
+
+    /// Largest absolute difference over every gradient.
+    pub fn max_diff(&self, o: &Grads) -> f64 {
+        self.params
+            .iter()
+            .zip(&o.params)
+            .chain([(&self.h0, &o.h0), (&self.t, &o.t)])
+            .map(|(a, b)| max_diff(a, b))
+            .fold(0.0, f64::max)
+    }
+}
+
+impl Problem {
+    /// `(batch, dim, hidden)` sizes, `n` grid points (gaps in [0.2, 0.6)), decreasing if
+    /// `reversed`; cotangents on every output if `all_outputs`, else on the last only.
+    pub fn random(
+        rng: &mut Rng,
+        f: Mlp,
+        (batch, dim, hidden): (usize, usize, usize),
+        n: usize,
+        reversed: bool,
+        all_outputs: bool,
+    ) -> Self {
+        let h0 = rng.matrix(batch, dim, 1.0);
+        let params = f.params(rng, dim, hidden, 0.9);
+        let t0 = rng.range(-0.5, 0.5);
+        let mut grid = rng.grid(n, t0, 0.2, 0.6);
+        if reversed {
+            grid.reverse();
+        }
+        let cots = (0..n)
+            .map(|i| (all_outputs || i + 1 == n).then(|| rng.matrix(batch, dim, 1.0)))
+            .collect();
+        Self {
+            f,
+            h0,
+            params,
+            grid,
+            cots,
+        }
+    }
+
+    /// Gradients of `L = Σ ⟨v_i, h(t_i)⟩` by the taped solve or the adjoint.
+    pub fn grads(&self, opts: &Options, adjoint: bool) -> ode::Result<Grads> {
+        let tape = Tape::<f64>::new();
+        let h0 = tape.var(self.h0.clone());
+        let t = tape.var(DMatrix::from_row_slice(1, self.grid.len(), &self.grid));
+        let params: Vec<_> = self.params.iter().map(|m| tape.var(m.clone())).collect();
+        let sol = if adjoint {
+            odeint_adjoint(&tape, &self.f, h0, t, &params, opts)?
+        } else {
+            odeint(&tape, &self.f, h0, t, &params, opts)?
+        };
+        let loss = dot_loss(&tape, &sol.outputs, &self.cots)?;
+        let mut g = tape.backward(loss)?;
+        Ok(Grads {
+            h0: g.take_or_zeros(h0)?,
+            params: params
+                .iter()
+                .map(|&p| g.take_or_zeros(p))
+                .collect::<ad_core::Result<_>>()?,
+            t: g.take_or_zeros(t)?,
+            forward: sol.stats,
+            backward: sol.backward_stats(),
+        })
+    }
+}
