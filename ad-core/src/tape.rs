@@ -453,6 +453,21 @@ impl<'t, T: Scalar> Var<'t, T> {
         Ok(arena.node(self.key, "requires_grad")?.requires_grad)
     }
 
+    /// Run `f` on the values of several variables of one tape at once, without copying.
+    pub fn with_values<R>(vars: &[Var<'t, T>], f: impl FnOnce(&[&DMatrix<T>]) -> R) -> Result<R> {
+        let Some(first) = vars.first() else {
+            return Ok(f(&[]));
+        };
+        let tape = first.tape;
+        let arena = tape.borrow("with_values")?;
+        let mut values: SmallVec<[&DMatrix<T>; 8]> = SmallVec::with_capacity(vars.len());
+        for v in vars {
+            tape.check(v, "with_values")?;
+            values.push(&arena.node(v.key, "with_values")?.value);
+        }
+        Ok(f(&values))
+    }
+
     /// Ops that cannot fail on a live Var return a plain `Var`: on a stale one (or while the
     /// tape is busy) the result is a stale Var, so the first fallible use reports the error
     /// instead of computing something wrong.

@@ -135,7 +135,7 @@ impl<F> AdjointOp<F> {
 impl<F> AdjointOp<F> {
     /// The backward pass of the design notes: for i = n … 1, add g_i to a, reset h to h_i,
     /// record dL/dt_i = f(t_i, h_i)·g_i, integrate [h, a, a_θ, a_t] from t_i to t_{i−1}.
-    /// Output times without a cotangent are stepped through (nothing jumps there).
+    /// With `adjoint_stop_at_all_outputs` off, times without a cotangent are stepped through.
     fn backward<T: Scalar>(
         &self,
         inputs: &[&DMatrix<T>],
@@ -173,8 +173,8 @@ impl<F> AdjointOp<F> {
         let mut stats = SolveStats::default();
         let mut dt = None;
 
-        // Where the backward solve stops: t_0, and every output time whose output receives a
-        // cotangent (there a jumps and h is reset); others only with `adjoint_stop_at_all_outputs`.
+        // Where the backward solve stops (h is reset, a jumps): t_0, every output time whose
+        // output receives a cotangent, and by default (`adjoint_stop_at_all_outputs`) all.
         // Output i ≥ 1 is the node's output i − 1; h(t_0) = h0 takes its cotangent directly.
         let g = |i: usize| {
             if i == 0 {
@@ -259,6 +259,11 @@ struct AugmentedSystem<'a, 'l, T: Scalar, F> {
 }
 
 impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T, F> {
+    /// Only h and a feed the dynamics; a_θ and a_t are pure quadratures.
+    fn reads(&self, c: usize) -> bool {
+        c < 2
+    }
+
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
         self.nfe += 1;
         let scratch = tv.tape();

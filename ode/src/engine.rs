@@ -49,6 +49,11 @@ pub(crate) trait System<'t, T: Scalar> {
     /// `F(t, y)`; `t` is given as a number (for error messages and local tapes) and as a
     /// 1×1 variable (so taped solves differentiate through stage times).
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>>;
+
+    /// Whether `F` reads component `c` of the state (stage values of the others are skipped).
+    fn reads(&self, _c: usize) -> bool {
+        true
+    }
 }
 
 /// Step-size control, separate from the step itself.
@@ -111,50 +116,48 @@ impl Controller {
         }
     }
 
-    /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖`: accept the step when ≤ 1.
-    fn error_ratio<T: Scalar>(
-        &self,
-        err: &[DMatrix<f64>],
-        y0: &[Var<'_, T>],
-        y1: &[Var<'_, T>],
-    ) -> Result<f64> {
-        let scale = |e: f64, a: T, b: T| {
-            e / (self.atol + self.rtol * a.primal().abs().max(b.primal().abs()))
-        };
-        let mut parts: Vec<(f64, usize)> = Vec::with_capacity(err.len());
+    /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖` with the error estimate `err = h Σ e_i k_i`
+    /// (numbers only: step control is not differentiated); accept the step when ≤ 1. One
+    /// pass over each component, no temporary tensors (except for a custom norm).
+    fn error_ratio<T: Scalar>(&self, e: &[f64], step: &Step<'_, T>) -> Result<f64> {
+        let custom = matches!(self.norm, Norm::Custom(_));
+        let mut parts: Vec<(f64, usize)> = Vec::with_capacity(step.y1.len());
         let mut scaled: Vec<DMatrix<f64>> = Vec::new();
-        for (c, e) in err.iter().enumerate() {
+        let weights: Vec<(usize, f64)> = e
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| w != 0.0)
+            .map(|(i, &w)| (i, step.h * w))
+            .collect();
+        for c in 0..step.y1.len() {
+            let (r, cols) = step.y1[c].shape()?;
             if !self.counts(c) {
                 parts.push((0.0, 0));
-                if matches!(self.norm, Norm::Custom(_)) {
-                    scaled.push(DMatrix::zeros(e.nrows(), e.ncols()));
+                if custom {
+                    scaled.push(DMatrix::zeros(r, cols));
                 }
                 continue;
             }
-            y0[c].with_value(|a| {
-                y1[c].with_value(|b| {
-                    if matches!(self.norm, Norm::Custom(_)) {
-                        let m = DMatrix::from_iterator(
-                            e.nrows(),
-                            e.ncols(),
-                            e.iter()
-                                .zip(a.iter().zip(b.iter()))
-                                .map(|(&e, (&a, &b))| scale(e, a, b)),
-                        );
-                        scaled.push(m);
+            let mut vars = vec![step.y0[c], step.y1[c]];
+            vars.extend(weights.iter().map(|&(i, _)| step.k[i][c]));
+            let (sum, m) = Var::with_values(&vars, |v| {
+                let (y0, y1, ks) = (v[0].as_slice(), v[1].as_slice(), &v[2..]);
+                // err = Σ w_i k_i, one contiguous (vectorisable) pass per stage.
+                let mut err = vec![0.0; y0.len()];
+                for (k, &(_, w)) in ks.iter().zip(&weights) {
+                    for (e, x) in err.iter_mut().zip(k.as_slice()) {
+                        *e += w * x.primal();
                     }
-                    let sum: f64 = e
-                        .as_slice()
-                        .iter()
-                        .zip(a.as_slice().iter().zip(b.as_slice()))
-                        .map(|(&e, (&a, &b))| {
-                            let v = scale(e, a, b);
-                            v * v
-                        })
-                        .sum();
-                    parts.push((sum, e.len()));
-                })
-            })??;
+                }
+                let mut sum = 0.0;
+                for (e, (a, b)) in err.iter_mut().zip(y0.iter().zip(y1)) {
+                    *e /= self.atol + self.rtol * a.primal().abs().max(b.primal().abs());
+                    sum += *e * *e;
+                }
+                (sum, custom.then(|| DMatrix::from_vec(r, cols, err)))
+            })?;
+            parts.push((sum, r * cols));
+            scaled.extend(m);
         }
         let r = match &self.norm {
             Norm::Rms => {
@@ -243,14 +246,28 @@ fn combine<'t, T: Scalar>(
     w: &[f64],
     k: &[State<'t, T>],
 ) -> Result<State<'t, T>> {
+    combine_where(tape, y, h, w, k, |_| true)
+}
+
+/// [`combine`] for the components where `wanted(c)`; the others are left as `y[c]`.
+fn combine_where<'t, T: Scalar>(
+    tape: &'t Tape<T>,
+    y: &[Var<'t, T>],
+    h: f64,
+    w: &[f64],
+    k: &[State<'t, T>],
+    wanted: impl Fn(usize) -> bool,
+) -> Result<State<'t, T>> {
     let mut out = Vec::with_capacity(y.len());
     let mut terms = Vec::with_capacity(w.len() + 1);
     for (c, &yc) in y.iter().enumerate() {
         terms.clear();
         terms.push((T::one(), yc));
-        for (&wj, kj) in w.iter().zip(k) {
-            if wj != 0.0 {
-                terms.push((T::cst(h * wj), kj[c]));
+        if wanted(c) {
+            for (&wj, kj) in w.iter().zip(k) {
+                if wj != 0.0 {
+                    terms.push((T::cst(h * wj), kj[c]));
+                }
             }
         }
         out.push(if terms.len() == 1 {
@@ -270,8 +287,8 @@ pub(crate) struct Step<'t, T: Scalar> {
     pub k: Vec<State<'t, T>>,
     /// The propagated solution at `t + h`.
     pub y1: State<'t, T>,
-    /// The error estimate `h Σ e_i k_i` (numbers only: step control is not differentiated).
-    pub err: Option<Vec<DMatrix<f64>>>,
+    /// The step size taken.
+    pub h: f64,
 }
 
 /// One Runge–Kutta step from `(t, y)` with `k0 = F(t, y)`: a pure function of (t, y, h)
@@ -290,44 +307,29 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     k.push(k0);
     let mut last_input = None;
     for i in 1..s {
-        let yi = combine(tape, y, h, tab.a[i], &k)?;
+        // Stage values only for the components F reads (the adjoint's a_θ and a_t are
+        // integrated but never read, so their stage values would be wasted work).
+        let yi = combine_where(tape, y, h, tab.a[i], &k, |c| sys.reads(c))?;
         let ti = t.var.add_scalar(T::cst(tab.c[i] * h));
         let ki = sys.eval(t.at + tab.c[i] * h, ti, &yi)?;
         k.push(ki);
         last_input = Some(yi);
     }
     let y1 = match (tab.fsal, last_input) {
-        // FSAL: the last stage was evaluated at y₁ itself.
-        (true, Some(y_last)) => y_last,
-        _ => combine(tape, y, h, tab.b, &k)?,
-    };
-    let err = match tab.b_error {
-        Some(e) => {
-            let mut err = Vec::with_capacity(y.len());
-            for c in 0..y.len() {
-                let (r, cols) = y[c].shape()?;
-                let mut acc = DMatrix::<f64>::zeros(r, cols);
-                for (&ei, ki) in e.iter().zip(&k) {
-                    if ei != 0.0 {
-                        let w = h * ei;
-                        ki[c].with_value(|m| {
-                            for (a, v) in acc.as_mut_slice().iter_mut().zip(m.as_slice()) {
-                                *a += w * v.primal();
-                            }
-                        })?;
-                    }
-                }
-                err.push(acc);
-            }
-            Some(err)
+        // FSAL: the last stage was evaluated at y₁ itself (for the components F reads).
+        (true, Some(y_last)) => {
+            let rest = combine_where(tape, y, h, tab.b, &k, |c| !sys.reads(c))?;
+            (0..y.len())
+                .map(|c| if sys.reads(c) { y_last[c] } else { rest[c] })
+                .collect()
         }
-        None => None,
+        _ => combine(tape, y, h, tab.b, &k)?,
     };
     Ok(Step {
         y0: y.to_vec(),
         k,
         y1,
-        err,
+        h,
     })
 }
 
@@ -503,9 +505,9 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
             k0.clone(),
             h,
         )?;
-        let (accept, dt_next) = match &step.err {
-            Some(err) => {
-                let ratio = ctl.error_ratio(err, &y, &step.y1)?;
+        let (accept, dt_next) = match tab.b_error {
+            Some(e) => {
+                let ratio = ctl.error_ratio(e, &step)?;
                 (ratio <= 1.0, ctl.next_step(h.abs(), ratio))
             }
             None => (true, dt),

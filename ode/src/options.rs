@@ -96,9 +96,12 @@ pub struct Options {
     pub adjoint_step_size: Option<f64>,
     /// Error norm of the backward solve.
     pub adjoint_norm: AdjointNorm,
-    /// Stop the backward solve at every output time, as torchdiffeq does, even where the
-    /// output receives no cotangent (default `false`: step through those times, since `a`
-    /// does not jump there; the step size is carried across stops either way).
+    /// Stop the backward solve at every output time and reset `h` to the stored forward
+    /// value there, as torchdiffeq does (default `true`). With `false`, output times whose
+    /// output gets no cotangent are stepped through: far fewer steps when the loss reads only
+    /// a few outputs, but no reset of `h` there, so on contracting dynamics (whose backward
+    /// reconstruction drifts) gradients can be much less accurate. The step size is carried
+    /// across stops either way.
     pub adjoint_stop_at_all_outputs: bool,
 }
 
@@ -122,7 +125,7 @@ impl Default for Options {
             adjoint_atol: None,
             adjoint_step_size: None,
             adjoint_norm: AdjointNorm::Full,
-            adjoint_stop_at_all_outputs: false,
+            adjoint_stop_at_all_outputs: true,
         }
     }
 }
