@@ -93,9 +93,23 @@ impl<T: Scalar> Tape<T> {
         seeds: &[(Var<'_, T>, DMatrix<T>)],
         wrt: &[Var<'_, T>],
     ) -> Result<Vec<DMatrix<T>>> {
+        // A foreign Var's key could name a node of this tape: refuse it before looking it up.
+        for v in wrt {
+            self.check(v, "vjp_wrt")?;
+        }
         let mut grads = self.pullback(seeds, Some(wrt))?;
         wrt.iter()
-            .map(|v| match grads.remove(v.key) {
+            .enumerate()
+            .map(|(i, v)| {
+                // A Var listed again later keeps its gradient for that later entry.
+                if wrt[i + 1..].iter().any(|w| w.key == v.key) {
+                    grads.get(v.key).cloned()
+                } else {
+                    grads.remove(v.key)
+                }
+            })
+            .zip(wrt)
+            .map(|(g, v)| match g {
                 Some(g) => Ok(g),
                 None => {
                     let (r, c) = v.shape()?;

@@ -58,6 +58,8 @@ macro_rules! unary_ops {
             }
         }
 
+        // `neg` is also `std::ops::Neg` (implemented below); the method spares a `use`.
+        #[allow(clippy::should_implement_trait)]
         impl<'t, T: Scalar> Var<'t, T> {
             $( $(#[$doc])* pub fn $method(self) -> Var<'t, T> { self.unary(Unary::$variant) } )*
         }
@@ -150,21 +152,25 @@ impl<'t, T: Scalar> Var<'t, T> {
     }
 
     /// `self + other`, same shapes.
+    #[allow(clippy::should_implement_trait)] // `std::ops::Add` is implemented too, below
     pub fn add(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Add, other)
     }
 
     /// `self - other`, same shapes.
+    #[allow(clippy::should_implement_trait)] // `std::ops::Sub` is implemented too, below
     pub fn sub(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Sub, other)
     }
 
     /// Elementwise (Hadamard) product, same shapes.
+    #[allow(clippy::should_implement_trait)] // `std::ops::Mul` is implemented too, below
     pub fn mul(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Mul, other)
     }
 
     /// Elementwise quotient, same shapes.
+    #[allow(clippy::should_implement_trait)] // `std::ops::Div` is implemented too, below
     pub fn div(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Div, other)
     }
