@@ -1,0 +1,286 @@
+//! Recording a node costs no heap allocation beyond the tensors it must keep.
+//!
+//! A counting global allocator (wrapping `System`) counts allocations, frees and reallocations
+//! made by the current thread only (each test runs on its own thread, so tests running in
+//! parallel do not disturb each other). After a warm-up that records once and rewinds, so the
+//! arena has capacity, recording an op must allocate exactly one block, its output tensor:
+//! no parent list, no op box, no arena growth. The one exception is transient scratch of
+//! the `f64` matrix-product kernel (`matrixmultiply` packs its operands into a buffer it
+//! allocates and frees inside the call); that count is measured by calling the kernel
+//! directly, and the net number of live blocks after recording must still be exactly one
+//! per op.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Tape, Var};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+    static FREES: Cell<usize> = const { Cell::new(0) };
+    static REALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn bump(counter: &'static LocalKey<Cell<usize>>) {
+    // `try_with`: allocations during thread teardown are simply not counted.
+    let _ = counter.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; counting touches only
+// const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        bump(&ALLOCS);
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        bump(&ALLOCS);
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        bump(&FREES);
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        bump(&REALLOCS);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap events of this thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Heap {
+    allocs: usize,
+    frees: usize,
+    reallocs: usize,
+}
+
+impl Heap {
+    fn now() -> Self {
+        Self {
+            allocs: ALLOCS.with(Cell::get),
+            frees: FREES.with(Cell::get),
+            reallocs: REALLOCS.with(Cell::get),
+        }
+    }
+
+    /// Blocks allocated and not freed.
+    fn live(self) -> isize {
+        self.allocs as isize - self.frees as isize
+    }
+}
+
+/// Run `f` and return its result with the heap events it caused on this thread.
+fn measure<R>(f: impl FnOnce() -> R) -> (R, Heap) {
+    let before = Heap::now();
+    let r = f();
+    let after = Heap::now();
+    (
+        r,
+        Heap {
+            allocs: after.allocs - before.allocs,
+            frees: after.frees - before.frees,
+            reallocs: after.reallocs - before.reallocs,
+        },
+    )
+}
+
+/// Allocations the `f64` product kernel makes for its own scratch in one `m×k · k×n` product
+/// (measured, not assumed, so that a kernel without scratch makes this 0).
+fn gemm_scratch(m: usize, k: usize, n: usize) -> usize {
+    let a = vec![0.5; m * k];
+    let b = vec![0.25; k * n];
+    let mut c = vec![0.0; m * n];
+    let ((), heap) = measure(|| {
+        // SAFETY: a is m×k, b is k×n and c is m×n, column-major and contiguous.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                1,
+                m as isize,
+                b.as_ptr(),
+                1,
+                k as isize,
+                0.0,
+                c.as_mut_ptr(),
+                1,
+                m as isize,
+            );
+        }
+    });
+    assert_eq!(heap.reallocs, 0);
+    assert_eq!(
+        heap.live(),
+        0,
+        "the kernel's scratch is freed before it returns"
+    );
+    heap.allocs
+}
+
+fn init(r: usize, c: usize, seed: f64) -> DMatrix<f64> {
+    DMatrix::from_fn(r, c, |i, j| ((i * c + j) as f64 * 0.37 + seed).sin() * 0.5)
+}
+
+/// A 16→16→16→16 tanh MLP (PyTorch-convention layers) on a batch of 8: 3 `matmul_t`,
+/// 3 `add_row`, 2 `tanh`.
+const BATCH: usize = 8;
+const WIDTH: usize = 16;
+const MLP_OPS: usize = 8;
+const MLP_PRODUCTS: usize = 3;
+
+fn mlp<'t>(x: Var<'t, f64>, layers: &[(Var<'t, f64>, Var<'t, f64>)]) -> Var<'t, f64> {
+    let mut h = x;
+    for (i, &(w, b)) in layers.iter().enumerate() {
+        h = h.matmul_t(w).unwrap().add_row(b).unwrap();
+        if i + 1 < layers.len() {
+            h = h.tanh();
+        }
+    }
+    h
+}
+
+/// `(W, b)` per layer.
+type Layers<'t> = Vec<(Var<'t, f64>, Var<'t, f64>)>;
+
+fn mlp_leaves(tape: &Tape<f64>) -> (Var<'_, f64>, Layers<'_>) {
+    let x = tape.var(init(BATCH, WIDTH, 0.1));
+    let layers = (0..3)
+        .map(|l| {
+            let w = tape.var(init(WIDTH, WIDTH, f64::from(l)));
+            let b = tape.var(init(1, WIDTH, 10.0 + f64::from(l)));
+            (w, b)
+        })
+        .collect();
+    (x, layers)
+}
+
+fn check_mlp_forward(no_grad: bool) {
+    let scratch = gemm_scratch(BATCH, WIDTH, WIDTH);
+    let tape = Tape::<f64>::new();
+    let (x, layers) = mlp_leaves(&tape);
+    let base = tape.len();
+    let mark = tape.mark();
+    let record = || {
+        let _guard = no_grad.then(|| tape.no_grad());
+        mlp(x, &layers)
+    };
+    // Warm-up: the arena's slots and order vector reach their size, then are kept by rewind.
+    for _ in 0..2 {
+        record();
+        tape.rewind(mark).unwrap();
+    }
+
+    let (y, heap) = measure(record);
+    let recorded = tape.len() - base;
+    assert_eq!(recorded, MLP_OPS);
+    assert_eq!(y.requires_grad().unwrap(), !no_grad);
+    assert_eq!(heap.reallocs, 0, "recording grew a buffer: {heap:?}");
+    assert_eq!(
+        heap.allocs,
+        recorded + MLP_PRODUCTS * scratch,
+        "one output tensor per op (plus the product kernel's {scratch} scratch block(s) per product): {heap:?}"
+    );
+    assert_eq!(
+        heap.live(),
+        recorded as isize,
+        "exactly one live block per recorded op: {heap:?}"
+    );
+
+    // Rewinding frees exactly those outputs and allocates nothing.
+    let ((), heap) = measure(|| tape.rewind(mark).unwrap());
+    assert_eq!(
+        heap,
+        Heap {
+            allocs: 0,
+            frees: recorded,
+            reallocs: 0
+        }
+    );
+}
+
+#[test]
+fn recording_the_mlp_allocates_one_block_per_op() {
+    check_mlp_forward(false);
+}
+
+#[test]
+fn the_mlp_under_no_grad_allocates_one_block_per_op() {
+    check_mlp_forward(true);
+}
+
+type Record = for<'t> fn(&[Var<'t, f64>]) -> Var<'t, f64>;
+
+#[test]
+fn every_builtin_op_records_with_one_allocation() {
+    // Leaves: a (4×3), b (4×3, positive), w (5×3), bias (1×3), m (3×5), s (1×1).
+    let tape = Tape::<f64>::new();
+    let leaves = [
+        tape.var(init(4, 3, 0.3)),
+        tape.var(init(4, 3, 0.7).map(|v| v + 1.0)),
+        tape.var(init(5, 3, 1.1)),
+        tape.var(init(1, 3, 1.9)),
+        tape.var(init(3, 5, 2.3)),
+        tape.var(init(1, 1, 2.9)),
+    ];
+    let base = tape.len();
+    let mark = tape.mark();
+    let products = gemm_scratch(4, 3, 5);
+    let ops: Vec<(&str, Record, usize)> = vec![
+        ("neg", |v| v[0].neg(), 0),
+        ("tanh", |v| v[0].tanh(), 0),
+        ("sigmoid", |v| v[0].sigmoid(), 0),
+        ("relu", |v| v[0].relu(), 0),
+        ("softplus", |v| v[0].softplus(), 0),
+        ("exp", |v| v[0].exp(), 0),
+        ("log", |v| v[1].log(), 0),
+        ("sin", |v| v[0].sin(), 0),
+        ("cos", |v| v[0].cos(), 0),
+        ("square", |v| v[0].square(), 0),
+        ("sqrt", |v| v[1].sqrt(), 0),
+        ("powi", |v| v[0].powi(3), 0),
+        ("scale", |v| v[0].scale(2.5), 0),
+        ("add", |v| v[0].add(v[1]).unwrap(), 0),
+        ("sub", |v| v[0].sub(v[1]).unwrap(), 0),
+        ("mul", |v| v[0].mul(v[1]).unwrap(), 0),
+        ("div", |v| v[0].div(v[1]).unwrap(), 0),
+        ("matmul", |v| v[0].matmul(v[4]).unwrap(), products),
+        ("matmul_t", |v| v[0].matmul_t(v[2]).unwrap(), products),
+        ("add_row", |v| v[0].add_row(v[3]).unwrap(), 0),
+        ("transpose", |v| v[0].transpose(), 0),
+        ("sum", |v| v[0].sum(), 0),
+        ("sum_rows", |v| v[0].sum_rows(), 0),
+        ("sum_cols", |v| v[0].sum_cols(), 0),
+        ("mean", |v| v[0].mean(), 0),
+        ("mse", |v| v[0].mse(v[1]).unwrap(), 0),
+        ("broadcast", |v| v[5].broadcast(4, 3).unwrap(), 0),
+        ("slice_cols", |v| v[0].slice_cols(1, 2).unwrap(), 0),
+    ];
+    for (name, op, scratch) in ops {
+        op(&leaves);
+        tape.rewind(mark).unwrap();
+        let (_, heap) = measure(|| op(&leaves));
+        assert_eq!(tape.len(), base + 1, "`{name}` records one node");
+        assert_eq!(heap.reallocs, 0, "`{name}` grew a buffer: {heap:?}");
+        assert_eq!(
+            heap.allocs,
+            1 + scratch,
+            "`{name}` allocates its output only (plus {scratch} kernel scratch): {heap:?}"
+        );
+        assert_eq!(heap.live(), 1, "`{name}` keeps one block: {heap:?}");
+        tape.rewind(mark).unwrap();
+    }
+}
