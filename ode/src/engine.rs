@@ -344,7 +344,6 @@ pub(crate) fn interpolate<'t, T: Scalar>(
     step: &Step<'t, T>,
     k_next: Option<&State<'t, T>>,
 ) -> Result<State<'t, T>> {
-    let y = &step.y0;
     // weights(θ) = [1, θ, …, θ^K] · C, over the terms listed below.
     let (coeffs, terms): (DMatrix<T>, Vec<&State<'t, T>>) = match (tab.interpolant, k_next) {
         (Some(p), _) => {
@@ -357,7 +356,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
                 }
             }
             let mut terms: Vec<&State<'t, T>> = Vec::with_capacity(p.len() + 1);
-            terms.push(&step.y1); // placeholder replaced below by y
+            terms.push(&step.y0);
             terms.extend(step.k.iter());
             (c, terms)
         }
@@ -370,7 +369,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
                 -3.0,      -2.0 * h,   3.0,      -h,
                 2.0,       h,          -2.0,     h,
             ]).map(T::cst);
-            (c, vec![&step.y1, &step.k[0], &step.y1, f1])
+            (c, vec![&step.y0, &step.k[0], &step.y1, f1])
         }
         (None, None) => unreachable_interp()?,
     };
@@ -381,14 +380,12 @@ pub(crate) fn interpolate<'t, T: Scalar>(
         powers.push(if k == 1 { theta } else { theta.powi(k as i32) });
     }
     let weights = tape.concat_cols(&powers)?.matmul(tape.constant(coeffs))?;
-    let mut out = Vec::with_capacity(y.len());
-    for c in 0..y.len() {
-        // Term 0 is always y at the step's start.
-        let mut vars: Vec<Var<'t, T>> = terms.iter().map(|s| s[c]).collect();
-        vars[0] = y[c];
-        out.push(tape.weighted_sum(weights, &vars)?);
-    }
-    Ok(out)
+    (0..step.y0.len())
+        .map(|c| {
+            let vars: Vec<Var<'t, T>> = terms.iter().map(|s| s[c]).collect();
+            Ok(tape.weighted_sum(weights, &vars)?)
+        })
+        .collect()
 }
 
 fn unreachable_interp<T>() -> Result<T> {
