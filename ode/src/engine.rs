@@ -119,17 +119,11 @@ impl Controller {
     /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖` with the error estimate `err = h Σ e_i k_i`
     /// (numbers only: step control is not differentiated); accept the step when ≤ 1. One
     /// pass over each component, no temporary tensors (except for a custom norm).
-    fn error_ratio<T: Scalar>(&self, e: &[f64], step: &Step<'_, T>) -> Result<f64> {
+    fn error_ratio<T: Scalar>(&self, err: &[Vec<f64>], step: &Step<'_, T>) -> Result<f64> {
         let custom = matches!(self.norm, Norm::Custom(_));
         let mut parts: Vec<(f64, usize)> = Vec::with_capacity(step.y1.len());
         let mut scaled: Vec<DMatrix<f64>> = Vec::new();
-        let weights: Vec<(usize, f64)> = e
-            .iter()
-            .enumerate()
-            .filter(|(_, &w)| w != 0.0)
-            .map(|(i, &w)| (i, step.h * w))
-            .collect();
-        for c in 0..step.y1.len() {
+        for (c, e) in err.iter().enumerate() {
             let (r, cols) = step.y1[c].shape()?;
             if !self.counts(c) {
                 parts.push((0.0, 0));
@@ -138,23 +132,21 @@ impl Controller {
                 }
                 continue;
             }
-            let mut vars = vec![step.y0[c], step.y1[c]];
-            vars.extend(weights.iter().map(|&(i, _)| step.k[i][c]));
+            let vars = [step.y0[c], step.y1[c]];
             let (sum, m) = Var::with_values(&vars, |v| {
-                let (y0, y1, ks) = (v[0].as_slice(), v[1].as_slice(), &v[2..]);
-                // err = Σ w_i k_i, one contiguous (vectorisable) pass per stage.
-                let mut err = vec![0.0; y0.len()];
-                for (k, &(_, w)) in ks.iter().zip(&weights) {
-                    for (e, x) in err.iter_mut().zip(k.as_slice()) {
-                        *e += w * x.primal();
-                    }
-                }
-                let mut sum = 0.0;
-                for (e, (a, b)) in err.iter_mut().zip(y0.iter().zip(y1)) {
-                    *e /= self.atol + self.rtol * a.primal().abs().max(b.primal().abs());
-                    sum += *e * *e;
-                }
-                (sum, custom.then(|| DMatrix::from_vec(r, cols, err)))
+                let (y0, y1) = (v[0].as_slice(), v[1].as_slice());
+                let mut scaled_err: Vec<f64> = e
+                    .iter()
+                    .zip(y0.iter().zip(y1))
+                    .map(|(e, (a, b))| {
+                        e / (self.atol + self.rtol * a.primal().abs().max(b.primal().abs()))
+                    })
+                    .collect();
+                let sum = sum_of_squares(&scaled_err);
+                (
+                    sum,
+                    custom.then(|| DMatrix::from_vec(r, cols, std::mem::take(&mut scaled_err))),
+                )
             })?;
             parts.push((sum, r * cols));
             scaled.extend(m);
@@ -238,6 +230,20 @@ impl Controller {
     }
 }
 
+/// `Σ x²` with eight independent partial sums, so that the loop vectorises (one running
+/// sum would chain every addition on the previous one).
+fn sum_of_squares(x: &[f64]) -> f64 {
+    let mut acc = [0.0; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// `y + h Σ_j w_j k_j` per component, one `lin_comb` node per component; zero weights skipped.
 fn combine<'t, T: Scalar>(
     tape: &'t Tape<T>,
@@ -287,8 +293,9 @@ pub(crate) struct Step<'t, T: Scalar> {
     pub k: Vec<State<'t, T>>,
     /// The propagated solution at `t + h`.
     pub y1: State<'t, T>,
-    /// The step size taken.
-    pub h: f64,
+    /// The error estimate `h Σ e_i k_i` per component (empty where the norm skips the
+    /// component; `None` for fixed-step methods).
+    pub err: Option<Vec<Vec<f64>>>,
 }
 
 /// One Runge–Kutta step from `(t, y)` with `k0 = F(t, y)`: a pure function of (t, y, h)
@@ -296,14 +303,50 @@ pub(crate) struct Step<'t, T: Scalar> {
 pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     tape: &'t Tape<T>,
     sys: &mut S,
-    tab: &Tableau,
+    method: Method<'_>,
     t: Time<'t, T>,
     y: &[Var<'t, T>],
     k0: State<'t, T>,
     h: f64,
 ) -> Result<Step<'t, T>> {
+    let tab = method.tableau;
     let s = tab.c.len();
     let mut k: Vec<State<'t, T>> = Vec::with_capacity(s);
+    // The error estimate h Σ e_i k_i accumulates as each stage arrives, while its values are
+    // still in cache (numbers only: step control is not differentiated).
+    let mut err: Option<Vec<Vec<f64>>> = match tab.b_error {
+        Some(_) => Some(
+            y.iter()
+                .enumerate()
+                .map(|(c, v)| {
+                    Ok(if method.counts(c) {
+                        vec![0.0; v.shape()?.0 * v.shape()?.1]
+                    } else {
+                        Vec::new()
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
+    let mut add_stage = |i: usize, ki: &State<'t, T>| -> Result<()> {
+        let (Some(err), Some(e)) = (err.as_mut(), tab.b_error) else {
+            return Ok(());
+        };
+        let w = h * e[i];
+        if w == 0.0 {
+            return Ok(());
+        }
+        for (acc, v) in err.iter_mut().zip(ki).filter(|(acc, _)| !acc.is_empty()) {
+            v.with_value(|m| {
+                for (a, x) in acc.iter_mut().zip(m.as_slice()) {
+                    *a += w * x.primal();
+                }
+            })?;
+        }
+        Ok(())
+    };
+    add_stage(0, &k0)?;
     k.push(k0);
     let mut last_input = None;
     for i in 1..s {
@@ -312,6 +355,7 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         let yi = combine_where(tape, y, h, tab.a[i], &k, |c| sys.reads(c))?;
         let ti = t.var.add_scalar(T::cst(tab.c[i] * h));
         let ki = sys.eval(t.at + tab.c[i] * h, ti, &yi)?;
+        add_stage(i, &ki)?;
         k.push(ki);
         last_input = Some(yi);
     }
@@ -329,8 +373,23 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         y0: y.to_vec(),
         k,
         y1,
-        h,
+        err,
     })
+}
+
+/// A method as the step sees it: its tableau, and which components its error estimate
+/// covers (`None`: all).
+#[derive(Clone, Copy)]
+pub(crate) struct Method<'a> {
+    pub tableau: &'a Tableau,
+    pub error_mask: Option<&'a [bool]>,
+}
+
+impl Method<'_> {
+    fn counts(&self, c: usize) -> bool {
+        self.error_mask
+            .is_none_or(|m| m.get(c).copied().unwrap_or(true))
+    }
 }
 
 /// Dense output at `t_out` inside the step `[t_n, t_n + h]`: the method's own interpolant,
@@ -493,18 +552,22 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
         }
         let step_mark = tape.mark();
         let t_var = seg.t_base.add_scalar(T::cst(t - seg.t0));
+        let method = Method {
+            tableau: tab,
+            error_mask: ctl.mask.as_deref(),
+        };
         let step = rk_step(
             tape,
             sys,
-            tab,
+            method,
             Time { at: t, var: t_var },
             &y,
             k0.clone(),
             h,
         )?;
-        let (accept, dt_next) = match tab.b_error {
-            Some(e) => {
-                let ratio = ctl.error_ratio(e, &step)?;
+        let (accept, dt_next) = match &step.err {
+            Some(err) => {
+                let ratio = ctl.error_ratio(err, &step)?;
                 (ratio <= 1.0, ctl.next_step(h.abs(), ratio))
             }
             None => (true, dt),
