@@ -1,6 +1,6 @@
 //! The per-step workload of a neural-ODE adjoint: a 64→64→64→64 tanh MLP on a 32×64 batch.
 //!
-//! Three PyTorch-convention linear layers `y = x Wᵀ + b` (`matmul_t` + `add_row`), tanh after
+//! Three PyTorch-convention linear layers `y = x Wᵀ + b` (one `linear` node each), tanh after
 //! the first two. Benchmarks:
 //!
 //! * `forward`: record the forward pass on a tape, then rewind to the mark that holds the
@@ -64,7 +64,7 @@ impl<'t> Mlp<'t> {
     fn forward(&self) -> Var<'t, f64> {
         let mut h = self.x;
         for (i, &(w, b)) in self.layers.iter().enumerate() {
-            h = h.matmul_t(w).unwrap().add_row(b).unwrap();
+            h = h.linear(w, b).unwrap();
             if i + 1 < self.layers.len() {
                 h = h.tanh();
             }
