@@ -373,6 +373,7 @@ op_properties! {
     matmul_t: |d| [any(d.r, d.k), any(d.c, d.k)] => |tape, x| x[0].matmul_t(x[1]);
     matmul_t_const_left: |d| [cst(any(d.r, d.k)), any(d.c, d.k)] => |tape, x| x[0].matmul_t(x[1]);
     matmul_t_const_right: |d| [any(d.r, d.k), cst(any(d.c, d.k))] => |tape, x| x[0].matmul_t(x[1]);
+    powers: |d| [any(1, 1)] => |tape, x| x[0].powers(4);
     linear: |d| [any(d.r, d.k), any(d.c, d.k), any(1, d.c)] => |tape, x| x[0].linear(x[1], x[2]);
     linear_const_input: |d| [cst(any(d.r, d.k)), any(d.c, d.k), any(1, d.c)] => |tape, x| x[0].linear(x[1], x[2]);
     transpose: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].transpose());

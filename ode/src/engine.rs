@@ -433,12 +433,9 @@ pub(crate) fn interpolate<'t, T: Scalar>(
         (None, None) => unreachable_interp()?,
     };
     let theta = t_out.sub(t_n)?.scale(T::cst(1.0 / h));
-    let mut powers = Vec::with_capacity(coeffs.nrows());
-    powers.push(tape.constant(DMatrix::from_element(1, 1, T::one())));
-    for k in 1..coeffs.nrows() {
-        powers.push(if k == 1 { theta } else { theta.powi(k as i32) });
-    }
-    let weights = tape.concat_cols(&powers)?.matmul(tape.constant(coeffs))?;
+    let weights = theta
+        .powers(coeffs.nrows() - 1)?
+        .matmul(tape.constant(coeffs))?;
     (0..step.y0.len())
         .map(|c| {
             let vars: Vec<Var<'t, T>> = terms.iter().map(|s| s[c]).collect();

@@ -136,6 +136,29 @@ impl<'t, T: Scalar> Var<'t, T> {
         }))
     }
 
+    /// The powers `[1, x, x², …, xⁿ]` (1×(n+1)) of a 1×1 variable: one node for a
+    /// polynomial basis, e.g. `x.powers(n)?.matmul(coeffs)` evaluates polynomials in x.
+    pub fn powers(self, n: usize) -> Result<Var<'t, T>> {
+        self.tape.apply("powers", &[self], |x| {
+            if x[0].shape() != (1, 1) {
+                return Err(Error::ShapeMismatch {
+                    op: "powers",
+                    left: x[0].shape(),
+                    right: (1, 1),
+                    expected: "the base must be 1x1",
+                });
+            }
+            let base = x[0][(0, 0)];
+            let mut p = T::one();
+            let y = DMatrix::from_fn(1, n + 1, |_, _| {
+                let v = p;
+                p *= base;
+                v
+            });
+            Ok((y, Op::Powers))
+        })
+    }
+
     /// Multiply every entry by the constant `c` (no gradient flows to `c`).
     pub fn scale(self, c: T) -> Var<'t, T> {
         self.infallible(
@@ -189,6 +212,15 @@ pub(crate) fn powi_vjp<T: Scalar>(n: i32, x: &DMatrix<T>, mut g: DMatrix<T>) -> 
         *g *= nt * DualNum::powi(&x, n - 1);
     }
     g
+}
+
+/// y_j = x^j:  x̄ = Σ_j ȳ_j · j x^(j−1) = Σ_j ȳ_j · j · y_(j−1).
+pub(crate) fn powers_vjp<T: Scalar>(y: &DMatrix<T>, g: &DMatrix<T>) -> DMatrix<T> {
+    let mut xbar = T::zero();
+    for j in 1..y.ncols() {
+        xbar += g[(0, j)] * T::cst(j as f64) * y[(0, j - 1)];
+    }
+    DMatrix::from_element(1, 1, xbar)
 }
 
 pub(crate) fn scale_vjp<T: Scalar>(c: T, mut g: DMatrix<T>) -> DMatrix<T> {
