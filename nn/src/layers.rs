@@ -110,14 +110,14 @@ impl Mlp {
         })
     }
 
-    /// Input width.
+    /// Input width (0 for an MLP without layers).
     pub fn in_features(&self) -> usize {
-        self.layers[0].in_features
+        self.layers.first().map_or(0, |l| l.in_features)
     }
 
-    /// Output width.
+    /// Output width (0 for an MLP without layers).
     pub fn out_features(&self) -> usize {
-        self.layers[self.layers.len() - 1].out_features
+        self.layers.last().map_or(0, |l| l.out_features)
     }
 
     /// Fresh parameters (`layers.{i}.weight`, `layers.{i}.bias`) with PyTorch's default

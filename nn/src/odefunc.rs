@@ -51,6 +51,28 @@ impl OdeFunc {
         subtract_state: bool,
     ) -> Result<Self> {
         let dim = mlp.out_features();
+        if mlp.layers.is_empty()
+            || mlp
+                .layers
+                .iter()
+                .any(|l| l.in_features == 0 || l.out_features == 0)
+        {
+            return Err(Error::Mismatch(
+                "the MLP needs at least one layer, with positive widths".into(),
+            ));
+        }
+        if let Some(i) = mlp
+            .layers
+            .windows(2)
+            .position(|w| w[0].out_features != w[1].in_features)
+        {
+            return Err(Error::Mismatch(format!(
+                "layer {i} outputs {} features but layer {} reads {}",
+                mlp.layers[i].out_features,
+                i + 1,
+                mlp.layers[i + 1].in_features
+            )));
+        }
         if mlp.in_features() != dim + usize::from(time_input) {
             return Err(Error::Mismatch(format!(
                 "the MLP reads {} features but the state has {dim}{}",
@@ -72,9 +94,9 @@ impl OdeFunc {
 
     /// Same field with `t` appended as an input column (the first layer grows by one input).
     pub fn with_time_input(mut self) -> Self {
-        if !self.time_input {
+        if let (false, Some(first)) = (self.time_input, self.mlp.layers.first_mut()) {
             self.time_input = true;
-            self.mlp.layers[0].in_features += 1;
+            first.in_features += 1;
         }
         self
     }

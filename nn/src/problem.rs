@@ -135,9 +135,19 @@ pub enum Loss {
 impl Loss {
     /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape.
     pub fn apply<'t>(&self, tape: &'t Tape<f64>, outputs: &[Var<'t, f64>]) -> Result<Var<'t, f64>> {
+        let Some(last) = outputs.last() else {
+            return Err(Error::Mismatch("the loss needs at least one output".into()));
+        };
         match self {
-            Loss::SumFinal => Ok(outputs[outputs.len() - 1].sum()),
+            Loss::SumFinal => Ok(last.sum()),
             Loss::Cotangents(v) => {
+                if v.len() != outputs.len() {
+                    return Err(Error::Mismatch(format!(
+                        "{} cotangents for {} outputs",
+                        v.len(),
+                        outputs.len()
+                    )));
+                }
                 let mut terms = Vec::with_capacity(v.len());
                 for (vi, hi) in v.iter().zip(outputs) {
                     terms.push(hi.mul(tape.constant(vi.clone()))?.sum());

@@ -503,3 +503,42 @@ fn malformed_weights_name_the_entry() {
         other => panic!("expected Format, got {other:?}"),
     }
 }
+
+#[test]
+fn loss_rejects_outputs_it_does_not_fit() {
+    use ad_core::nalgebra::DMatrix;
+    let tape = ad_core::Tape::<f64>::new();
+    let h = tape.var(DMatrix::from_element(2, 3, 1.5));
+    assert!(matches!(
+        nn::Loss::SumFinal.apply(&tape, &[]),
+        Err(nn::Error::Mismatch(_))
+    ));
+    let two = nn::Loss::Cotangents(vec![DMatrix::from_element(2, 3, 1.0); 2]);
+    assert!(matches!(
+        two.apply(&tape, &[h]),
+        Err(nn::Error::Mismatch(_))
+    ));
+    // With matching counts it is Σ ⟨v_i, h_i⟩: 2 outputs of 6 entries × 1.5 × 1.0.
+    let l = two.apply(&tape, &[h, h]).unwrap().scalar_value().unwrap();
+    assert!((l - 18.0).abs() < 1e-12);
+}
+
+#[test]
+fn odefunc_rejects_an_mlp_whose_layers_do_not_chain() {
+    let mlp = nn::Mlp {
+        layers: vec![nn::Linear::new(3, 4), nn::Linear::new(5, 3)],
+        activation: nn::Activation::Tanh,
+    };
+    assert!(matches!(
+        nn::OdeFunc::from_mlp(mlp, nn::Input::State, false, false),
+        Err(nn::Error::Mismatch(_))
+    ));
+    let empty = nn::Mlp {
+        layers: vec![],
+        activation: nn::Activation::Tanh,
+    };
+    assert!(matches!(
+        nn::OdeFunc::from_mlp(empty, nn::Input::State, false, false),
+        Err(nn::Error::Mismatch(_))
+    ));
+}
