@@ -222,7 +222,11 @@ impl<T: Scalar> Tape<T> {
 
 fn accumulate<T: Scalar>(slot: &mut Option<DMatrix<T>>, g: DMatrix<T>) {
     match slot {
-        Some(acc) => *acc += g,
+        Some(acc) => {
+            for (a, b) in acc.as_mut_slice().iter_mut().zip(g.as_slice()) {
+                *a += *b;
+            }
+        }
         None => *slot = Some(g),
     }
 }

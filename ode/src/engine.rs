@@ -432,6 +432,12 @@ pub(crate) fn interpolate<'t, T: Scalar>(
         }
         (None, None) => unreachable_interp()?,
     };
+    // Terms whose weight polynomial is identically zero (dopri5's k₂) are left out.
+    let used: Vec<usize> = (0..coeffs.ncols())
+        .filter(|&j| coeffs.column(j).iter().any(|v| *v != T::zero()))
+        .collect();
+    let coeffs = coeffs.select_columns(&used);
+    let terms: Vec<&State<'t, T>> = used.iter().map(|&j| terms[j]).collect();
     let theta = t_out.sub(t_n)?.scale(T::cst(1.0 / h));
     let weights = theta
         .powers(coeffs.nrows() - 1)?

@@ -343,25 +343,8 @@ impl<T: Scalar> crate::tape::Tape<T> {
             for xi in x {
                 same_shape("lin_comb", first.shape(), xi.shape())?;
             }
-            // y = c₀x₀ (+ c₁x₁) in one pass, then two more terms per pass: half the memory
-            // traffic of one pass per term.
-            let mut y = match (terms, x) {
-                ([(c0, _), (c1, _), ..], [x0, x1, ..]) => x0.zip_map(x1, |a, b| *c0 * a + *c1 * b),
-                _ => *first * terms[0].0,
-            };
-            let rest = terms
-                .iter()
-                .map(|t| t.0)
-                .zip(x.iter())
-                .skip(2)
-                .collect::<SmallVec<[_; 8]>>();
-            for pair in rest.chunks(2) {
-                match pair {
-                    [(c, xa), (d, xb)] => axpy2(&mut y, *c, xa, *d, xb),
-                    [(c, xa)] => axpy(&mut y, *c, xa),
-                    _ => {}
-                }
-            }
+            let coeffs: SmallVec<[T; 8]> = terms.iter().map(|t| t.0).collect();
+            let y = combination(&coeffs, x);
             Ok((y, Op::LinComb(terms.iter().map(|t| t.0).collect())))
         })
     }
@@ -394,12 +377,10 @@ impl<T: crate::scalar::Scalar> crate::tape::Tape<T> {
                     expected: "the weights must be one row with one entry per term",
                 });
             }
-            let mut y = DMatrix::zeros(first.nrows(), first.ncols());
-            for (&c, xi) in w.iter().zip(terms) {
+            for xi in terms {
                 same_shape("weighted_sum", first.shape(), xi.shape())?;
-                axpy(&mut y, c, xi);
             }
-            Ok((y, Op::WeightedSum))
+            Ok((combination(w.as_slice(), terms), Op::WeightedSum))
         })
     }
 }
@@ -426,6 +407,25 @@ fn axpy<T: Scalar>(y: &mut DMatrix<T>, c: T, x: &DMatrix<T>) {
     for (y, &x) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
         *y += c * x;
     }
+}
+
+/// `Σ cᵢ xᵢ` over same-shape matrices (at least one): `c₀x₀ + c₁x₁` in one pass, then two
+/// more terms per pass, half the memory traffic of one pass per term.
+fn combination<T: Scalar>(c: &[T], x: &[&DMatrix<T>]) -> DMatrix<T> {
+    let mut y = match (c, x) {
+        ([c0, c1, ..], [x0, x1, ..]) => x0.zip_map(x1, |a, b| *c0 * a + *c1 * b),
+        _ => x[0] * c[0],
+    };
+    let rest: SmallVec<[(T, &DMatrix<T>); 8]> =
+        c.iter().copied().zip(x.iter().copied()).skip(2).collect();
+    for pair in rest.chunks(2) {
+        match *pair {
+            [(c, a), (d, b)] => axpy2(&mut y, c, a, d, b),
+            [(c, a)] => axpy(&mut y, c, a),
+            _ => {}
+        }
+    }
+    y
 }
 
 /// `y += c a + d b` in one pass.
