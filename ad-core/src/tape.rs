@@ -17,8 +17,9 @@ new_key_type! {
     pub(crate) struct NodeKey;
 }
 
-/// Parent list of a node: two inline slots cover every built-in op but the n-ary ones.
-pub(crate) type Parents = SmallVec<[NodeKey; 2]>;
+/// Parent list of a node: three inline slots cover every built-in op (`linear` has three
+/// inputs) but the n-ary ones (`lin_comb`, `weighted_sum`, `concat_cols`, custom ops).
+pub(crate) type Parents = SmallVec<[NodeKey; 3]>;
 
 /// One recorded operation: its value, how to pull a cotangent back through it, and its inputs.
 pub(crate) struct Node<T: Scalar> {

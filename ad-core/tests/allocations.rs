@@ -226,7 +226,7 @@ type Record = for<'t> fn(&[Var<'t, f64>]) -> Var<'t, f64>;
 
 #[test]
 fn every_builtin_op_records_with_one_allocation() {
-    // Leaves: a (4×3), b (4×3, positive), w (5×3), bias (1×3), m (3×5), s (1×1).
+    // Leaves: a (4×3), b (4×3, positive), w (5×3), bias (1×3), m (3×5), s (1×1), bias (1×5).
     let tape = Tape::<f64>::new();
     let leaves = [
         tape.var(init(4, 3, 0.3)),
@@ -235,6 +235,7 @@ fn every_builtin_op_records_with_one_allocation() {
         tape.var(init(1, 3, 1.9)),
         tape.var(init(3, 5, 2.3)),
         tape.var(init(1, 1, 2.9)),
+        tape.var(init(1, 5, 3.1)),
     ];
     let base = tape.len();
     let mark = tape.mark();
@@ -259,6 +260,10 @@ fn every_builtin_op_records_with_one_allocation() {
         ("div", |v| v[0].div(v[1]).unwrap(), 0),
         ("matmul", |v| v[0].matmul(v[4]).unwrap(), products),
         ("matmul_t", |v| v[0].matmul_t(v[2]).unwrap(), products),
+        ("linear", |v| v[0].linear(v[2], v[6]).unwrap(), products),
+        ("abs", |v| v[0].abs(), 0),
+        ("add_scalar", |v| v[0].add_scalar(0.5), 0),
+        ("powers", |v| v[5].powers(4).unwrap(), 0),
         ("add_row", |v| v[0].add_row(v[3]).unwrap(), 0),
         ("transpose", |v| v[0].transpose(), 0),
         ("sum", |v| v[0].sum(), 0),

@@ -24,7 +24,7 @@ use crate::error::{Error, Result, Shape};
 use crate::scalar::Scalar;
 
 /// Cotangents for a node's parents, `None` where a parent needs none.
-pub(crate) type Grads<T> = SmallVec<[Option<DMatrix<T>>; 2]>;
+pub(crate) type Grads<T> = SmallVec<[Option<DMatrix<T>>; 3]>;
 
 /// What a node records: the op kind and the constants its VJP needs.
 pub(crate) enum Op<T: Scalar> {
