@@ -79,11 +79,14 @@ fn primal<T: Scalar>(v: &Var<'_, T>) -> Result<DMatrix<f64>> {
     Ok(v.with_value(|m| m.map(|x| x.primal()))?)
 }
 
+/// Whether component `c` counts in an error norm restricted by `mask` (`None`: all count).
+fn counted(mask: Option<&[bool]>, c: usize) -> bool {
+    mask.is_none_or(|m| m.get(c).copied().unwrap_or(true))
+}
+
 impl Controller {
     fn counts(&self, c: usize) -> bool {
-        self.mask
-            .as_ref()
-            .is_none_or(|m| m.get(c).copied().unwrap_or(true))
+        counted(self.mask.as_deref(), c)
     }
 
     /// The configured norm of per-component scaled errors.
@@ -387,8 +390,7 @@ pub(crate) struct Method<'a> {
 
 impl Method<'_> {
     fn counts(&self, c: usize) -> bool {
-        self.error_mask
-            .is_none_or(|m| m.get(c).copied().unwrap_or(true))
+        counted(self.error_mask, c)
     }
 }
 
