@@ -37,6 +37,13 @@ pub enum Error {
         /// The operation that was called.
         op: &'static str,
     },
+    /// The value of an intermediate node was released to save memory (its backward does not
+    /// need it); the variable can still be differentiated through, but not read.
+    #[error("`{op}`: this intermediate value was released after recording to save memory (backward never reads it); read the values you need before they are released, e.g. a solve's outputs")]
+    Released {
+        /// The operation that was called.
+        op: &'static str,
+    },
     /// An argument is out of range (a slice past the last column, an empty concat, ...).
     #[error("`{op}`: {message}")]
     InvalidArgument {

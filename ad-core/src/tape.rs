@@ -30,6 +30,8 @@ pub(crate) struct Node<T: Scalar> {
     pub(crate) pos: usize,
     /// Whether some parameter leaf reaches this node, i.e. whether backward must visit it.
     pub(crate) requires_grad: bool,
+    /// Whether the value was dropped by [`Tape::release_unneeded`].
+    pub(crate) released: bool,
 }
 
 pub(crate) struct Arena<T: Scalar> {
@@ -39,7 +41,11 @@ pub(crate) struct Arena<T: Scalar> {
 
 impl<T: Scalar> Arena<T> {
     pub(crate) fn node(&self, key: NodeKey, op: &'static str) -> Result<&Node<T>> {
-        self.nodes.get(key).ok_or(Error::StaleVar { op })
+        match self.nodes.get(key) {
+            None => Err(Error::StaleVar { op }),
+            Some(node) if node.released => Err(Error::Released { op }),
+            Some(node) => Ok(node),
+        }
     }
 }
 
@@ -252,6 +258,57 @@ impl<T: Scalar> Tape<T> {
             .collect())
     }
 
+    /// Drop the values of nodes recorded since `from` that backward will never read: values
+    /// that no op's VJP uses (e.g. a pre-activation consumed only by `tanh`, whose VJP reads
+    /// its own output) and that are not in `keep`. Their `Var`s can still be differentiated
+    /// through, but reading them is [`Error::Released`]. Returns the bytes freed.
+    pub fn release_unneeded(&self, from: Mark, keep: &[Var<'_, T>]) -> Result<usize> {
+        const NAME: &str = "release_unneeded";
+        if from.tape != self.id {
+            return Err(Error::ForeignVar { op: NAME });
+        }
+        let mut arena = self.borrow_mut(NAME)?;
+        let Arena { nodes, order } = &mut *arena;
+        let start = from.len.min(order.len());
+        let mut needed = vec![false; order.len() - start];
+        for v in keep {
+            self.check(v, NAME)?;
+            if let Some(node) = nodes.get(v.key) {
+                if node.pos >= start {
+                    needed[node.pos - start] = true;
+                }
+            }
+        }
+        for pos in start..order.len() {
+            let node = &nodes[order[pos]];
+            let (reads_output, reads_inputs) = if node.requires_grad {
+                node.op.reads()
+            } else {
+                (false, false)
+            };
+            needed[pos - start] |= reads_output;
+            if reads_inputs {
+                for &p in &node.parents {
+                    let pp = nodes[p].pos;
+                    if pp >= start {
+                        needed[pp - start] = true;
+                    }
+                }
+            }
+        }
+        let mut freed = 0;
+        for (i, &key) in order[start..].iter().enumerate() {
+            let node = &mut nodes[key];
+            if needed[i] || node.released || matches!(node.op, Op::Leaf) {
+                continue;
+            }
+            freed += node.value.len() * std::mem::size_of::<T>();
+            node.value = DMatrix::zeros(0, 0);
+            node.released = true;
+        }
+        Ok(freed)
+    }
+
     /// Remove every node. All existing `Var`s of this tape become stale.
     pub fn reset(&self) -> Result<()> {
         self.rewind(Mark {
@@ -363,6 +420,7 @@ impl<T: Scalar> Tape<T> {
             parents,
             pos,
             requires_grad,
+            released: false,
         });
         arena.order.push(key);
         Var { tape: self, key }

@@ -295,3 +295,59 @@ fn stats_count_custom_ops_and_their_held_bytes() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn release_unneeded_drops_values_backward_never_reads_and_keeps_gradients() {
+    use nalgebra::dmatrix;
+    let grads_of = |release: bool| {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(dmatrix![0.3, -1.2; 0.7, 2.0]);
+        let w = tape.var(dmatrix![0.5, -0.25; 1.5, 0.75]);
+        let b = tape.var(dmatrix![0.1, -0.2]);
+        let mark = tape.mark();
+        // linear → tanh: tanh's VJP reads its output, so the pre-activation is unneeded;
+        // linear's VJP reads its input x (a leaf) and w.
+        let pre = x.linear(w, b).unwrap();
+        let act = pre.tanh();
+        let out = act.square().sum();
+        let stats_before = tape.stats();
+        if release {
+            let freed = tape.release_unneeded(mark, &[out]).unwrap();
+            // The pre-activation (4 entries) and sum's input... square reads its input (act),
+            // so only `pre` is dropped: 4 f64 = 32 bytes.
+            assert_eq!(freed, 32);
+            assert_eq!(tape.stats().held_bytes, stats_before.held_bytes - 32);
+            assert!(matches!(pre.value(), Err(ad_core::Error::Released { .. })));
+            assert!(act.value().is_ok() && out.value().is_ok());
+        }
+        let g = tape.backward(out).unwrap();
+        (
+            g.get(x).unwrap().clone(),
+            g.get(w).unwrap().clone(),
+            g.get(b).unwrap().clone(),
+        )
+    };
+    let (full, released) = (grads_of(false), grads_of(true));
+    assert_eq!(full, released);
+}
+
+#[test]
+fn release_unneeded_keeps_dual_number_gradients_exact() {
+    use num_dual::Dual64;
+    let grads_of = |release: bool| {
+        let tape = Tape::<Dual64>::new();
+        let d = |re: f64, eps: f64| Dual64::new(re, eps);
+        let x = tape.var(nalgebra::DMatrix::from_row_slice(
+            1,
+            3,
+            &[d(0.3, 1.0), d(-1.2, 0.5), d(0.7, -2.0)],
+        ));
+        let mark = tape.mark();
+        let y = x.scale(d(1.5, 0.0)).sigmoid().exp().sum();
+        if release {
+            tape.release_unneeded(mark, &[y]).unwrap();
+        }
+        tape.backward(y).unwrap().get(x).unwrap().clone()
+    };
+    assert_eq!(grads_of(false), grads_of(true));
+}

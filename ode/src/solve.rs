@@ -205,7 +205,7 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
     opts.validate()?;
     check_tape(tape, "odeint", [&h0, &t].into_iter().chain(params))?;
     let mark = tape.mark();
-    let result = odeint_recorded(tape, f, h0, t, params, opts);
+    let result = odeint_recorded(mark, tape, f, h0, t, params, opts);
     if result.is_err() {
         // Leave the tape as it was; only rewinding can fail here, and then it is the
         // original error that matters.
@@ -215,6 +215,7 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
 }
 
 fn odeint_recorded<'t, T: Scalar, F: Dynamics<T>>(
+    mark: ad_core::Mark,
     tape: &'t Tape<T>,
     f: &F,
     h0: Var<'t, T>,
@@ -251,6 +252,9 @@ fn odeint_recorded<'t, T: Scalar, F: Dynamics<T>>(
         outputs.push(s[0]);
         Ok(())
     })?;
+    // Keep only what backward reads (and the outputs): e.g. pre-activations that only a
+    // tanh consumes are dropped.
+    tape.release_unneeded(mark, &outputs)?;
     Ok(Solution {
         outputs,
         stats: SolveStats {

@@ -30,6 +30,15 @@ macro_rules! unary_ops {
         pub(crate) enum Unary { $($variant,)* }
 
         impl Unary {
+            /// What the VJP reads: `(output y, input x)`.
+            pub(crate) fn reads(self) -> (bool, bool) {
+                match self {
+                    Unary::Neg => (false, false),
+                    Unary::Tanh | Unary::Sigmoid | Unary::Exp | Unary::Sqrt => (true, false),
+                    _ => (false, true),
+                }
+            }
+
             pub(crate) fn name(self) -> &'static str {
                 match self { $(Unary::$variant => stringify!($method),)* }
             }
@@ -46,10 +55,14 @@ macro_rules! unary_ops {
                 if self.vjp_f64(y, &mut g) {
                     return g;
                 }
+                // The value an op's VJP does not read may have been released (an empty
+                // matrix, see `Unary::reads`); it then stands in as zero, unread.
+                let (xs, ys) = (x.as_slice(), y.as_slice());
+                let at = |v: &[T], i: usize| if v.is_empty() { T::zero() } else { v[i] };
                 match self {
                     $(Unary::$variant => {
-                        for ((g, &$vx), &$vy) in g.iter_mut().zip(x.iter()).zip(y.iter()) {
-                            let $vg: T = *g;
+                        for (i, g) in g.iter_mut().enumerate() {
+                            let ($vx, $vy, $vg): (T, T, T) = (at(xs, i), at(ys, i), *g);
                             *g = $bwd;
                         }
                     })*

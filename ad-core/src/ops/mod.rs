@@ -83,6 +83,29 @@ impl<T: Scalar> Op<T> {
         }
     }
 
+    /// What this op's VJP reads: `(its own output, its inputs)`. Values nothing reads may be
+    /// released after recording (shapes count as reads: broadcast, reductions, slices and
+    /// concatenation need their inputs' shapes).
+    pub(crate) fn reads(&self) -> (bool, bool) {
+        match self {
+            Op::Leaf | Op::Constant => (false, false),
+            Op::Unary(u) => u.reads(),
+            Op::Powi(_) => (false, true),
+            Op::Powers => (true, false),
+            Op::Scale(_) | Op::AddScalar | Op::Transpose | Op::AddRow | Op::LinComb(_) => {
+                (false, false)
+            }
+            Op::Binary(Binary::Add | Binary::Sub) => (false, false),
+            Op::Binary(Binary::Mul) => (false, true),
+            Op::Binary(Binary::Div) => (true, true),
+            Op::MatMul | Op::MatMulT | Op::Linear | Op::Mse | Op::WeightedSum => (false, true),
+            Op::Broadcast | Op::Reduce(_) | Op::Concat | Op::SliceCols(_) => (false, true),
+            // A custom op's VJP gets its inputs and outputs (the output nodes' values).
+            Op::Custom(_) => (false, true),
+            Op::CustomOutput => (true, false),
+        }
+    }
+
     /// Bytes held for backward beyond the node's own value.
     pub(crate) fn extra_held_bytes(&self) -> usize {
         match self {
