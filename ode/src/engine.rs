@@ -528,6 +528,7 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
     };
     let mut t = seg.t0;
     let mut next_out = 0;
+    let mut emitted: Vec<Var<'t, T>> = Vec::new();
     // A method without its own interpolant gets a cubic Hermite, O(h⁴) locally: far below a
     // high-order adaptive method's accuracy at its large steps (dopri8 at rtol 1e-8: errors
     // of 1e-4). Such methods step onto every output time instead.
@@ -650,6 +651,7 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
                 interpolate(tape, tab, t_var, h, t_out_var, &step, k_next.as_ref())?
             };
             emit(next_out, &value)?;
+            emitted.extend_from_slice(&value);
             next_out += 1;
         }
         if next_out == seg.outputs.len() {
@@ -673,8 +675,16 @@ pub(crate) fn integrate<'t, T: Scalar, S: System<'t, T>>(
         let n = y.len();
         let mut carried = match seg.scratch {
             Some(mark) => tape.rewind_keep(mark, &carried)?,
-            None => carried,
+            None => {
+                // Taped: later steps read only y₁ and F(t₁, y₁) of this one, so whatever
+                // else of it backward never reads can go now (keeps peak memory down too).
+                let mut keep = carried.clone();
+                keep.extend_from_slice(&emitted);
+                tape.release_unneeded(step_mark, &keep)?;
+                carried
+            }
         };
+        emitted.clear();
         k0 = carried.split_off(n);
         y = carried;
         t = t1;
