@@ -1,0 +1,164 @@
+//! Cross-crate properties over random neural ODEs built through `nn`: problem files
+//! round-trip exactly, and the adjoint's gradients agree with the taped ones within a bound
+//! that shrinks with the tolerance, for every input flavour of `OdeFunc`.
+
+use costate::ad_core::Tape;
+use costate::nalgebra::DMatrix;
+use costate::nn::problem::{
+    layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec, PROBLEM_FORMAT,
+};
+use costate::nn::{GradientMode, NeuralOde, Problem};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+/// A random problem: dim × hidden MLP, flags, h0, grid and loss drawn from `seed`.
+fn problem(
+    seed: u64,
+    dim: usize,
+    hidden: usize,
+    flags: (bool, bool, bool),
+    cotangents: bool,
+    tol: f64,
+) -> Problem {
+    use rand::{Rng, SeedableRng};
+    let (cube, time_input, subtract) = flags;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let func = costate::nn::OdeFunc::new(dim, &[hidden], costate::nn::Activation::Tanh).unwrap();
+    let func = if time_input {
+        func.with_time_input()
+    } else {
+        func
+    };
+    let params = func.mlp.init_params(&mut rng);
+    let batch = 3;
+    let h0 = DMatrix::from_fn(batch, dim, |_, _| rng.random_range(-1.0..1.0));
+    let npts = 4;
+    let t: Vec<f64> = (0..npts).map(|i| 0.4 * i as f64).collect();
+    let loss = if cotangents {
+        LossSpec::Cotangents {
+            cotangents: (0..npts)
+                .map(|_| {
+                    nested(&DMatrix::from_fn(batch, dim, |_, _| {
+                        rng.random_range(-1.0..1.0)
+                    }))
+                })
+                .collect(),
+        }
+    } else {
+        LossSpec::SumFinal
+    };
+    let file = ProblemFile {
+        format: PROBLEM_FORMAT.into(),
+        description: format!("random problem {seed}"),
+        model: ModelSpec {
+            kind: "mlp".into(),
+            activation: "tanh".into(),
+            input: if cube { "cube" } else { "h" }.into(),
+            subtract_state: subtract,
+            time_input,
+            layers: layer_specs(&params),
+        },
+        h0: nested(&h0),
+        t,
+        solver: SolverSpec {
+            method: "dopri5".into(),
+            rtol: tol,
+            atol: tol,
+        },
+        loss,
+        reference: None,
+        generator: None,
+    };
+    Problem::from_file(file).unwrap()
+}
+
+/// dL/dh0, dL/dθ… and dL/dt of one mode, flattened, with the max |entry| for scale.
+fn gradients(p: &Problem, mode: GradientMode) -> (Vec<f64>, f64) {
+    let model = NeuralOde {
+        options: p.options.clone(),
+        ..NeuralOde::new(p.func.clone(), mode)
+    };
+    let tape = Tape::new();
+    let params = p.params.to_tape(&tape);
+    let h0 = tape.var(p.h0.clone());
+    let t = tape.var(DMatrix::from_row_slice(1, p.t.len(), &p.t));
+    let sol = model.forward(&tape, h0, t, &params).unwrap();
+    let loss = p.loss.apply(&tape, &sol.outputs).unwrap();
+    let mut g = tape.backward(loss).unwrap();
+    let mut flat: Vec<f64> = g.take_or_zeros(h0).unwrap().iter().copied().collect();
+    for m in p.params.grads(&mut g, &params).unwrap() {
+        flat.extend(m.iter());
+    }
+    flat.extend(g.take_or_zeros(t).unwrap().iter());
+    let scale = flat.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    (flat, scale)
+}
+
+fn runner(cases: u32) -> TestRunner {
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
+}
+
+#[test]
+fn random_problem_files_round_trip_exactly() {
+    runner(16)
+        .run(
+            &(
+                any::<u64>(),
+                1usize..5,
+                1usize..8,
+                any::<(bool, bool, bool)>(),
+                any::<bool>(),
+            ),
+            |(seed, dim, hidden, flags, cot)| {
+                let p = problem(seed, dim, hidden, flags, cot, 1e-7);
+                let text = serde_json::to_string(&p.to_file()).unwrap();
+                let q = Problem::from_json(&text).unwrap();
+                prop_assert_eq!(&q.params, &p.params);
+                prop_assert_eq!(&q.h0, &p.h0);
+                prop_assert_eq!(&q.t, &p.t);
+                prop_assert_eq!(&q.loss, &p.loss);
+                prop_assert_eq!(&q.func, &p.func);
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn adjoint_matches_taped_within_a_tolerance_bound_for_every_odefunc_flavour() {
+    runner(12)
+        .run(
+            &(
+                any::<u64>(),
+                1usize..4,
+                2usize..8,
+                any::<(bool, bool, bool)>(),
+                any::<bool>(),
+            ),
+            |(seed, dim, hidden, flags, cot)| {
+                // The gap between the modes is the solver error of each: it must shrink with the
+                // tolerance (a sign error or a missing term would not).
+                let mut gaps = Vec::new();
+                for tol in [1e-5, 1e-9] {
+                    let p = problem(seed, dim, hidden, flags, cot, tol);
+                    let (taped, scale) = gradients(&p, GradientMode::Taped);
+                    let (adjoint, _) = gradients(&p, GradientMode::Adjoint);
+                    let gap = taped
+                        .iter()
+                        .zip(&adjoint)
+                        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+                        / (1.0 + scale);
+                    prop_assert!(gap < 20.0 * tol.powf(0.8), "tol {tol}: gap {gap:e}");
+                    gaps.push(gap);
+                }
+                prop_assert!(gaps[1] < gaps[0].max(1e-12), "gap did not shrink: {gaps:?}");
+                Ok(())
+            },
+        )
+        .unwrap();
+}
