@@ -6,14 +6,22 @@ use slotmap::SecondaryMap;
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::ops::Op;
+use crate::ops::{Op, Report};
 use crate::scalar::Scalar;
 use crate::tape::{Arena, NodeKey, Tape, Var};
 
-/// Gradients of one backward pass, keyed by leaf `Var`.
+/// What a reverse sweep gathers: cotangents of the leaves, reports of custom nodes.
+type Pulled<T> = (
+    SecondaryMap<NodeKey, DMatrix<T>>,
+    SecondaryMap<NodeKey, Report>,
+);
+
+/// Gradients of one backward pass, keyed by leaf `Var`, and the [`Report`]s of the custom
+/// nodes whose VJPs ran in it.
 pub struct Gradients<T: Scalar> {
     tape: u64,
     grads: SecondaryMap<NodeKey, DMatrix<T>>,
+    reports: SecondaryMap<NodeKey, Report>,
 }
 
 impl<T: Scalar> std::fmt::Debug for Gradients<T> {
@@ -50,6 +58,15 @@ impl<T: Scalar> Gradients<T> {
         }
     }
 
+    /// What the VJP of the custom node whose first output is `output` reported in this
+    /// pass, if it ran and reported an `R` (e.g. `ode::BackwardStats` of a solve).
+    pub fn report<R: 'static>(&self, output: Var<'_, T>) -> Option<&R> {
+        if output.tape.id() != self.tape {
+            return None;
+        }
+        self.reports.get(output.key)?.downcast_ref::<R>()
+    }
+
     /// Number of leaves with a gradient.
     pub fn len(&self) -> usize {
         self.grads.len()
@@ -79,10 +96,11 @@ impl<T: Scalar> Tape<T> {
     /// Vector-Jacobian product: the cotangent of `output` pulled back to every
     /// gradient-requiring leaf.
     pub fn vjp(&self, output: Var<'_, T>, cotangent: DMatrix<T>) -> Result<Gradients<T>> {
-        let grads = self.pullback(&[(output, cotangent)], None)?;
+        let (grads, reports) = self.pullback(&[(output, cotangent)], None)?;
         Ok(Gradients {
             tape: self.id(),
             grads,
+            reports,
         })
     }
 
@@ -97,7 +115,7 @@ impl<T: Scalar> Tape<T> {
         for v in wrt {
             self.check(v, "vjp_wrt")?;
         }
-        let mut grads = self.pullback(seeds, Some(wrt))?;
+        let (mut grads, _reports) = self.pullback(seeds, Some(wrt))?;
         wrt.iter()
             .enumerate()
             .map(|(i, v)| {
@@ -123,7 +141,7 @@ impl<T: Scalar> Tape<T> {
         &self,
         seeds: &[(Var<'_, T>, DMatrix<T>)],
         wrt: Option<&[Var<'_, T>]>,
-    ) -> Result<SecondaryMap<NodeKey, DMatrix<T>>> {
+    ) -> Result<Pulled<T>> {
         const NAME: &str = "backward";
         let arena = self.borrow(NAME)?;
         let mut pending: Vec<Option<DMatrix<T>>> = Vec::new();
@@ -155,6 +173,7 @@ impl<T: Scalar> Tape<T> {
         };
 
         let mut result = SecondaryMap::new();
+        let mut reports = SecondaryMap::new();
         for pos in (0..end).rev() {
             let key = arena.order[pos];
             let node = &arena.nodes[key];
@@ -200,10 +219,11 @@ impl<T: Scalar> Tape<T> {
                     .iter()
                     .map(|&o| &arena.nodes[o].value)
                     .collect();
-                custom
-                    .vjp(&inputs, &outputs, cotangents, &wants)?
-                    .into_iter()
-                    .collect()
+                let (grads, report) = custom.vjp(&inputs, &outputs, cotangents, &wants)?;
+                if let (Some(report), Some(&first)) = (report, custom.outputs.first()) {
+                    reports.insert(first, report);
+                }
+                grads.into_iter().collect()
             } else {
                 let Some(g) = pending[pos].take() else {
                     continue;
@@ -216,7 +236,7 @@ impl<T: Scalar> Tape<T> {
                 }
             }
         }
-        Ok(result)
+        Ok((result, reports))
     }
 }
 

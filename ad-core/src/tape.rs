@@ -309,6 +309,33 @@ impl<T: Scalar> Tape<T> {
         Ok(freed)
     }
 
+    /// Heap bytes of what was recorded since `from`: every node's value (constants and
+    /// released values included, as they stand now), a custom op's own holdings, and the
+    /// node's slot in the arena. For memory budgets; O(nodes since `from`).
+    pub fn bytes_since(&self, from: Mark) -> usize {
+        let Ok(arena) = self.arena.try_borrow() else {
+            return 0;
+        };
+        if from.tape != self.id {
+            return 0;
+        }
+        let slot = std::mem::size_of::<Node<T>>() + std::mem::size_of::<NodeKey>();
+        arena.order[from.len.min(arena.order.len())..]
+            .iter()
+            .map(|&key| {
+                let node = &arena.nodes[key];
+                node.value.len() * std::mem::size_of::<T>()
+                    + node.op.extra_held_bytes()
+                    + if node.parents.spilled() {
+                        node.parents.len() * std::mem::size_of::<NodeKey>()
+                    } else {
+                        0
+                    }
+                    + slot
+            })
+            .sum()
+    }
+
     /// Remove every node. All existing `Var`s of this tape become stale.
     pub fn reset(&self) -> Result<()> {
         self.rewind(Mark {

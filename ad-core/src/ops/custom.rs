@@ -11,6 +11,14 @@ use crate::tape::{NodeKey, Parents, Tape, Var};
 /// Boxed error a custom op reports; it reaches the caller inside [`Error::Custom`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// What a custom op's VJP tells its caller besides cotangents (e.g. the step counts of a
+/// backward ODE solve). It travels back in the [`crate::Gradients`] of the pass that ran the
+/// VJP, found with [`crate::Gradients::report`] under the node's first output.
+pub type Report = Box<dyn std::any::Any>;
+
+/// What [`CustomOp::vjp_with_report`] returns: one cotangent per input, and a report.
+pub type ReportedVjp<T> = (Vec<Option<DMatrix<T>>>, Option<Report>);
+
 /// An operation that another crate puts on the tape as one opaque node.
 ///
 /// The forward runs outside the tape (it may integrate an ODE, call a solver, ...); backward
@@ -75,6 +83,18 @@ pub trait CustomOp<T: Scalar> {
 
     /// Bytes the op keeps for backward besides its inputs and outputs.
     fn held_bytes(&self) -> usize;
+
+    /// [`CustomOp::vjp`] plus a [`Report`] for the caller. The tape calls this one; the
+    /// default runs `vjp` and reports nothing, so only ops with something to say override it.
+    fn vjp_with_report(
+        &self,
+        inputs: &[&DMatrix<T>],
+        outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+        wants: &[bool],
+    ) -> Result<ReportedVjp<T>, BoxError> {
+        Ok((self.vjp(inputs, outputs, cotangents, wants)?, None))
+    }
 }
 
 /// What a custom node stores: the op and the keys of its output nodes.
@@ -91,11 +111,11 @@ impl<T: Scalar> CustomNode<T> {
         outputs: &[&DMatrix<T>],
         cotangents: Vec<Option<DMatrix<T>>>,
         wants: &[bool],
-    ) -> Result<Vec<Option<DMatrix<T>>>> {
+    ) -> Result<ReportedVjp<T>> {
         let name = self.op.name();
-        let grads = self
+        let (grads, report) = self
             .op
-            .vjp(inputs, outputs, cotangents, wants)
+            .vjp_with_report(inputs, outputs, cotangents, wants)
             .map_err(|source| Error::Custom {
                 op: name.to_owned(),
                 source,
@@ -124,7 +144,7 @@ impl<T: Scalar> CustomNode<T> {
                 }
             }
         }
-        Ok(grads)
+        Ok((grads, report))
     }
 }
 

@@ -13,7 +13,7 @@ mod reduce;
 mod shape;
 
 pub(crate) use custom::CustomNode;
-pub use custom::{BoxError, CustomOp};
+pub use custom::{BoxError, CustomOp, Report, ReportedVjp};
 pub(crate) use elementwise::{Binary, Unary};
 pub(crate) use reduce::Reduce;
 
