@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::nn::{GradientMode, NeuralOde, Problem};
+use costate::nn::{NeuralOde, Problem, Strategy};
 use costate::ode::Dynamics;
 
 fn seed_problem() -> Problem {
@@ -20,10 +20,10 @@ fn seed_problem() -> Problem {
     Problem::load(path).unwrap_or_else(|e| panic!("the seed benchmark needs {path}: {e}"))
 }
 
-fn fwd_bwd(problem: &Problem, mode: GradientMode, tape: &Tape<f64>) -> (usize, usize) {
+fn fwd_bwd(problem: &Problem, strategy: &Strategy, tape: &Tape<f64>) -> (usize, usize) {
     let model = NeuralOde {
         func: problem.func.clone(),
-        mode,
+        strategy: strategy.clone(),
         options: problem.options.clone(),
     };
     tape.reset().expect("reset");
@@ -32,18 +32,22 @@ fn fwd_bwd(problem: &Problem, mode: GradientMode, tape: &Tape<f64>) -> (usize, u
     let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
     let sol = model.forward(tape, h0, t, &p).expect("solve");
     let loss = problem.loss.apply(tape, &sol.outputs).expect("loss");
-    tape.backward(loss).expect("backward");
-    (sol.stats.nfe, sol.backward_stats().map_or(0, |s| s.nfe))
+    let grads = tape.backward(loss).expect("backward");
+    (
+        sol.stats.nfe,
+        sol.backward_stats(&grads).map_or(0, |s| s.nfe),
+    )
 }
 
 fn bench(c: &mut Criterion) {
     let problem = seed_problem();
     let tape = Tape::<f64>::new();
-    for mode in [GradientMode::Taped, GradientMode::Adjoint] {
-        let (fwd, bwd) = fwd_bwd(&problem, mode, &tape);
-        eprintln!("{}: forward NFE {fwd}, backward NFE {bwd}", mode.name());
-        c.bench_function(&format!("seed/{}_fwd_bwd", mode.name()), |b| {
-            b.iter(|| fwd_bwd(&problem, mode, &tape))
+    for name in ["taped", "backsolve", "aca", "checkpointed:2"] {
+        let strategy: Strategy = name.parse().expect("a strategy name");
+        let (fwd, bwd) = fwd_bwd(&problem, &strategy, &tape);
+        eprintln!("{name}: forward NFE {fwd}, backward NFE {bwd}");
+        c.bench_function(&format!("seed/{name}_fwd_bwd"), |b| {
+            b.iter(|| fwd_bwd(&problem, &strategy, &tape))
         });
     }
     // One evaluation of f, and one f + VJP w.r.t. h and θ (what each adjoint step costs).

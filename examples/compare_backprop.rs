@@ -18,7 +18,7 @@ use costate::ad_core::Tape;
 use costate::nn::problem::{
     layer_specs, nested, GradientSet, LossSpec, ModelSpec, ProblemFile, SolverSpec,
 };
-use costate::nn::{Activation, GradientMode, NeuralOde, Problem};
+use costate::nn::{Activation, NeuralOde, Problem, Strategy};
 use costate::report::{bytes, median, peak_rss_bytes, Table};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -98,7 +98,7 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
 
 /// What one mode produced.
 struct Run {
-    mode: GradientMode,
+    mode: Strategy,
     loss: f64,
     grad_h0: DMatrix<f64>,
     grad_params: Vec<DMatrix<f64>>,
@@ -112,10 +112,10 @@ struct Run {
     time_ms: f64,
 }
 
-fn run(problem: &Problem, mode: GradientMode, reps: usize) -> Result<Run, Box<dyn Error>> {
+fn run(problem: &Problem, mode: Strategy, reps: usize) -> Result<Run, Box<dyn Error>> {
     let model = NeuralOde {
         func: problem.func.clone(),
-        mode,
+        strategy: mode.clone(),
         options: problem.options.clone(),
     };
     let tape = Tape::<f64>::new();
@@ -134,13 +134,13 @@ fn run(problem: &Problem, mode: GradientMode, reps: usize) -> Result<Run, Box<dy
         times.push(start.elapsed().as_secs_f64() * 1e3);
         if first.is_none() {
             first = Some(Run {
-                mode,
+                mode: mode.clone(),
                 loss: loss.scalar_value()?,
                 grad_h0: grads.take_or_zeros(h0)?,
                 grad_params: problem.params.grads(&mut grads, &params)?,
                 grad_t: grads.take_or_zeros(t)?,
                 nfe_forward: sol.stats.nfe,
-                nfe_backward: sol.backward_stats().map_or(0, |s| s.nfe),
+                nfe_backward: sol.backward_stats(&grads).map_or(0, |s| s.nfe),
                 accepted: sol.stats.accepted,
                 rejected: sol.stats.rejected,
                 tape_nodes,
@@ -232,15 +232,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         None => synthetic()?,
     };
     let runs = [
-        run(&problem, GradientMode::Taped, args.reps)?,
-        run(&problem, GradientMode::Adjoint, args.reps)?,
+        run(&problem, Strategy::Taped, args.reps)?,
+        run(&problem, Strategy::backsolve(), args.reps)?,
     ];
     let reference = problem.file.reference.as_ref();
 
     if args.json {
         let mut obj = serde_json::Map::new();
         for r in &runs {
-            obj.insert(r.mode.name().into(), to_json(r));
+            obj.insert(r.mode.name(), to_json(r));
         }
         obj.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
         println!("{}", serde_json::Value::Object(obj));
@@ -271,7 +271,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     ]);
     for r in &runs {
         table.row(vec![
-            r.mode.name().into(),
+            r.mode.name(),
             format!("{:.10}", r.loss),
             r.nfe_forward.to_string(),
             r.nfe_backward.to_string(),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::{dmatrix, DMatrix};
 use costate::ad_core::{Result as TapeResult, Scalar, Tape, Var};
-use costate::nn::{train_step, Activation, Adam, GradientMode, Input, NeuralOde, OdeFunc};
+use costate::nn::{train_step, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
 use costate::ode::{self, Dynamics, Options};
 use costate::report::{median, svg_line_chart, Series};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,7 +35,7 @@ impl<T: Scalar> Dynamics<T> for Spiral {
 }
 
 struct Args {
-    mode: GradientMode,
+    mode: Strategy,
     iters: usize,
     json: bool,
     quiet: bool,
@@ -44,7 +44,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        mode: GradientMode::Taped,
+        mode: Strategy::Taped,
         iters: 200,
         json: false,
         quiet: false,
@@ -55,8 +55,8 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--mode" => {
                 a.mode = match it.next().as_deref() {
-                    Some("taped") | Some("odeint") => GradientMode::Taped,
-                    Some("adjoint") | Some("odeint_adjoint") => GradientMode::Adjoint,
+                    Some("taped") | Some("odeint") => Strategy::Taped,
+                    Some("adjoint") | Some("odeint_adjoint") => Strategy::backsolve(),
                     _ => return Err("--mode takes taped or adjoint".into()),
                 }
             }
@@ -101,7 +101,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             v.map(|_| 0.0)
         };
     }
-    let model = NeuralOde::new(func, args.mode);
+    let model = NeuralOde::new(func, args.mode.clone());
     let mut opt = Adam::new(1e-2);
     let batch_t = DMatrix::from_row_slice(1, BATCH_TIME, &t[..BATCH_TIME]);
 
@@ -162,7 +162,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // The adjoint's backward NFE (train_step hides the solution): one more gradient
     // evaluation on a batch of the same shape.
-    let bwd_nfe = if args.mode == GradientMode::Adjoint {
+    let bwd_nfe = if !matches!(args.mode, Strategy::Taped) {
         tape.reset()?;
         let p = params.to_tape(&tape);
         let sol = model.forward(
@@ -173,8 +173,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             tape.constant(batch_t.clone()),
             &p,
         )?;
-        tape.backward(sol.last().sum())?;
-        sol.backward_stats().map_or(0, |s| s.nfe)
+        let grads = tape.backward(sol.last().sum())?;
+        sol.backward_stats(&grads).map_or(0, |s| s.nfe)
     } else {
         0
     };
@@ -212,14 +212,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     if args.json {
         println!(
             "{}",
-            json!({"mode": model.mode.name(), "iters": args.iters, "loss_first": first, "loss_last": last,
+            json!({"mode": model.strategy.name(), "iters": args.iters, "loss_first": first, "loss_last": last,
                    "iteration_ms_median": median(&times), "nfe_forward_median": median(&nfe_fwd),
                    "nfe_backward": bwd_nfe, "trajectory_max_error": traj_err, "svg": args.svg})
         );
     } else {
         println!(
             "mode {} · {} iterations · Adam(1e-2)",
-            model.mode.name(),
+            model.strategy.name(),
             args.iters
         );
         println!("loss (median of first / last {window} iterations): {first:.4} → {last:.4}  ({:.1}× lower)", first / last);

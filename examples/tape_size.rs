@@ -14,7 +14,7 @@ use std::error::Error;
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::heap::CountingAlloc;
-use costate::nn::{Activation, GradientMode, NeuralOde, OdeFunc, ParamSet};
+use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
 use costate::report::{bytes, svg_line_chart, Series, Table};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -24,7 +24,7 @@ static HEAP: CountingAlloc = CountingAlloc::new();
 
 struct Row {
     horizon: f64,
-    mode: GradientMode,
+    mode: Strategy,
     accepted: usize,
     rejected: usize,
     nfe_forward: usize,
@@ -41,9 +41,9 @@ fn measure(
     params: &ParamSet,
     h0: &DMatrix<f64>,
     horizon: f64,
-    mode: GradientMode,
+    mode: Strategy,
 ) -> Result<Row, Box<dyn Error>> {
-    let model = NeuralOde::new(func.clone(), mode);
+    let model = NeuralOde::new(func.clone(), mode.clone());
     let tape = Tape::<f64>::new();
     let vars = params.to_tape(&tape);
     let h0v = tape.var(h0.clone());
@@ -60,7 +60,7 @@ fn measure(
         accepted: sol.stats.accepted,
         rejected: sol.stats.rejected,
         nfe_forward: sol.stats.nfe,
-        nfe_backward: sol.backward_stats().map_or(0, |s| s.nfe),
+        nfe_backward: sol.backward_stats(&grads).map_or(0, |s| s.nfe),
         tape_nodes,
         held_bytes,
         peak_heap,
@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let mut rows = Vec::new();
     for horizon in [1.0, 5.0, 20.0, 100.0] {
-        for mode in [GradientMode::Taped, GradientMode::Adjoint] {
+        for mode in [Strategy::Taped, Strategy::backsolve()] {
             rows.push(measure(&func, &params, &h0, horizon, mode)?);
         }
     }
@@ -132,7 +132,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             for r in pair {
                 table.row(vec![
                     format!("{}", r.horizon),
-                    r.mode.name().into(),
+                    r.mode.name(),
                     format!("{}+{}", r.accepted, r.rejected),
                     r.nfe_forward.to_string(),
                     r.nfe_backward.to_string(),
@@ -148,11 +148,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         print!("{}", table.render());
     }
 
-    let series = |mode: GradientMode, color: &str| Series {
-        label: mode.name().into(),
+    let series = |mode: Strategy, color: &str| Series {
+        label: mode.name(),
         points: rows
             .iter()
-            .filter(|r| r.mode == mode)
+            .filter(|r| r.mode.name() == mode.name())
             .map(|r| {
                 (
                     (r.nfe_forward + r.nfe_backward) as f64,
@@ -168,8 +168,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         "NFE (forward + backward)",
         "held MiB",
         &[
-            series(GradientMode::Taped, "#d62728"),
-            series(GradientMode::Adjoint, "#1f77b4"),
+            series(Strategy::Taped, "#d62728"),
+            series(Strategy::backsolve(), "#1f77b4"),
         ],
     );
     if let Some(dir) = std::path::Path::new(&svg_path).parent() {

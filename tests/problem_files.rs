@@ -8,7 +8,7 @@
 use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
 use costate::nn::problem::{matrix, row, GradientSet, ProblemFile};
-use costate::nn::{GradientMode, Loss, NeuralOde, Problem};
+use costate::nn::{Loss, NeuralOde, Problem, Strategy};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/anchors/problems/");
 
@@ -54,7 +54,7 @@ fn from_reference(g: &GradientSet) -> Grads {
     }
 }
 
-fn run(p: &Problem, mode: GradientMode) -> Grads {
+fn run(p: &Problem, mode: Strategy) -> Grads {
     let model = NeuralOde {
         options: p.options.clone(),
         ..NeuralOde::new(p.func.clone(), mode)
@@ -72,7 +72,7 @@ fn run(p: &Problem, mode: GradientMode) -> Grads {
         theta: p.params.grads(&mut g, &vars).unwrap(),
         t: g.take_or_zeros(t).unwrap(),
         nfe_forward: sol.stats.nfe,
-        nfe_backward: sol.backward_stats().map_or(0, |s| s.nfe),
+        nfe_backward: sol.backward_stats(&g).map_or(0, |s| s.nfe),
     }
 }
 
@@ -114,12 +114,12 @@ fn compare_with_torchdiffeq(name: &str, checked: [bool; 3]) {
     let tight = from_reference(&reference.tight);
     let mut lines = Vec::new();
     for (mode, theirs) in [
-        (GradientMode::Taped, &reference.odeint),
-        (GradientMode::Adjoint, &reference.odeint_adjoint),
+        (Strategy::Taped, &reference.odeint),
+        (Strategy::backsolve(), &reference.odeint_adjoint),
     ] {
         let theirs = from_reference(theirs);
         let start = std::time::Instant::now();
-        let mine = run(&p, mode);
+        let mine = run(&p, mode.clone());
         let elapsed = start.elapsed();
         assert_eq!(
             mine.nfe_forward,

@@ -7,7 +7,7 @@ use costate::nalgebra::DMatrix;
 use costate::nn::problem::{
     layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec, PROBLEM_FORMAT,
 };
-use costate::nn::{GradientMode, NeuralOde, Problem};
+use costate::nn::{NeuralOde, Problem, Strategy};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -73,7 +73,7 @@ fn problem(
 }
 
 /// dL/dh0, dL/dθ… and dL/dt of one mode, flattened, with the max |entry| for scale.
-fn gradients(p: &Problem, mode: GradientMode) -> (Vec<f64>, f64) {
+fn gradients(p: &Problem, mode: Strategy) -> (Vec<f64>, f64) {
     let model = NeuralOde {
         options: p.options.clone(),
         ..NeuralOde::new(p.func.clone(), mode)
@@ -146,8 +146,8 @@ fn adjoint_matches_taped_within_a_tolerance_bound_for_every_odefunc_flavour() {
                 let mut gaps = Vec::new();
                 for tol in [1e-5, 1e-9] {
                     let p = problem(seed, dim, hidden, flags, cot, tol);
-                    let (taped, scale) = gradients(&p, GradientMode::Taped);
-                    let (adjoint, _) = gradients(&p, GradientMode::Adjoint);
+                    let (taped, scale) = gradients(&p, Strategy::Taped);
+                    let (adjoint, _) = gradients(&p, Strategy::backsolve());
                     let gap = taped
                         .iter()
                         .zip(&adjoint)

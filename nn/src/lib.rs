@@ -2,19 +2,20 @@
 //!
 //! Layers ([`Linear`], [`Mlp`], [`Activation`]) hold the architecture; weights live in a
 //! [`ParamSet`] that goes onto any tape. [`OdeFunc`] is an MLP vector field and
-//! [`NeuralOde`] integrates it with taped or adjoint gradients. [`Adam`] and [`Sgd`] update
+//! [`NeuralOde`] integrates it with any gradient [`Strategy`] (taped, backsolve,
+//! checkpointed, ...). [`Adam`] and [`Sgd`] update
 //! parameters; [`Problem`] reads the `costate-problem/1` files of the reference scripts;
 //! [`weights`] saves and loads parameters.
 //!
 //! ```
 //! use ad_core::{nalgebra::DMatrix, Tape};
-//! use nn::{train_step, Activation, Adam, GradientMode, NeuralOde, OdeFunc};
+//! use nn::{train_step, Activation, Adam, NeuralOde, OdeFunc, Strategy};
 //! use rand::SeedableRng;
 //!
 //! // Learn h' = f(h) so that h(1) from h0 hits a target.
 //! let func = OdeFunc::new(2, &[16], Activation::Tanh)?;
 //! let mut params = func.mlp.init_params(&mut rand::rngs::StdRng::seed_from_u64(0));
-//! let model = NeuralOde::new(func, GradientMode::Adjoint);
+//! let model = NeuralOde::new(func, Strategy::backsolve());
 //! let h0 = DMatrix::from_row_slice(2, 2, &[1.0, 0.0, 0.0, 1.0]);
 //! let target = DMatrix::from_row_slice(2, 2, &[0.5, 0.5, -0.5, 0.5]);
 //! let mut opt = Adam::new(0.05);
@@ -42,7 +43,9 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use layers::{Activation, Linear, Mlp};
-pub use odefunc::{GradientMode, Input, NeuralOde, OdeFunc};
+/// The gradient strategies of [`NeuralOde`], from the `ode` crate.
+pub use ode::{Backsolve, BackwardStats, Strategy, StrategyReport};
+pub use odefunc::{Input, NeuralOde, OdeFunc};
 pub use optim::{train_step, Adam, Optimizer, Sgd};
 pub use params::ParamSet;
 pub use problem::{Loss, Problem, ProblemFile};

@@ -1,7 +1,8 @@
-//! `OdeFunc`: an MLP vector field, and `NeuralOde`: an `OdeFunc` integrated in a chosen mode.
+//! `OdeFunc`: an MLP vector field, and `NeuralOde`: an `OdeFunc` integrated with a chosen
+//! gradient strategy.
 
 use ad_core::{Result as TapeResult, Scalar, Tape, Var};
-use ode::{odeint, odeint_adjoint, Dynamics, Options, Solution};
+use ode::{odeint_with, Dynamics, Options, Solution, Strategy};
 
 use crate::error::{Error, Result};
 use crate::layers::{Activation, Mlp};
@@ -144,42 +145,23 @@ impl<T: Scalar> Dynamics<T> for OdeFunc {
     }
 }
 
-/// How gradients through the solve are obtained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GradientMode {
-    /// Record every stage ([`ode::odeint`]): exact discrete gradient, memory O(steps).
-    Taped,
-    /// One opaque node ([`ode::odeint_adjoint`]): memory O(state + parameters).
-    Adjoint,
-}
-
-impl GradientMode {
-    /// The peers' name for the mode: `"odeint"` or `"odeint_adjoint"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            GradientMode::Taped => "odeint",
-            GradientMode::Adjoint => "odeint_adjoint",
-        }
-    }
-}
-
 /// An [`OdeFunc`] integrated over a time grid with a chosen gradient mode and solver.
 #[derive(Clone, Debug)]
 pub struct NeuralOde {
     /// The vector field.
     pub func: OdeFunc,
-    /// Taped or adjoint gradients.
-    pub mode: GradientMode,
-    /// Solver, tolerances and step control (forward and adjoint).
+    /// How gradients flow through the solve: taped, backsolve, checkpointed, ...
+    pub strategy: Strategy,
+    /// Solver, tolerances and step control of the forward solve.
     pub options: Options,
 }
 
 impl NeuralOde {
     /// A neural ODE with default options (dopri5, rtol 1e-7, atol 1e-9).
-    pub fn new(func: OdeFunc, mode: GradientMode) -> Self {
+    pub fn new(func: OdeFunc, strategy: Strategy) -> Self {
         Self {
             func,
-            mode,
+            strategy,
             options: Options::default(),
         }
     }
@@ -193,11 +175,14 @@ impl NeuralOde {
         t: Var<'t, T>,
         params: &[Var<'t, T>],
     ) -> Result<Solution<'t, T>> {
-        Ok(match self.mode {
-            GradientMode::Taped => odeint(tape, &self.func, h0, t, params, &self.options)?,
-            GradientMode::Adjoint => {
-                odeint_adjoint(tape, &self.func, h0, t, params, &self.options)?
-            }
-        })
+        Ok(odeint_with(
+            tape,
+            &self.func,
+            h0,
+            t,
+            params,
+            &self.options,
+            &self.strategy,
+        )?)
     }
 }

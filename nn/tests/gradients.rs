@@ -4,7 +4,7 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::num_dual::Dual64;
 use ad_core::{Scalar, Tape, Var};
-use nn::{Activation, GradientMode, Input, NeuralOde, OdeFunc, ParamSet};
+use nn::{Activation, Input, NeuralOde, OdeFunc, ParamSet, Strategy};
 use ode::Options;
 use rand::{Rng, SeedableRng};
 
@@ -81,7 +81,7 @@ struct Grads {
     nfe_backward: usize,
 }
 
-fn reverse(c: &Case, mode: GradientMode, opts: &Options) -> Grads {
+fn reverse(c: &Case, mode: Strategy, opts: &Options) -> Grads {
     let model = NeuralOde {
         options: opts.clone(),
         ..NeuralOde::new(c.func.clone(), mode)
@@ -98,7 +98,7 @@ fn reverse(c: &Case, mode: GradientMode, opts: &Options) -> Grads {
         h0: g.take_or_zeros(h0).unwrap(),
         t: g.take_or_zeros(t).unwrap(),
         params: c.params.grads(&mut g, &vars).unwrap(),
-        nfe_backward: sol.backward_stats().map_or(0, |s| s.nfe),
+        nfe_backward: sol.backward_stats(&g).map_or(0, |s| s.nfe),
     }
 }
 
@@ -114,7 +114,7 @@ enum Seed {
 fn forward_mode(c: &Case, opts: &Options, seed: Seed) -> (f64, f64) {
     let model = NeuralOde {
         options: opts.clone(),
-        ..NeuralOde::new(c.func.clone(), GradientMode::Taped)
+        ..NeuralOde::new(c.func.clone(), Strategy::Taped)
     };
     let tape = Tape::<Dual64>::new();
     let lift = |m: &DMatrix<f64>| m.map(Dual64::from_re);
@@ -164,7 +164,7 @@ fn taped_gradient_matches_dual_numbers() {
     let opts = Options::default().tolerances(1e-6, 1e-8);
     let mut worst = 0.0f64;
     for c in cases() {
-        let g = reverse(&c, GradientMode::Taped, &opts);
+        let g = reverse(&c, Strategy::Taped, &opts);
         let mut check = |seed: Seed, reverse: f64, scale: f64| {
             let (l, d) = forward_mode(&c, &opts, seed);
             // The dual run's real part is the f64 solve (summation order may differ).
@@ -227,8 +227,8 @@ fn adjoint_matches_taped_to_tolerance() {
     for (tol, bound, bound_t) in [(1e-9, 2e-7, 2e-6), (1e-6, 2e-4, 2e-4)] {
         let opts = Options::default().tolerances(tol, tol);
         for c in cases() {
-            let taped = reverse(&c, GradientMode::Taped, &opts);
-            let adj = reverse(&c, GradientMode::Adjoint, &opts);
+            let taped = reverse(&c, Strategy::Taped, &opts);
+            let adj = reverse(&c, Strategy::backsolve(), &opts);
             assert!(adj.nfe_backward > 0, "the adjoint ran a backward solve");
             assert!((adj.loss - taped.loss).abs() <= 1e-12 * taped.loss.abs().max(1.0));
             let (worst, worst_t) = worst_diff(&adj, &taped);
@@ -254,8 +254,8 @@ fn adjoint_is_close_to_a_tight_solve() {
     let tight = Options::default().tolerances(1e-13, 1e-13);
     let mut report = Vec::new();
     for c in cases() {
-        let exact = reverse(&c, GradientMode::Taped, &tight);
-        let adj = reverse(&c, GradientMode::Adjoint, &opts);
+        let exact = reverse(&c, Strategy::Taped, &tight);
+        let adj = reverse(&c, Strategy::backsolve(), &opts);
         let (worst, worst_t) = worst_diff(&adj, &exact);
         report.push(format!("{}: h0/θ {worst:.2e}, t {worst_t:.2e}", c.name));
         assert!(
@@ -277,8 +277,8 @@ fn adjoint_difference_shrinks_with_tolerance() {
     let c = case("time_input+subtract_state", true, true, Input::State);
     let diff = |tol: f64| {
         let opts = Options::default().tolerances(tol, tol);
-        let taped = reverse(&c, GradientMode::Taped, &opts);
-        let adj = reverse(&c, GradientMode::Adjoint, &opts);
+        let taped = reverse(&c, Strategy::Taped, &opts);
+        let adj = reverse(&c, Strategy::backsolve(), &opts);
         let (worst, worst_t) = worst_diff(&adj, &taped);
         worst.max(worst_t)
     };

@@ -4,7 +4,7 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::Tape;
 use nn::{
-    train_step, Activation, Adam, Error, GradientMode, NeuralOde, OdeFunc, Optimizer, ParamSet, Sgd,
+    train_step, Activation, Adam, Error, NeuralOde, OdeFunc, Optimizer, ParamSet, Sgd, Strategy,
 };
 use ode::Options;
 use rand::SeedableRng;
@@ -28,7 +28,7 @@ fn data() -> (DMatrix<f64>, DMatrix<f64>) {
 }
 
 /// Losses of `steps` training steps from a seeded init.
-fn train(mode: GradientMode, opt: &mut dyn Optimizer, steps: usize) -> Vec<f64> {
+fn train(mode: Strategy, opt: &mut dyn Optimizer, steps: usize) -> Vec<f64> {
     let func = OdeFunc::new(2, &[16], Activation::Tanh).unwrap();
     let mut params = func
         .mlp
@@ -54,8 +54,8 @@ fn train(mode: GradientMode, opt: &mut dyn Optimizer, steps: usize) -> Vec<f64> 
 #[test]
 fn adam_lowers_the_loss_in_both_modes() {
     let mut runs = Vec::new();
-    for mode in [GradientMode::Taped, GradientMode::Adjoint] {
-        let losses = train(mode, &mut Adam::new(0.05), 40);
+    for mode in [Strategy::Taped, Strategy::backsolve()] {
+        let losses = train(mode.clone(), &mut Adam::new(0.05), 40);
         let factor = losses[39] / losses[0];
         eprintln!(
             "Adam {}: {:.4e} -> {:.4e} (x{factor:.3})",
@@ -80,8 +80,8 @@ fn adam_lowers_the_loss_in_both_modes() {
 
 #[test]
 fn sgd_with_momentum_lowers_the_loss() {
-    for mode in [GradientMode::Taped, GradientMode::Adjoint] {
-        let losses = train(mode, &mut Sgd::new(0.1, 0.9), 40);
+    for mode in [Strategy::Taped, Strategy::backsolve()] {
+        let losses = train(mode.clone(), &mut Sgd::new(0.1, 0.9), 40);
         let factor = losses[39] / losses[0];
         eprintln!(
             "Sgd {}: {:.4e} -> {:.4e} (x{factor:.3})",
@@ -97,7 +97,7 @@ fn sgd_with_momentum_lowers_the_loss() {
 #[test]
 fn train_step_reports_the_loss_before_the_update() {
     // Zero learning rate: parameters stay put and the loss repeats exactly.
-    let losses = train(GradientMode::Taped, &mut Sgd::new(0.0, 0.0), 3);
+    let losses = train(Strategy::Taped, &mut Sgd::new(0.0, 0.0), 3);
     assert_eq!(losses[0], losses[1]);
     assert_eq!(losses[1], losses[2]);
 }

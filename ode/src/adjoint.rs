@@ -1,29 +1,32 @@
-//! `odeint_adjoint`: the whole solve as one opaque tape node whose VJP integrates the
-//! adjoint system backwards (Chen et al. 2018; torchdiffeq's `odeint_adjoint`).
-
-use std::cell::Cell;
-use std::rc::Rc;
+//! The backsolve adjoint (Chen et al. 2018; torchdiffeq's `odeint_adjoint`): the whole solve
+//! as one opaque tape node whose VJP integrates the adjoint system backwards, resetting `h`
+//! to stored forward states (outputs, checkpoints) and measuring the drift there.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{BoxError, CustomOp, Mark, Scalar, Tape, Var};
+use ad_core::{Mark, Scalar, Tape, Var};
 
+use crate::checkpoint::forward_keeping;
 use crate::dynamics::Dynamics;
-use crate::engine::{integrate, Controller, Segment, SolveStats, State, System};
+use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
 use crate::options::{AdjointNorm, Norm, Options};
 use crate::solve::{
-    check_field_output, check_h0, check_tape, forward_controller, grid_row, solve, Solution,
+    check_field_output, check_tape, direction, forward_controller, odeint_with, NodeBackward,
+    Solution, SolveInput,
 };
+use crate::stepper::{Memory, Start, Stepper};
+use crate::strategy::{Backsolve, BackwardStats, Drift, Strategy, StrategyReport};
 
-/// Constant-memory gradients: the forward solve records nothing, and the tape gets one node
-/// (plus one output node per grid time). Its VJP solves the augmented system
-/// `[h, a, a_θ, a_t]` from `t_n` back to `t_0`, resetting `h` to the stored forward value at
-/// every output time and adding that output's cotangent to `a`. Gradients reach `h0`, every
-/// parameter and every time in `t`, accurate to the solver tolerance.
+/// Constant-memory gradients with the backsolve adjoint and its default settings: the
+/// torchdiffeq-familiar shorthand for [`odeint_with`] with [`Strategy::backsolve`]. The
+/// forward solve records nothing, and the tape gets one node (plus one output node per grid
+/// time). Its VJP solves the augmented system `[h, a, a_θ, a_t]` from `t_n` back to `t_0`,
+/// resetting `h` to the stored forward value at every output time and adding that output's
+/// cotangent to `a`. Gradients reach `h0`, every parameter and every time in `t`, accurate
+/// to the solver tolerance. The backward solve uses the forward's method and tolerances and
+/// carries the step size from one segment between output times to the next instead of
+/// restarting the controller; [`Backsolve`] sets them apart.
 ///
-/// The backward solve uses `adjoint_method`, `adjoint_rtol`, `adjoint_atol` and
-/// `adjoint_norm` from `opts` (defaulting to the forward settings), and carries the step size
-/// from one segment between output times to the next instead of restarting the controller.
 /// `f` is cloned into the node, so it must be `Clone + 'static` (keep weights in `params`).
 pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     tape: &'t Tape<T>,
@@ -33,81 +36,150 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     params: &[Var<'t, T>],
     opts: &Options,
 ) -> Result<Solution<'t, T>> {
-    opts.validate()?;
     check_tape(tape, "odeint_adjoint", [&h0, &t].into_iter().chain(params))?;
-    let (row, grid) = grid_row(t)?;
-    h0.with_value(|m| check_h0(m, grid[0]))??;
-    let stats = Rc::new(Cell::new(SolveStats::default()));
-    let backward = Rc::new(Cell::new(None));
-    let op = AdjointOp {
-        f: f.clone(),
-        grid,
-        opts: opts.clone(),
-        forward_stats: stats.clone(),
-        backward_stats: backward.clone(),
-    };
-    let mut inputs = vec![h0, row];
-    inputs.extend_from_slice(params);
-    // The node's outputs are h(t_1..t_n); h(t_0) is h0 itself.
-    let mut outputs = vec![h0];
-    outputs.extend(tape.custom(op, &inputs).map_err(Error::from_tape)?);
-    Ok(Solution {
-        outputs,
-        stats: stats.get(),
-        backward: Some(backward),
-    })
+    odeint_with(tape, f, h0, t, params, opts, &Strategy::backsolve())
 }
 
-/// The opaque node. Inputs: `[h0, t (1×n), θ…]`; outputs: `h(t_1), …, h(t_n)`.
-struct AdjointOp<F> {
+/// The backsolve strategy with `checkpoints` stored states (1: only `h0`).
+pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
+    input: &SolveInput<'_, 't, T>,
+    f: &F,
+    settings: &Backsolve,
+    checkpoints: usize,
+) -> Result<Solution<'t, T>> {
+    let values = input.values()?;
+    let (forward, kept) = forward_keeping(&values, f, input.opts, checkpoints)?;
+    let stored: Vec<(f64, DMatrix<T>)> = kept.into_iter().map(|c| (c.t, c.y)).collect();
+    let strategy = if checkpoints > 1 {
+        Strategy::BacksolveCheckpointed {
+            checkpoints,
+            backsolve: settings.clone(),
+        }
+    } else {
+        Strategy::Backsolve(settings.clone())
+    };
+    let report = StrategyReport {
+        name: strategy.name(),
+        stored_states: stored.len() + 1,
+        reason: format!(
+            "h reset at output times{}",
+            if stored.is_empty() {
+                String::new()
+            } else {
+                format!(" and at {} stored forward states", stored.len())
+            }
+        ),
+    };
+    let op = BacksolveOp {
+        f: f.clone(),
+        grid: values.grid,
+        opts: input.opts.clone(),
+        settings: settings.clone(),
+        checkpoints: stored,
+    };
+    input.record_node(values.row, forward, op, report)
+}
+
+/// The backsolve node's backward: the forward's settings, the backsolve's own, and the
+/// stored states it resets `h` to.
+struct BacksolveOp<T: Scalar, F> {
     f: F,
     grid: Vec<f64>,
     opts: Options,
-    forward_stats: Rc<Cell<SolveStats>>,
-    backward_stats: Rc<Cell<Option<SolveStats>>>,
+    settings: Backsolve,
+    /// Forward states at accepted step times, for the backward to reset `h` to.
+    checkpoints: Vec<(f64, DMatrix<T>)>,
 }
 
-impl<T: Scalar, F: Dynamics<T> + Clone + 'static> CustomOp<T> for AdjointOp<F> {
-    fn name(&self) -> &str {
+impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for BacksolveOp<T, F> {
+    fn name(&self) -> &'static str {
         "odeint_adjoint"
     }
 
-    fn forward(
-        &mut self,
-        inputs: &[&DMatrix<T>],
-    ) -> std::result::Result<Vec<DMatrix<T>>, BoxError> {
-        let params: Vec<DMatrix<T>> = inputs[2..].iter().map(|p| (*p).clone()).collect();
-        let times: Vec<T> = inputs[1].iter().copied().collect();
-        let (mut outputs, stats) = solve(&self.f, inputs[0], &times, &params, &self.opts)?;
-        self.forward_stats.set(stats);
-        outputs.remove(0);
-        Ok(outputs)
-    }
-
-    fn vjp(
+    fn backward(
         &self,
         inputs: &[&DMatrix<T>],
         outputs: &[&DMatrix<T>],
         cotangents: Vec<Option<DMatrix<T>>>,
-        _wants: &[bool],
-    ) -> std::result::Result<Vec<Option<DMatrix<T>>>, BoxError> {
-        let (grads, stats) = self.backward(inputs, outputs, cotangents)?;
-        self.backward_stats.set(Some(stats));
-        Ok(grads)
+    ) -> Result<(Vec<Option<DMatrix<T>>>, BackwardStats)> {
+        self.backsolve(inputs, outputs, cotangents)
     }
 
     fn held_bytes(&self) -> usize {
-        // The grid; the outputs are the node's output values, counted by the tape.
-        self.grid.len() * std::mem::size_of::<f64>()
+        // The grid and the checkpoints; the outputs are the node's output values, counted
+        // by the tape.
+        let state_bytes: usize = self
+            .checkpoints
+            .iter()
+            .map(|(_, y)| y.len() * std::mem::size_of::<T>() + std::mem::size_of::<f64>())
+            .sum();
+        self.grid.len() * std::mem::size_of::<f64>() + state_bytes
     }
 }
 
-impl<F> AdjointOp<F> {
-    fn backward_controller(&self, n_params: usize) -> Controller {
-        let o = &self.opts;
-        let method = o.adjoint_method.unwrap_or(o.method);
+/// Where the backward solve stops: an output time (whose cotangent is added there) or a
+/// checkpoint, or both; `h` is reset to the stored forward state at each.
+#[derive(Clone, Copy)]
+struct Stop {
+    t: f64,
+    output: Option<usize>,
+    checkpoint: Option<usize>,
+}
+
+/// Output stops and checkpoint stops merged in the direction of the forward solve.
+fn merge_stops(outputs: &[(usize, f64)], checkpoints: &[f64], dir: f64) -> Vec<Stop> {
+    let (mut i, mut j) = (0, 0);
+    let mut stops = Vec::with_capacity(outputs.len() + checkpoints.len());
+    while i < outputs.len() || j < checkpoints.len() {
+        let o = outputs.get(i).copied();
+        let c = checkpoints.get(j).copied();
+        let stop = match (o, c) {
+            (Some((k, to)), Some(tc)) if to == tc => {
+                i += 1;
+                j += 1;
+                Stop {
+                    t: to,
+                    output: Some(k),
+                    checkpoint: Some(j - 1),
+                }
+            }
+            (Some((k, to)), Some(tc)) if (to - tc) * dir < 0.0 => {
+                i += 1;
+                Stop {
+                    t: to,
+                    output: Some(k),
+                    checkpoint: None,
+                }
+            }
+            (Some((k, to)), None) => {
+                i += 1;
+                Stop {
+                    t: to,
+                    output: Some(k),
+                    checkpoint: None,
+                }
+            }
+            (_, Some(tc)) => {
+                j += 1;
+                Stop {
+                    t: tc,
+                    output: None,
+                    checkpoint: Some(j - 1),
+                }
+            }
+            (None, None) => break,
+        };
+        stops.push(stop);
+    }
+    stops
+}
+
+impl<T: Scalar, F> BacksolveOp<T, F> {
+    fn backward_controller(&self, n_params: usize) -> crate::controller::Controller {
+        let (o, b) = (&self.opts, &self.settings);
+        let method = b.method.unwrap_or(o.method);
         // Components: [h, a, a_θ (n_params), a_t].
-        let (norm, mask) = match &o.adjoint_norm {
+        let (norm, mask) = match &b.norm {
             AdjointNorm::Full => (Norm::MaxRms, None),
             AdjointNorm::Seminorm => {
                 let mut mask = vec![true; n_params + 3];
@@ -116,12 +188,12 @@ impl<F> AdjointOp<F> {
             }
             AdjointNorm::Custom(f) => (Norm::Custom(f.clone()), None),
         };
-        Controller {
+        crate::controller::Controller {
             tableau: method,
-            rtol: o.adjoint_rtol.unwrap_or(o.rtol),
-            atol: o.adjoint_atol.unwrap_or(o.atol),
+            rtol: b.rtol.unwrap_or(o.rtol),
+            atol: b.atol.unwrap_or(o.atol),
             fixed_step: if method.b_error.is_none() {
-                o.adjoint_step_size.or(o.step_size)
+                b.step_size.or(o.step_size)
             } else {
                 None
             },
@@ -130,18 +202,18 @@ impl<F> AdjointOp<F> {
             ..forward_controller(o)
         }
     }
-}
 
-impl<F> AdjointOp<F> {
-    /// The backward pass of the design notes: for i = n … 1, add g_i to a, reset h to h_i,
-    /// record dL/dt_i = f(t_i, h_i)·g_i, integrate [h, a, a_θ, a_t] from t_i to t_{i−1}.
-    /// With `adjoint_stop_at_all_outputs` off, times without a cotangent are stepped through.
-    fn backward<T: Scalar>(
+    /// The backward pass of `docs/design.md`: from the latest stop back to t_0, at each
+    /// stop measure the drift, reset h to the stored state and add the output's cotangent
+    /// g_i to a (recording dL/dt_i = f(t_i, h_i)·g_i), then integrate [h, a, a_θ, a_t] to
+    /// the previous stop. Output times without a cotangent are stops only with
+    /// `stop_at_all_outputs`.
+    fn backsolve(
         &self,
         inputs: &[&DMatrix<T>],
         outputs: &[&DMatrix<T>],
         cotangents: Vec<Option<DMatrix<T>>>,
-    ) -> Result<(Vec<Option<DMatrix<T>>>, SolveStats)>
+    ) -> Result<(Vec<Option<DMatrix<T>>>, BackwardStats)>
     where
         F: Dynamics<T>,
     {
@@ -149,6 +221,7 @@ impl<F> AdjointOp<F> {
         let n_params = inputs.len() - 2;
         let shape = inputs[0].shape();
         let ctl = self.backward_controller(n_params);
+        let dir = direction(&self.grid);
 
         // The local tape records one evaluation of f at a time for its VJPs.
         let local = Tape::new();
@@ -170,11 +243,10 @@ impl<F> AdjointOp<F> {
         let mut a_theta: Vec<DMatrix<T>> = inputs[2..].iter().map(|p| zeros(p)).collect();
         let mut s = T::zero();
         let mut grad_t = DMatrix::zeros(1, n);
-        let mut stats = SolveStats::default();
+        let mut stats = BackwardStats::default();
+        let mut solve_stats = SolveStats::default();
         let mut dt = None;
 
-        // Where the backward solve stops (h is reset, a jumps): t_0, every output time whose
-        // output receives a cotangent, and by default (`adjoint_stop_at_all_outputs`) all.
         // Output i ≥ 1 is the node's output i − 1; h(t_0) = h0 takes its cotangent directly.
         let g = |i: usize| {
             if i == 0 {
@@ -183,67 +255,138 @@ impl<F> AdjointOp<F> {
                 cotangents[i - 1].as_ref()
             }
         };
-        let h = |i: usize| if i == 0 { inputs[0] } else { outputs[i - 1] };
-        let stops: Vec<usize> = (0..n)
-            .filter(|&i| i == 0 || self.opts.adjoint_stop_at_all_outputs || g(i).is_some())
+        let h_out = |i: usize| if i == 0 { inputs[0] } else { outputs[i - 1] };
+        // Nothing flows back from after the latest output with a cotangent.
+        let last = (1..n).rev().find(|&i| g(i).is_some()).unwrap_or(0);
+        let output_stops: Vec<(usize, f64)> = (0..=last)
+            .filter(|&i| i == 0 || i == last || self.settings.stop_at_all_outputs || g(i).is_some())
+            .map(|i| (i, self.grid[i]))
             .collect();
+        let checkpoint_times: Vec<f64> = self
+            .checkpoints
+            .iter()
+            .map(|(t, _)| *t)
+            .filter(|&t| (t - self.grid[last]) * dir < 0.0)
+            .collect();
+        let stops = merge_stops(&output_stops, &checkpoint_times, dir);
+        let stored = |stop: &Stop| -> &DMatrix<T> {
+            match (stop.output, stop.checkpoint) {
+                (Some(i), _) => h_out(i),
+                (None, Some(c)) => &self.checkpoints[c].1,
+                (None, None) => inputs[0],
+            }
+        };
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
+        let mut reconstructed: Option<DMatrix<T>> = None;
         for w in stops.windows(2).rev() {
-            let (j, i) = (w[0], w[1]);
-            let (ti, tj) = (self.grid[i], self.grid[j]);
-            if let Some(g) = g(i) {
+            let (to, from) = (w[0], w[1]);
+            let h_stored = stored(&from);
+            if let Some(h_rec) = reconstructed.take() {
+                stats.drift.push(Drift {
+                    t: from.t,
+                    relative: relative_drift(&h_rec, h_stored),
+                });
+            }
+            if let Some(g) = from.output.and_then(g) {
                 a += g;
             }
-            let t_base = scratch.constant(DMatrix::from_element(1, 1, T::cst(ti)));
-            let t_end = scratch.constant(DMatrix::from_element(1, 1, T::cst(tj)));
+            let t_base = scratch.constant(DMatrix::from_element(1, 1, T::cst(from.t)));
+            let t_end = scratch.constant(DMatrix::from_element(1, 1, T::cst(to.t)));
             let mut y: State<'_, T> = Vec::with_capacity(n_params + 3);
             // Reset h to the stored forward value: backward reconstruction drifts.
-            y.push(scratch.constant(h(i).clone()));
+            y.push(scratch.constant(h_stored.clone()));
             y.push(scratch.constant(a));
             y.extend(a_theta.into_iter().map(|m| scratch.constant(m)));
-            let k0 = sys.eval(ti, t_base, &y)?;
+            let k0 = sys.eval(from.t, t_base, &y)?;
             // dL/dt_i = f(t_i, h_i) · g_i (the direct part); a_t starts from −Σ of them.
-            let direct = match g(i) {
-                Some(g) => k0[0].with_value(|f| f.dot(g))?,
-                None => T::zero(),
-            };
-            grad_t[(0, i)] = direct;
-            s -= direct;
+            if let Some(i) = from.output {
+                let direct = match g(i) {
+                    Some(g) => k0[0].with_value(|f| f.dot(g))?,
+                    None => T::zero(),
+                };
+                grad_t[(0, i)] = direct;
+                s -= direct;
+            }
             y.push(scratch.constant(DMatrix::from_element(1, 1, s)));
             let base = scratch.mark();
-            let out = [(tj, t_end)];
-            let seg = Segment {
-                t0: ti,
+            let start = Start {
+                t0: from.t,
                 t_base,
-                y0: y,
+                t: from.t,
+                y,
                 k0: Some(k0),
-                outputs: &out,
-                land: true,
                 dt,
-                scratch: Some(base),
+                dir: -dir,
             };
-            let end = integrate(&scratch, &mut sys, &ctl, seg, |_, _| Ok(()))?;
-            stats += end.stats;
-            dt = Some(end.dt_next);
+            let mut stepper = Stepper::new(
+                &scratch,
+                &mut sys,
+                ctl.clone(),
+                Memory::Scratch(base),
+                start,
+            )?;
+            let end = stepper
+                .run(&[(to.t, t_end)], true, |_, _| Ok(()), |_, _| Ok(()))?
+                .ok_or_else(|| internal("a backward segment took no step"))?;
+            solve_stats += stepper.stats;
+            dt = Some(end.dt_carry);
             let mut values: Vec<DMatrix<T>> = end
-                .y
+                .step
+                .y1
                 .iter()
                 .map(|v| v.value())
                 .collect::<ad_core::Result<_>>()?;
+            drop(end);
             s = values[n_params + 2][(0, 0)];
             a_theta = values.drain(2..2 + n_params).collect();
             a = values.swap_remove(1);
+            reconstructed = values.into_iter().next();
             scratch.reset()?;
         }
+        if let (Some(h_rec), Some(first)) = (reconstructed, stops.first()) {
+            stats.drift.push(Drift {
+                t: first.t,
+                relative: relative_drift(&h_rec, stored(first)),
+            });
+        }
+        // A cotangent on h0's own output (never a node output) is the caller's; t_0 gets
+        // the accumulated time adjoint.
         grad_t[(0, 0)] = s;
         stats.nfe = sys.nfe;
+        stats.accepted = solve_stats.accepted;
+        stats.rejected = solve_stats.rejected;
         let mut grads = Vec::with_capacity(inputs.len());
         grads.push(Some(a));
         grads.push(Some(grad_t));
         grads.extend(a_theta.into_iter().map(Some));
         Ok((grads, stats))
     }
+}
+
+/// `max |h_rec − h_stored| / max |h_stored|` (absolute when the stored state is zero).
+fn relative_drift<T: Scalar>(h_rec: &DMatrix<T>, h_stored: &DMatrix<T>) -> f64 {
+    let diff = h_rec
+        .iter()
+        .zip(h_stored.iter())
+        .map(|(a, b)| (a.primal() - b.primal()).abs())
+        .fold(0.0, f64::max);
+    let scale = h_stored
+        .iter()
+        .map(|b| b.primal().abs())
+        .fold(0.0, f64::max);
+    if scale > 0.0 {
+        diff / scale
+    } else {
+        diff
+    }
+}
+
+fn internal(message: &str) -> Error {
+    Error::Tape(ad_core::Error::InvalidArgument {
+        op: "odeint_adjoint",
+        message: format!("{message}; this is a bug in the ode crate"),
+    })
 }
 
 /// The augmented dynamics, in forward time:

@@ -44,16 +44,24 @@
 #![warn(missing_docs)]
 
 mod adjoint;
+mod auto;
+mod checkpoint;
+mod controller;
 mod dynamics;
 mod engine;
 mod error;
 mod options;
+pub mod schedule;
 mod solve;
+mod stepper;
+mod strategy;
 pub mod tableau;
 
 pub use adjoint::odeint_adjoint;
+pub use controller::StepRecord;
 pub use dynamics::Dynamics;
 pub use engine::SolveStats;
 pub use error::{Error, Result};
 pub use options::{method_by_name, AdjointNorm, Norm, NormFn, Options};
-pub use solve::{check_grid, odeint, solve, Solution};
+pub use solve::{check_grid, odeint, odeint_with, solve, Solution};
+pub use strategy::{Backsolve, BackwardStats, Drift, ParseStrategyError, Strategy, StrategyReport};

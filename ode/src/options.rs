@@ -1,4 +1,5 @@
-//! Solver options: method, tolerances, step control, norms, and the adjoint's own settings.
+//! Solver options: method, tolerances, step control and norms. The backsolve adjoint's own
+//! settings live with it, in [`crate::Backsolve`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,7 +59,8 @@ impl fmt::Debug for AdjointNorm {
     }
 }
 
-/// Everything a solve can be told. Defaults match torchdiffeq: dopri5, rtol 1e-7, atol 1e-9,
+/// Everything the forward solve can be told (the gradient strategy and its settings are a
+/// separate [`crate::Strategy`]). Defaults match torchdiffeq: dopri5, rtol 1e-7, atol 1e-9,
 /// safety 0.9, ifactor 10, dfactor 0.2, automatic first step, RMS norm.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -86,23 +88,6 @@ pub struct Options {
     pub dfactor: f64,
     /// Error norm of the forward solve.
     pub norm: Norm,
-    /// Method of the adjoint's backward solve (default: `method`).
-    pub adjoint_method: Option<&'static Tableau>,
-    /// Relative tolerance of the backward solve (default: `rtol`).
-    pub adjoint_rtol: Option<f64>,
-    /// Absolute tolerance of the backward solve (default: `atol`).
-    pub adjoint_atol: Option<f64>,
-    /// Step size of the backward solve with a fixed-step adjoint method (default: `step_size`).
-    pub adjoint_step_size: Option<f64>,
-    /// Error norm of the backward solve.
-    pub adjoint_norm: AdjointNorm,
-    /// Stop the backward solve at every output time and reset `h` to the stored forward
-    /// value there, as torchdiffeq does (default `true`). With `false`, output times whose
-    /// output gets no cotangent are stepped through: far fewer steps when the loss reads only
-    /// a few outputs, but no reset of `h` there, so on contracting dynamics (whose backward
-    /// reconstruction drifts) gradients can be much less accurate. The step size is carried
-    /// across stops either way.
-    pub adjoint_stop_at_all_outputs: bool,
 }
 
 impl Default for Options {
@@ -120,12 +105,6 @@ impl Default for Options {
             ifactor: 10.0,
             dfactor: 0.2,
             norm: Norm::Rms,
-            adjoint_method: None,
-            adjoint_rtol: None,
-            adjoint_atol: None,
-            adjoint_step_size: None,
-            adjoint_norm: AdjointNorm::Full,
-            adjoint_stop_at_all_outputs: true,
         }
     }
 }
@@ -173,17 +152,8 @@ impl Options {
         positive("ifactor", self.ifactor)?;
         positive("dfactor", self.dfactor)?;
         for (name, v) in [
-            ("adjoint_rtol", self.adjoint_rtol),
-            ("adjoint_atol", self.adjoint_atol),
-        ] {
-            if let Some(v) = v {
-                positive(name, v)?;
-            }
-        }
-        for (name, v) in [
             ("step_size", self.step_size),
             ("first_step", self.first_step),
-            ("adjoint_step_size", self.adjoint_step_size),
         ] {
             if let Some(v) = v {
                 positive(name, v)?;
@@ -210,21 +180,12 @@ impl Options {
                 expected: "must be at least 1",
             });
         }
-        for (method, step, name) in [
-            (self.method, self.step_size, "step_size"),
-            (
-                self.adjoint_method.unwrap_or(self.method),
-                self.adjoint_step_size.or(self.step_size),
-                "adjoint_step_size",
-            ),
-        ] {
-            if method.b_error.is_none() && step.is_none() {
-                return Err(Error::BadOption {
-                    name,
-                    value: f64::NAN,
-                    expected: "fixed-step methods need a step size: set Options::step_size (or use Options::fixed)",
-                });
-            }
+        if self.method.b_error.is_none() && self.step_size.is_none() {
+            return Err(Error::BadOption {
+                name: "step_size",
+                value: f64::NAN,
+                expected: "fixed-step methods need a step size: set Options::step_size (or use Options::fixed)",
+            });
         }
         Ok(())
     }

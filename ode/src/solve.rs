@@ -1,33 +1,52 @@
-//! Solves on the tape: the taped `odeint` and the untaped value-only `solve`, plus what they
-//! share with the adjoint (grid checks, the counting vector-field system, the controller).
+//! The entry points: [`odeint_with`] (any [`Strategy`]), the taped [`odeint`], the untaped
+//! value-only [`solve`], and what every strategy shares: the [`Solution`], grid and input
+//! checks, the counting vector-field system and the recording untaped forward.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{all_finite, Scalar, Tape, Var};
+use ad_core::{all_finite, Gradients, Scalar, Tape, Var};
 
+use crate::controller::{Controller, StepRecord};
 use crate::dynamics::Dynamics;
-use crate::engine::{integrate, Controller, Segment, SolveStats, State, System};
+use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
 use crate::options::{Norm, Options};
+use crate::stepper::{Accepted, Memory, Start, Stepper};
+use crate::strategy::{BackwardStats, Strategy, StrategyReport};
 
-/// The outputs of a solve: the state at every grid time (`outputs[0]` is `h0`), and counts.
+/// The outputs of a solve: the state at every grid time (`outputs[0]` is `h0`), the
+/// forward's counts and accepted steps, and what the gradient strategy did.
 pub struct Solution<'t, T: Scalar> {
     /// `h(t_0), …, h(t_n)` on the caller's tape.
     pub outputs: Vec<Var<'t, T>>,
     /// Counts of the forward solve.
     pub stats: SolveStats,
-    pub(crate) backward: Option<std::rc::Rc<std::cell::Cell<Option<SolveStats>>>>,
+    /// The forward's accepted steps in order: start time, end time, signed step size.
+    pub steps: Vec<StepRecord>,
+    /// The strategy that ran, the states it stored, and why it was chosen.
+    pub strategy: StrategyReport,
+    /// The solve's opaque node (its first output), whose VJP reports [`BackwardStats`].
+    pub(crate) node: Option<Var<'t, T>>,
 }
 
 impl<'t, T: Scalar> Solution<'t, T> {
-    /// Counts of the adjoint's backward solve, once a backward pass has run through it
-    /// (`None` for taped solves and before backward).
-    pub fn backward_stats(&self) -> Option<SolveStats> {
-        self.backward.as_ref().and_then(|c| c.get())
+    /// What the backward pass `grads` did inside this solve's node: backward NFE, steps,
+    /// recomputations, drift. `None` for taped solves, and for a pass that did not reach the
+    /// node (or ran through [`Tape::vjp_wrt`], which keeps no reports).
+    pub fn backward_stats(&self, grads: &Gradients<T>) -> Option<BackwardStats> {
+        grads.report::<BackwardStats>(self.node?).cloned()
     }
 
-    /// *Held bytes* as the design notes define them: bytes the tape keeps alive for backward
-    /// (its [`ad_core::TapeStats::held_bytes`]) less the outputs `h(t_1..t_n)` themselves.
-    /// Call it between forward and backward, before recording the loss.
+    /// Accepted step times of the forward: `t_0`, then the end of every accepted step.
+    pub fn step_times(&self) -> Vec<f64> {
+        let mut t: Vec<f64> = self.steps.first().map(|s| s.t).into_iter().collect();
+        t.extend(self.steps.iter().map(|s| s.t1));
+        t
+    }
+
+    /// *Held bytes* as `docs/design.md` defines them: bytes the tape keeps alive for
+    /// backward (its [`ad_core::TapeStats::held_bytes`], which includes what an opaque
+    /// node stores, e.g. checkpoints) less the outputs `h(t_1..t_n)` themselves. Call it
+    /// between forward and backward, before recording the loss.
     pub fn held_bytes(&self) -> Result<usize> {
         let Some(first) = self.outputs.first() else {
             return Ok(0);
@@ -144,6 +163,7 @@ pub(crate) fn forward_controller(opts: &Options) -> Controller {
         first_step: opts.first_step,
         norm: opts.norm.clone(),
         mask: None,
+        replay: None,
     }
 }
 
@@ -161,6 +181,16 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> 
         let out = self.f.eval(tv, y[0], self.params)?;
         check_field_output(out, self.shape, t)?;
         Ok(vec![out])
+    }
+}
+
+impl<'t, T: Scalar, S: System<'t, T>> System<'t, T> for &mut S {
+    fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
+        (**self).eval(t, tv, y)
+    }
+
+    fn reads(&self, c: usize) -> bool {
+        (**self).reads(c)
     }
 }
 
@@ -186,14 +216,219 @@ pub(crate) fn check_field_output<T: Scalar>(
     Ok(())
 }
 
+/// Solve with any gradient [`Strategy`]: the one entry point behind [`odeint`] (taped) and
+/// [`crate::odeint_adjoint`] (backsolve).
+///
+/// `t` is a 1×n (or n×1) grid, strictly increasing or decreasing; `params` are the
+/// variables the dynamics read, in the order `f` expects them. Gradients reach `h0`, every
+/// parameter and every time in `t`. The opaque strategies clone `f` into their node, so it
+/// must be `Clone + 'static` (keep weights in `params`). On error the tape is left as it was.
+///
+/// ```
+/// use ad_core::{nalgebra::DMatrix, Result as TapeResult, Scalar, Tape, Var};
+/// use ode::{odeint_with, Dynamics, Options, Strategy};
+///
+/// /// h' = −k h.
+/// #[derive(Clone)]
+/// struct Decay;
+/// impl<T: Scalar> Dynamics<T> for Decay {
+///     fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+///         Ok(-(h.mul(p[0].broadcast(h.shape()?.0, h.shape()?.1)?)?))
+///     }
+/// }
+///
+/// let tape = Tape::<f64>::new();
+/// let h0 = tape.var(DMatrix::from_element(1, 3, 2.0));
+/// let k = tape.var(DMatrix::from_element(1, 1, 0.5));
+/// let t = tape.constant(DMatrix::from_row_slice(1, 3, &[0.0, 1.0, 4.0]));
+/// let mut grads = Vec::new();
+/// for strategy in ["taped", "aca", "checkpointed:2", "backsolve", "auto:100000"] {
+///     let strategy: Strategy = strategy.parse()?;
+///     let sol = odeint_with(&tape, &Decay, h0, t, &[k], &Options::default(), &strategy)?;
+///     let g = tape.backward(sol.last().sum())?;
+///     grads.push(g.get(k).unwrap()[(0, 0)]);
+///     if let Some(b) = sol.backward_stats(&g) {
+///         println!("{}: backward NFE {}, {} recomputed", sol.strategy.name, b.nfe, b.recomputed_steps);
+///     }
+/// }
+/// // The exact strategies agree with the taped gradient to rounding.
+/// assert!((grads[1] - grads[0]).abs() < 1e-12 * grads[0].abs());
+/// assert!((grads[2] - grads[0]).abs() < 1e-12 * grads[0].abs());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
+    tape: &'t Tape<T>,
+    f: &F,
+    h0: Var<'t, T>,
+    t: Var<'t, T>,
+    params: &[Var<'t, T>],
+    opts: &Options,
+    strategy: &Strategy,
+) -> Result<Solution<'t, T>> {
+    opts.validate()?;
+    strategy.validate(opts)?;
+    check_tape(tape, "odeint_with", [&h0, &t].into_iter().chain(params))?;
+    let input = SolveInput {
+        tape,
+        h0,
+        t,
+        params,
+        opts,
+    };
+    match strategy {
+        Strategy::Taped => taped(&input, f, |_| Ok(())),
+        Strategy::Backsolve(b) => crate::adjoint::backsolve(&input, f, b, 1),
+        Strategy::BacksolveCheckpointed {
+            checkpoints,
+            backsolve,
+        } => crate::adjoint::backsolve(&input, f, backsolve, *checkpoints),
+        Strategy::StoreEveryStep => crate::checkpoint::exact(&input, f, None, String::new()),
+        Strategy::Checkpointed { slots } => {
+            crate::checkpoint::exact(&input, f, Some(*slots), String::new())
+        }
+        Strategy::Auto { budget_bytes } => crate::auto::solve(&input, f, *budget_bytes),
+    }
+}
+
+/// What every strategy is handed: the caller's tape, the inputs and the forward options.
+pub(crate) struct SolveInput<'a, 't, T: Scalar> {
+    pub tape: &'t Tape<T>,
+    pub h0: Var<'t, T>,
+    pub t: Var<'t, T>,
+    pub params: &'a [Var<'t, T>],
+    pub opts: &'a Options,
+}
+
+/// An opaque strategy's node inputs as values: the grid as a row and as checked times,
+/// `h0` and the parameters.
+pub(crate) struct NodeInputs<'t, T: Scalar> {
+    pub row: Var<'t, T>,
+    pub grid: Vec<f64>,
+    pub times: Vec<T>,
+    pub h0: DMatrix<T>,
+    pub params: Vec<DMatrix<T>>,
+}
+
+impl<'t, T: Scalar> SolveInput<'_, 't, T> {
+    /// Check the inputs and read their values for an opaque strategy's untaped forward.
+    pub fn values(&self) -> Result<NodeInputs<'t, T>> {
+        let (row, grid) = grid_row(self.t)?;
+        let h0 = self.h0.value()?;
+        check_h0(&h0, grid[0])?;
+        let times: Vec<T> = row.with_value(|m| m.iter().copied().collect())?;
+        let params: Vec<DMatrix<T>> = self
+            .params
+            .iter()
+            .map(|p| p.value())
+            .collect::<ad_core::Result<_>>()?;
+        Ok(NodeInputs {
+            row,
+            grid,
+            times,
+            h0,
+            params,
+        })
+    }
+
+    /// Record an opaque strategy's node, inputs `[h0, t (1×n), θ…]` and outputs
+    /// `h(t_1), …, h(t_n)` from `forward` (`h(t_0)` is `h0` itself), and wrap it in a
+    /// [`Solution`].
+    pub fn record_node<B: NodeBackward<T> + 'static>(
+        &self,
+        row: Var<'t, T>,
+        forward: Forward<T>,
+        backward: B,
+        strategy: StrategyReport,
+    ) -> Result<Solution<'t, T>> {
+        let mut inputs = vec![self.h0, row];
+        inputs.extend_from_slice(self.params);
+        let node = SolveNode {
+            outputs: forward.outputs,
+            backward,
+        };
+        let node_outputs = self.tape.custom(node, &inputs).map_err(Error::from_tape)?;
+        let mut outputs = vec![self.h0];
+        outputs.extend_from_slice(&node_outputs);
+        Ok(Solution {
+            outputs,
+            stats: forward.stats,
+            steps: forward.steps,
+            strategy,
+            node: node_outputs.first().copied(),
+        })
+    }
+}
+
+/// The backward pass of an opaque strategy's node: from the inputs `[h0, t (1×n), θ…]`,
+/// the outputs `h(t_1..t_n)` and their cotangents to the inputs' cotangents and a report.
+pub(crate) trait NodeBackward<T: Scalar> {
+    /// The node's name in tape statistics and errors.
+    fn name(&self) -> &'static str;
+
+    fn backward(
+        &self,
+        inputs: &[&DMatrix<T>],
+        outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+    ) -> Result<(Vec<Option<DMatrix<T>>>, BackwardStats)>;
+
+    /// Bytes kept for the backward beyond the node's inputs and outputs.
+    fn held_bytes(&self) -> usize;
+}
+
+/// An opaque strategy's node on the caller's tape: the untaped forward's outputs (handed
+/// over when the node is recorded) and the strategy's backward.
+struct SolveNode<T: Scalar, B> {
+    outputs: Vec<DMatrix<T>>,
+    backward: B,
+}
+
+impl<T: Scalar, B: NodeBackward<T>> ad_core::CustomOp<T> for SolveNode<T, B> {
+    fn name(&self) -> &str {
+        self.backward.name()
+    }
+
+    fn forward(
+        &mut self,
+        _inputs: &[&DMatrix<T>],
+    ) -> std::result::Result<Vec<DMatrix<T>>, ad_core::BoxError> {
+        Ok(std::mem::take(&mut self.outputs))
+    }
+
+    fn vjp(
+        &self,
+        inputs: &[&DMatrix<T>],
+        outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+        wants: &[bool],
+    ) -> std::result::Result<Vec<Option<DMatrix<T>>>, ad_core::BoxError> {
+        Ok(self.vjp_with_report(inputs, outputs, cotangents, wants)?.0)
+    }
+
+    fn vjp_with_report(
+        &self,
+        inputs: &[&DMatrix<T>],
+        outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+        _wants: &[bool],
+    ) -> std::result::Result<ad_core::ReportedVjp<T>, ad_core::BoxError> {
+        let (grads, stats) = self.backward.backward(inputs, outputs, cotangents)?;
+        Ok((grads, Some(Box::new(stats))))
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.backward.held_bytes()
+    }
+}
+
 /// Taped solve: every stage is recorded on `tape`, so `tape.backward` differentiates the
 /// discrete solution exactly (accepted step sizes are constants, as in torchdiffeq and
 /// Diffrax) with respect to `h0`, every parameter and every time in `t`.
 ///
 /// `t` is a 1×n (or n×1) grid, strictly increasing or decreasing; `params` are the
 /// variables the dynamics read, handed over in the order `f` expects them. Memory grows
-/// with the number of steps; see [`crate::odeint_adjoint`] for the constant-memory mode.
-/// On error the tape is rewound to where it was, so it stays usable.
+/// with the number of steps; see [`odeint_with`] for the other strategies. On error the
+/// tape is rewound to where it was, so it stays usable.
 pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
     tape: &'t Tape<T>,
     f: &F,
@@ -204,25 +439,45 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
 ) -> Result<Solution<'t, T>> {
     opts.validate()?;
     check_tape(tape, "odeint", [&h0, &t].into_iter().chain(params))?;
-    let mark = tape.mark();
-    let result = odeint_recorded(mark, tape, f, h0, t, params, opts);
+    let input = SolveInput {
+        tape,
+        h0,
+        t,
+        params,
+        opts,
+    };
+    taped(&input, f, |_| Ok(()))
+}
+
+/// The taped solve, calling `on_step` after every accepted step (auto's budget watch).
+pub(crate) fn taped<'t, T: Scalar, F: Dynamics<T>>(
+    input: &SolveInput<'_, 't, T>,
+    f: &F,
+    on_step: impl FnMut(&Accepted<'t, T>) -> Result<()>,
+) -> Result<Solution<'t, T>> {
+    let mark = input.tape.mark();
+    let result = taped_recorded(mark, input, f, on_step);
     if result.is_err() {
         // Leave the tape as it was; only rewinding can fail here, and then it is the
         // original error that matters.
-        let _ = tape.rewind(mark);
+        let _ = input.tape.rewind(mark);
     }
     result
 }
 
-fn odeint_recorded<'t, T: Scalar, F: Dynamics<T>>(
+fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
     mark: ad_core::Mark,
-    tape: &'t Tape<T>,
+    input: &SolveInput<'_, 't, T>,
     f: &F,
-    h0: Var<'t, T>,
-    t: Var<'t, T>,
-    params: &[Var<'t, T>],
-    opts: &Options,
+    mut on_step: impl FnMut(&Accepted<'t, T>) -> Result<()>,
 ) -> Result<Solution<'t, T>> {
+    let SolveInput {
+        tape,
+        h0,
+        t,
+        params,
+        opts,
+    } = *input;
     let (row, grid) = grid_row(t)?;
     h0.with_value(|m| check_h0(m, grid[0]))??;
     let times: Vec<(f64, Var<'t, T>)> = grid
@@ -231,38 +486,62 @@ fn odeint_recorded<'t, T: Scalar, F: Dynamics<T>>(
         .skip(1)
         .map(|(i, &ti)| Ok((ti, row.slice_cols(i, 1)?)))
         .collect::<Result<_>>()?;
-    let mut sys = FieldSystem {
+    let sys = FieldSystem {
         f,
         params,
         shape: h0.shape()?,
         nfe: 0,
     };
-    let mut outputs = vec![h0];
-    let seg = Segment {
+    let start = Start {
         t0: grid[0],
         t_base: row.slice_cols(0, 1)?,
-        y0: vec![h0],
+        t: grid[0],
+        y: vec![h0],
         k0: None,
-        outputs: &times,
-        land: false,
         dt: None,
-        scratch: None,
+        dir: direction(&grid),
     };
-    let end = integrate(tape, &mut sys, &forward_controller(opts), seg, |_, s| {
-        outputs.push(s[0]);
-        Ok(())
-    })?;
+    let mut stepper = Stepper::new(tape, sys, forward_controller(opts), Memory::Taped, start)?;
+    let mut outputs = vec![h0];
+    let mut steps = Vec::new();
+    stepper.run(
+        &times,
+        false,
+        |_, s| {
+            outputs.push(s[0]);
+            Ok(())
+        },
+        |acc, _| {
+            steps.push(acc.record);
+            on_step(acc)
+        },
+    )?;
     // Keep only what backward reads (and the outputs): e.g. pre-activations that only a
     // tanh consumes are dropped.
     tape.release_unneeded(mark, &outputs)?;
     Ok(Solution {
         outputs,
         stats: SolveStats {
-            nfe: sys.nfe,
-            ..end.stats
+            nfe: stepper.sys.nfe,
+            ..stepper.stats
         },
-        backward: None,
+        steps,
+        strategy: StrategyReport {
+            name: Strategy::Taped.name(),
+            stored_states: 0,
+            reason: "every stage on the caller's tape".into(),
+        },
+        node: None,
     })
+}
+
+/// `+1` for an increasing grid, `−1` for a decreasing one.
+pub(crate) fn direction(grid: &[f64]) -> f64 {
+    if grid.last() >= grid.first() {
+        1.0
+    } else {
+        -1.0
+    }
 }
 
 /// Untaped solve on values: `h(t_0), …, h(t_n)` and the counts. Runs on a scratch tape that
@@ -276,6 +555,36 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
     opts: &Options,
 ) -> Result<(Vec<DMatrix<T>>, SolveStats)> {
     opts.validate()?;
+    let forward = forward_values(f, h0, t, params, opts, |_, _, _| Ok(()))?;
+    let mut outputs = Vec::with_capacity(t.len());
+    outputs.push(h0.clone());
+    outputs.extend(forward.outputs);
+    Ok((outputs, forward.stats))
+}
+
+/// What the untaped forward of an opaque strategy hands its node.
+pub(crate) struct Forward<T: Scalar> {
+    /// `h(t_1), …, h(t_n)`.
+    pub outputs: Vec<DMatrix<T>>,
+    /// Every accepted step.
+    pub steps: Vec<StepRecord>,
+    /// `first_output[k]`: the index into `outputs` of the first output inside step `k`
+    /// (one entry per step, then `n − 1`): step `k` emits `first_output[k]..first_output[k + 1]`.
+    pub first_output: Vec<usize>,
+    pub stats: SolveStats,
+}
+
+/// The untaped forward: values only on a scratch tape rewound after every step, calling
+/// `keep(k, step, y_k)` with every accepted step's start state so the strategy can store
+/// what it needs.
+pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
+    f: &F,
+    h0: &DMatrix<T>,
+    t: &[T],
+    params: &[DMatrix<T>],
+    opts: &Options,
+    mut keep: impl FnMut(usize, &StepRecord, &Var<'_, T>) -> Result<()>,
+) -> Result<Forward<T>> {
     let grid = check_grid(t)?;
     check_h0(h0, grid[0])?;
     let scratch = Tape::new();
@@ -290,41 +599,55 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
     let t_base = scratch.constant(DMatrix::from_element(1, 1, t[0]));
     let y0 = scratch.constant(h0.clone());
     let base = scratch.mark();
-    let mut sys = FieldSystem {
+    let sys = FieldSystem {
         f,
         params: &params,
         shape: h0.shape(),
         nfe: 0,
     };
-    let mut outputs = Vec::with_capacity(t.len());
-    outputs.push(h0.clone());
-    let seg = Segment {
+    let start = Start {
         t0: grid[0],
         t_base,
-        y0: vec![y0],
+        t: grid[0],
+        y: vec![y0],
         k0: None,
-        outputs: &times,
-        land: false,
         dt: None,
-        scratch: Some(base),
+        dir: direction(&grid),
     };
-    let end = integrate(
+    let mut stepper = Stepper::new(
         &scratch,
-        &mut sys,
-        &forward_controller(opts),
-        seg,
+        sys,
+        forward_controller(opts),
+        Memory::Scratch(base),
+        start,
+    )?;
+    let mut outputs = Vec::with_capacity(t.len() - 1);
+    let mut steps = Vec::new();
+    let mut first_output = Vec::new();
+    stepper.run(
+        &times,
+        false,
         |_, s| {
             outputs.push(s[0].value()?);
             Ok(())
         },
-    )?;
-    Ok((
-        outputs,
-        SolveStats {
-            nfe: sys.nfe,
-            ..end.stats
+        |acc, emitted| {
+            keep(steps.len(), &acc.record, &acc.step.y0[0])?;
+            steps.push(acc.record);
+            first_output.push(emitted.start);
+            Ok(())
         },
-    ))
+    )?;
+    first_output.push(outputs.len());
+    Ok(Forward {
+        outputs,
+        steps,
+        first_output,
+        stats: SolveStats {
+            nfe: stepper.sys.nfe,
+            ..stepper.stats
+        },
+    })
 }
 
 impl Norm {

@@ -7,7 +7,7 @@ mod common;
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Tape, TapeStats};
 use common::*;
-use ode::{odeint, odeint_adjoint, AdjointNorm, Options, SolveStats};
+use ode::{odeint, odeint_adjoint, AdjointNorm, Backsolve, Options, SolveStats, Strategy};
 use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConfig};
 use proptest::test_runner::RngSeed;
 
@@ -173,15 +173,19 @@ fn sparse_loss_problem(seed: u64, hidden: usize) -> Problem {
 fn stopping_at_all_outputs_changes_cost_not_gradients() {
     let tol = 1e-8;
     let p = sparse_loss_problem(21, 6);
-    let step_through = p.grads(&opts(tol), true).unwrap();
-    let stop = Options {
-        adjoint_stop_at_all_outputs: true,
-        ..opts(tol)
-    };
-    let stopping = p.grads(&stop, true).unwrap();
+    let through = Strategy::Backsolve(Backsolve {
+        stop_at_all_outputs: false,
+        ..Backsolve::default()
+    });
+    let step_through = p.grads_with(&opts(tol), &through).unwrap();
+    let stop = Strategy::backsolve();
+    let stopping = p.grads_with(&opts(tol), &stop).unwrap();
     let exact = reference(&p);
     let scale = 1.0 + exact.max_abs();
-    let (a, b) = (step_through.backward.unwrap(), stopping.backward.unwrap());
+    let (a, b) = (
+        step_through.backward.clone().unwrap(),
+        stopping.backward.clone().unwrap(),
+    );
     eprintln!(
         "loss on the last of 8 outputs: backward NFE {} stepping through, {} stopping at all; \
          |Δgrad| {:.2e}",
@@ -201,8 +205,8 @@ fn stopping_at_all_outputs_changes_cost_not_gradients() {
     for c in &mut dense.cots {
         *c = Some(rng.matrix(4, 3, 1.0));
     }
-    let x = dense.grads(&opts(tol), true).unwrap();
-    let y = dense.grads(&stop, true).unwrap();
+    let x = dense.grads_with(&opts(tol), &through).unwrap();
+    let y = dense.grads_with(&opts(tol), &stop).unwrap();
     assert_eq!(x.max_diff(&y), 0.0);
     assert_eq!(x.backward, y.backward);
 }
@@ -220,14 +224,14 @@ fn seminorm_matches_full_norm_with_fewer_evaluations() {
     for seed in 0..3 {
         let p = Problem::random(&mut Rng::new(seed), Mlp::TIMED, (4, 3, 8), 8, false, true);
         let full = p.grads(&opts(tol), true).unwrap();
-        let semi = Options {
-            adjoint_norm: AdjointNorm::Seminorm,
-            ..opts(tol)
-        };
-        let semi = p.grads(&semi, true).unwrap();
+        let semi = Strategy::Backsolve(Backsolve::default().norm(AdjointNorm::Seminorm));
+        let semi = p.grads_with(&opts(tol), &semi).unwrap();
         let exact = reference(&p);
         let scale = 1.0 + exact.max_abs();
-        let (f, s) = (full.backward.unwrap(), semi.backward.unwrap());
+        let (f, s) = (
+            full.backward.clone().unwrap(),
+            semi.backward.clone().unwrap(),
+        );
         eprintln!(
             "seed {seed}: backward NFE full {} / seminorm {} (accepted {} / {}, rejected {} / {}); \
              error/tol: full {:.1}, seminorm {:.1}",
@@ -346,10 +350,13 @@ fn backward_stats_appear_after_backward() {
             odeint(&tape, &p.f, h0, t, &params, &opts(1e-7)).unwrap()
         };
         assert!(sol.stats.nfe > 0 && sol.stats.accepted > 0);
-        assert_eq!(sol.backward_stats(), None);
+        assert_eq!(sol.steps.len(), sol.stats.accepted);
         let loss = dot_loss(&tape, &sol.outputs, &p.cots).unwrap();
-        tape.backward(loss).unwrap();
-        match sol.backward_stats() {
+        // A pass that does not reach the node has no report from it.
+        let unrelated = tape.backward(params[0].sum()).unwrap();
+        assert_eq!(sol.backward_stats(&unrelated), None);
+        let g = tape.backward(loss).unwrap();
+        match sol.backward_stats(&g) {
             Some(b) => {
                 assert!(adjoint);
                 assert!(b.nfe > 0 && b.accepted > 0, "{b:?}");

@@ -9,7 +9,10 @@ use std::rc::Rc;
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Result as TapeResult, Scalar, Tape, Var};
 use common::*;
-use ode::{odeint, odeint_adjoint, solve, tableau, Dynamics, Error, Options};
+use ode::{
+    odeint, odeint_adjoint, odeint_with, solve, tableau, Backsolve, Dynamics, Error, Options,
+    Strategy,
+};
 
 /// The tape is as long as before the failing call, and still records and differentiates
 /// (what this records is rewound again, so the check can be repeated).
@@ -26,7 +29,18 @@ fn assert_usable(tape: &Tape<f64>, len_before: usize) {
     tape.rewind(mark).unwrap();
 }
 
-/// The errors of the taped solve, the adjoint and (for a row grid) the untaped solve.
+/// Every strategy, as named by `Strategy::from_str`.
+const STRATEGIES: [&str; 7] = [
+    "taped",
+    "backsolve",
+    "backsolve-checkpointed:3",
+    "aca",
+    "checkpointed:2",
+    "auto:100000000",
+    "auto:0",
+];
+
+/// The errors of every strategy and (for a row grid) of the untaped solve.
 fn errors<F: Dynamics<f64> + Clone + 'static>(
     f: &F,
     h0: &DMatrix<f64>,
@@ -35,19 +49,20 @@ fn errors<F: Dynamics<f64> + Clone + 'static>(
     opts: &Options,
 ) -> Vec<Error> {
     let mut out = Vec::new();
-    for adjoint in [false, true] {
+    for name in STRATEGIES {
+        let strategy: Strategy = name.parse().unwrap();
         let tape = Tape::<f64>::new();
         let h = tape.var(h0.clone());
         let t = tape.var(grid.clone());
         let p: Vec<_> = params.iter().map(|m| tape.var(m.clone())).collect();
         let before = tape.len();
-        let result = if adjoint {
-            odeint_adjoint(&tape, f, h, t, &p, opts)
-        } else {
-            odeint(&tape, f, h, t, &p, opts)
+        let result = match name {
+            "taped" => odeint(&tape, f, h, t, &p, opts),
+            "backsolve" => odeint_adjoint(&tape, f, h, t, &p, opts),
+            _ => odeint_with(&tape, f, h, t, &p, opts, &strategy),
         };
         match result {
-            Ok(_) => panic!("expected an error (adjoint: {adjoint})"),
+            Ok(_) => panic!("expected an error ({name})"),
             Err(e) => out.push(e),
         }
         assert_usable(&tape, before);
@@ -141,23 +156,43 @@ fn fixed_step_methods_need_a_step_size() {
             );
         }
     }
-    // A fixed-step adjoint method needs one too.
-    let opts = Options {
-        adjoint_method: Some(&tableau::RK4),
-        ..Options::default()
-    };
-    for e in errors(&f, &h0, &grid, &p, &opts) {
+    // A fixed-step backward method needs one too.
+    let backsolve = Strategy::Backsolve(Backsolve {
+        method: Some(&tableau::RK4),
+        ..Backsolve::default()
+    });
+    let tape = Tape::<f64>::new();
+    let h = tape.var(h0.clone());
+    let t = tape.var(grid.clone());
+    let e = odeint_with(&tape, &f, h, t, &[], &Options::default(), &backsolve)
+        .err()
+        .expect("a fixed-step backward method without a step size is refused");
+    assert!(
+        matches!(
+            e,
+            Error::BadOption {
+                name: "Backsolve::step_size",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_usable(&tape, 2);
+    // Zero checkpoints or slots are refused, naming the setting.
+    for (strategy, setting) in [
+        (Strategy::backsolve_checkpointed(0), "checkpoints"),
+        (Strategy::Checkpointed { slots: 0 }, "slots"),
+    ] {
+        let e = odeint_with(&tape, &f, h, t, &[], &Options::default(), &strategy)
+            .err()
+            .expect("zero states are refused");
         assert!(
-            matches!(
-                e,
-                Error::BadOption {
-                    name: "adjoint_step_size",
-                    ..
-                }
-            ),
+            matches!(e, Error::BadOption { name, .. } if name == setting),
             "{e:?}"
         );
     }
+    assert!("checkpointed:0".parse::<Strategy>().is_err());
+    assert!("bogus".parse::<Strategy>().is_err());
     assert!(matches!(
         Options::with_method("rk45"),
         Err(Error::BadOption { name: "method", .. })
@@ -412,6 +447,7 @@ fn errors_in_the_adjoint_backward_pass() {
     let loss = sol.last().sum();
     let before = tape.len();
     let err = tape.backward(loss).unwrap_err();
+    // The failed pass returned no gradients, so no report either; the tape stays usable.
     match &err {
         ad_core::Error::Custom { op, source } => {
             assert_eq!(op, "odeint_adjoint");
@@ -425,6 +461,5 @@ fn errors_in_the_adjoint_backward_pass() {
         }
         e => panic!("{e:?}"),
     }
-    assert_eq!(sol.backward_stats(), None);
     assert_usable(&tape, before);
 }

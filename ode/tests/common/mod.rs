@@ -5,7 +5,7 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::num_dual::Dual64;
 use ad_core::{Result as TapeResult, Scalar, Tape, Var};
-use ode::{odeint, odeint_adjoint, Dynamics, Options, SolveStats};
+use ode::{odeint_with, BackwardStats, Dynamics, Options, SolveStats, Strategy};
 
 /// SplitMix64: a tiny deterministic generator (no `rand` dependency).
 pub struct Rng(u64);
@@ -228,7 +228,7 @@ pub struct Grads {
     pub params: Vec<DMatrix<f64>>,
     pub t: DMatrix<f64>,
     pub forward: SolveStats,
-    pub backward: Option<SolveStats>,
+    pub backward: Option<BackwardStats>,
 }
 
 impl Grads {
@@ -282,17 +282,23 @@ impl Problem {
         }
     }
 
-    /// Gradients of `L = Σ ⟨v_i, h(t_i)⟩` by the taped solve or the adjoint.
+    /// Gradients of `L = Σ ⟨v_i, h(t_i)⟩` by the taped solve or the backsolve adjoint.
     pub fn grads(&self, opts: &Options, adjoint: bool) -> ode::Result<Grads> {
+        let strategy = if adjoint {
+            Strategy::backsolve()
+        } else {
+            Strategy::Taped
+        };
+        self.grads_with(opts, &strategy)
+    }
+
+    /// Gradients of `L = Σ ⟨v_i, h(t_i)⟩` by any strategy.
+    pub fn grads_with(&self, opts: &Options, strategy: &Strategy) -> ode::Result<Grads> {
         let tape = Tape::<f64>::new();
         let h0 = tape.var(self.h0.clone());
         let t = tape.var(DMatrix::from_row_slice(1, self.grid.len(), &self.grid));
         let params: Vec<_> = self.params.iter().map(|m| tape.var(m.clone())).collect();
-        let sol = if adjoint {
-            odeint_adjoint(&tape, &self.f, h0, t, &params, opts)?
-        } else {
-            odeint(&tape, &self.f, h0, t, &params, opts)?
-        };
+        let sol = odeint_with(&tape, &self.f, h0, t, &params, opts, strategy)?;
         let loss = dot_loss(&tape, &sol.outputs, &self.cots)?;
         let mut g = tape.backward(loss)?;
         Ok(Grads {
@@ -303,7 +309,7 @@ impl Problem {
                 .collect::<ad_core::Result<_>>()?,
             t: g.take_or_zeros(t)?,
             forward: sol.stats,
-            backward: sol.backward_stats(),
+            backward: sol.backward_stats(&g),
         })
     }
 }

@@ -1,0 +1,128 @@
+//! [`Strategy::Auto`](crate::Strategy::Auto): the fastest exact strategy that fits a memory
+//! budget. Taped runs while its tape (and what its backward will need on top) fits; it is
+//! abandoned, and the tape rewound, before a step that would not fit. Then store-every-step
+//! or K-slot checkpointing takes over with as many slots as fit beside one step's replay
+//! tape, and backsolve only when not even two states fit.
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Scalar, Tape, Var};
+
+use crate::dynamics::Dynamics;
+use crate::error::{Error, Result};
+use crate::solve::{grid_row, taped, Solution, SolveInput};
+use crate::strategy::{Backsolve, StrategyReport};
+
+/// Bytes of one f evaluation recorded on a tape, measured on a throwaway tape.
+fn eval_bytes<T: Scalar, F: Dynamics<T>>(input: &SolveInput<'_, '_, T>, f: &F) -> Result<usize> {
+    let probe = Tape::new();
+    let params: Vec<Var<'_, T>> = input
+        .params
+        .iter()
+        .map(|p| Ok(probe.var(p.value()?)))
+        .collect::<Result<_>>()?;
+    let (row, _) = grid_row(input.t)?;
+    let t0 = probe.var(DMatrix::from_element(1, 1, row.with_value(|m| m[0])?));
+    let h = probe.var(input.h0.value()?);
+    let mark = probe.mark();
+    let out = f.eval(t0, h, &params)?;
+    let _ = out;
+    Ok(probe.bytes_since(mark))
+}
+
+pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
+    input: &SolveInput<'_, 't, T>,
+    f: &F,
+    budget: usize,
+) -> Result<Solution<'t, T>> {
+    let size = std::mem::size_of::<T>();
+    let (rows, cols) = input.h0.shape()?;
+    let state = rows * cols * size;
+    let params: usize = input
+        .params
+        .iter()
+        .map(|p| p.shape().map(|(r, c)| r * c * size))
+        .sum::<ad_core::Result<usize>>()?;
+    let stages = input.opts.method.c.len();
+    let eval = eval_bytes(input, f)?;
+    // One step recorded in full (stages, their inputs, the combinations), and its backward's
+    // cotangents of about the same size: the replay strategies' per-step peak.
+    let step_estimate = stages * (eval + 2 * state) + 4 * state;
+    // The backward's own buffers on top of any tape: the gradients it returns, a few states.
+    let transient = 2 * params + 4 * state;
+
+    // Taped, while it fits: after each accepted step, the tape so far plus the next step
+    // (as large as the largest so far) plus the backward's cotangents (as large as the
+    // largest step's values) must fit.
+    let mark = input.tape.mark();
+    let mut released_total = 0usize;
+    let mut largest_step = step_estimate;
+    let mut previous: Option<ad_core::Mark> = None;
+    let mut abandoned_at: Option<(usize, usize)> = None;
+    let mut steps = 0usize;
+    let fits_first = 2 * step_estimate + transient <= budget;
+    if fits_first {
+        let result = taped(input, f, |acc| {
+            let this_step = input.tape.bytes_since(acc.mark());
+            if let Some(prev) = previous {
+                released_total += input.tape.bytes_since(prev).saturating_sub(this_step);
+            }
+            previous = Some(acc.mark());
+            largest_step = largest_step.max(this_step);
+            steps += 1;
+            let needed = released_total + this_step + 2 * largest_step + transient;
+            if needed > budget {
+                abandoned_at = Some((steps, needed));
+                return Err(Error::Tape(ad_core::Error::InvalidArgument {
+                    op: "auto",
+                    message: "taped solve over budget".into(),
+                }));
+            }
+            Ok(())
+        });
+        match (result, abandoned_at) {
+            (Ok(mut sol), _) => {
+                let held = input.tape.bytes_since(mark);
+                sol.strategy = StrategyReport {
+                    name: "taped".into(),
+                    stored_states: 0,
+                    reason: format!(
+                        "auto: the taped solve's {} steps held {} bytes, within the budget of {budget} with room for its backward",
+                        sol.steps.len(),
+                        held
+                    ),
+                };
+                return Ok(sol);
+            }
+            (Err(_), Some(_)) => {}
+            (Err(e), None) => return Err(e),
+        }
+    }
+    let taped_note = match abandoned_at {
+        Some((k, needed)) => {
+            format!("taped would need {needed} bytes after {k} steps (budget {budget})")
+        }
+        None => format!(
+            "taped needs about {} bytes for its first step (budget {budget})",
+            2 * step_estimate + transient
+        ),
+    };
+    // Replay strategies: slots·state + one step's replay tape + the backward's buffers.
+    let step_peak = 2 * largest_step.max(step_estimate);
+    let room = budget.saturating_sub(step_peak + transient + 2 * state);
+    let slots = room / state.max(1);
+    if slots >= 2 {
+        let reason = format!(
+            "auto: {taped_note}; {slots} states of {state} bytes fit beside one step's replay ({step_peak} bytes)"
+        );
+        let mut sol = crate::checkpoint::exact(input, f, Some(slots), reason)?;
+        if sol.strategy.stored_states >= sol.steps.len() {
+            sol.strategy.name = "aca".into();
+        }
+        return Ok(sol);
+    }
+    let mut sol = crate::adjoint::backsolve(input, f, &Backsolve::default(), 1)?;
+    sol.strategy.reason = format!(
+        "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), so backsolve (not exact)"
+    );
+    Ok(sol)
+}

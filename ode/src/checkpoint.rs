@@ -1,0 +1,419 @@
+//! The exact opaque strategies: store every step (ACA) and K-slot binomial checkpointing.
+//! The forward runs untaped and records every accepted step; the backward replays each step
+//! on a local tape with its recorded step size and pulls the cotangent back through it,
+//! recomputing unstored start states from the nearest stored one (see `crate::schedule`).
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Scalar, Tape, Var};
+
+use crate::controller::StepRecord;
+use crate::dynamics::Dynamics;
+use crate::error::Result;
+use crate::options::Options;
+use crate::schedule::{min_recomputations, split};
+use crate::solve::{
+    direction, forward_controller, forward_values, FieldSystem, Forward, NodeBackward, NodeInputs,
+    Solution, SolveInput,
+};
+use crate::stepper::{Memory, Start, Stepper};
+use crate::strategy::{BackwardStats, Strategy, StrategyReport};
+
+/// Keeps at most `slots` states of a forward solve, evenly spread over its accepted steps
+/// without knowing their number: states at multiples of a stride, which doubles (dropping
+/// every other state) whenever the slots overflow. The initial state (index 0) is always
+/// kept and takes one slot; it is not copied (the caller has it).
+pub(crate) struct Thinning<T: Scalar> {
+    slots: usize,
+    stride: usize,
+    kept: Vec<(usize, f64, Option<DMatrix<T>>)>,
+}
+
+impl<T: Scalar> Thinning<T> {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: slots.max(1),
+            stride: 1,
+            kept: vec![(0, f64::NAN, None)],
+        }
+    }
+
+    /// Whether the state at accepted step `k` would be kept.
+    pub fn wants(&self, k: usize) -> bool {
+        k.is_multiple_of(self.stride)
+    }
+
+    pub fn push(&mut self, k: usize, t: f64, y: DMatrix<T>) {
+        self.kept.push((k, t, Some(y)));
+        if self.kept.len() > self.slots {
+            self.stride *= 2;
+            let stride = self.stride;
+            self.kept.retain(|e| e.0.is_multiple_of(stride));
+        }
+    }
+
+    /// The kept states after the initial one: (step index, time, state).
+    pub fn into_states(self) -> Vec<(usize, f64, DMatrix<T>)> {
+        self.kept
+            .into_iter()
+            .filter_map(|(k, t, y)| y.map(|y| (k, t, y)))
+            .collect()
+    }
+}
+
+/// A stored forward state: its step index, its time and its value.
+pub(crate) struct Checkpoint<T: Scalar> {
+    pub step: usize,
+    pub t: f64,
+    pub y: DMatrix<T>,
+}
+
+/// The untaped forward of an opaque strategy, keeping at most `slots` step start states
+/// (the initial one, not copied, included) evenly spread by [`Thinning`].
+pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
+    values: &NodeInputs<'_, T>,
+    f: &F,
+    opts: &Options,
+    slots: usize,
+) -> Result<(Forward<T>, Vec<Checkpoint<T>>)> {
+    let mut thinning = Thinning::new(slots);
+    let forward = forward_values(
+        f,
+        &values.h0,
+        &values.times,
+        &values.params,
+        opts,
+        |k, step, y| {
+            if k > 0 && thinning.wants(k) {
+                thinning.push(k, step.t, y.value()?);
+            }
+            Ok(())
+        },
+    )?;
+    let kept = thinning
+        .into_states()
+        .into_iter()
+        .map(|(step, t, y)| Checkpoint { step, t, y })
+        .collect();
+    Ok((forward, kept))
+}
+
+/// The exact strategy with at most `slots` stored states (`None`: every step's).
+pub(crate) fn exact<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
+    input: &SolveInput<'_, 't, T>,
+    f: &F,
+    slots: Option<usize>,
+    reason: String,
+) -> Result<Solution<'t, T>> {
+    let values = input.values()?;
+    let (forward, kept) = forward_keeping(&values, f, input.opts, slots.unwrap_or(usize::MAX))?;
+    let stored: Vec<(usize, DMatrix<T>)> = kept.into_iter().map(|c| (c.step, c.y)).collect();
+    let n_steps = forward.steps.len();
+    let strategy = match slots {
+        None => Strategy::StoreEveryStep,
+        Some(slots) => Strategy::Checkpointed { slots },
+    };
+    let report = StrategyReport {
+        name: strategy.name(),
+        stored_states: stored.len() + 1,
+        reason: if reason.is_empty() {
+            match slots {
+                None => format!("all {n_steps} step start states stored"),
+                Some(k) => format!(
+                    "{} of {n_steps} step start states stored in {k} slots; binomial schedule needs at most {} untaped advances",
+                    stored.len() + 1,
+                    min_recomputations(n_steps, k)
+                ),
+            }
+        } else {
+            reason
+        },
+    };
+    let op = ReplayOp {
+        f: f.clone(),
+        grid: values.grid,
+        opts: input.opts.clone(),
+        slots,
+        steps: forward.steps.clone(),
+        first_output: forward.first_output.clone(),
+        stored,
+    };
+    input.record_node(values.row, forward, op, report)
+}
+
+/// The exact strategies' node backward: the recorded steps, which outputs each one emits,
+/// and the stored start states.
+struct ReplayOp<T: Scalar, F> {
+    f: F,
+    grid: Vec<f64>,
+    opts: Options,
+    slots: Option<usize>,
+    steps: Vec<StepRecord>,
+    first_output: Vec<usize>,
+    /// Start states of the steps with these indices (index 0 is `h0`, an input).
+    stored: Vec<(usize, DMatrix<T>)>,
+}
+
+impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
+    fn name(&self) -> &'static str {
+        match self.slots {
+            None => "odeint_store_every_step",
+            Some(_) => "odeint_checkpointed",
+        }
+    }
+
+    fn backward(
+        &self,
+        inputs: &[&DMatrix<T>],
+        _outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+    ) -> Result<(Vec<Option<DMatrix<T>>>, BackwardStats)> {
+        let mut reverse = Reverse::new(inputs, &cotangents);
+        self.run_schedule(&mut reverse, inputs[0])?;
+        Ok(reverse.finish(inputs.len() - 2))
+    }
+
+    fn held_bytes(&self) -> usize {
+        let states: usize = self
+            .stored
+            .iter()
+            .map(|(_, y)| y.len() * std::mem::size_of::<T>())
+            .sum();
+        states
+            + self.steps.len() * std::mem::size_of::<StepRecord>()
+            + self.first_output.len() * std::mem::size_of::<usize>()
+            + self.grid.len() * std::mem::size_of::<f64>()
+    }
+}
+
+impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
+    /// Reverse all steps: every one from its stored state (ACA), or segment by segment
+    /// between the forward's stored states on the binomial schedule, or from `h0` alone
+    /// when that needs fewer advances.
+    fn run_schedule(&self, rev: &mut Reverse<'_, T>, h0: &DMatrix<T>) -> Result<()> {
+        let n = self.steps.len();
+        let mut bases: Vec<(usize, &DMatrix<T>)> = vec![(0, h0)];
+        bases.extend(self.stored.iter().map(|(k, y)| (*k, y)));
+        let Some(slots) = self.slots else {
+            // Every start state is stored: replay each step from its own.
+            for &(k, y) in bases.iter().rev() {
+                rev.replay(self, k, y)?;
+            }
+            return Ok(());
+        };
+        // Segment j (from bases[j] to the next base) is reversed while bases 0..j are still
+        // held, so with slots − j slots of its own.
+        let ends: Vec<usize> = bases.iter().skip(1).map(|b| b.0).chain([n]).collect();
+        let segmented: usize = bases
+            .iter()
+            .zip(&ends)
+            .enumerate()
+            .map(|(j, (&(a, _), &b))| min_recomputations(b - a, slots - j))
+            .sum();
+        if min_recomputations(n, slots) < segmented {
+            bases.truncate(1);
+        }
+        let ends: Vec<usize> = bases.iter().skip(1).map(|b| b.0).chain([n]).collect();
+        for (j, (&(a, y), &b)) in bases.iter().zip(&ends).enumerate().rev() {
+            self.reverse(rev, a, b, slots - j, y)?;
+        }
+        Ok(())
+    }
+
+    /// Reverse steps `a..b` from the start state `base` of step `a`, holding at most
+    /// `slots` states (the base's included) on the binomial schedule.
+    fn reverse(
+        &self,
+        rev: &mut Reverse<'_, T>,
+        a: usize,
+        b: usize,
+        slots: usize,
+        base: &DMatrix<T>,
+    ) -> Result<()> {
+        let n = b - a;
+        if n == 0 {
+            return Ok(());
+        }
+        if n == 1 {
+            return rev.replay(self, a, base);
+        }
+        if slots <= 1 {
+            // One slot: advance from the base to every step's start, latest first.
+            for k in (a + 1..b).rev() {
+                let y = rev.advance(self, a, k, base)?;
+                rev.replay(self, k, &y)?;
+            }
+            return rev.replay(self, a, base);
+        }
+        let m = split(n, slots);
+        let mid = rev.advance(self, a, a + m, base)?;
+        self.reverse(rev, a + m, b, slots - 1, &mid)?;
+        drop(mid);
+        self.reverse(rev, a, a + m, slots, base)
+    }
+}
+
+/// The backward pass in progress: the cotangent of the current step's end state and the
+/// gradients gathered so far, with a local tape that replays one step at a time.
+struct Reverse<'c, T: Scalar> {
+    local: Tape<T>,
+    params: Vec<DMatrix<T>>,
+    row: DMatrix<T>,
+    cotangents: &'c [Option<DMatrix<T>>],
+    /// dL/dy at the end of the step being reversed.
+    a: DMatrix<T>,
+    a_theta: Vec<DMatrix<T>>,
+    grad_row: DMatrix<T>,
+    stats: BackwardStats,
+    shape: (usize, usize),
+}
+
+impl<'c, T: Scalar> Reverse<'c, T> {
+    fn new(inputs: &[&DMatrix<T>], cotangents: &'c [Option<DMatrix<T>>]) -> Self {
+        let zeros = |m: &DMatrix<T>| DMatrix::zeros(m.nrows(), m.ncols());
+        Self {
+            local: Tape::new(),
+            params: inputs[2..].iter().map(|p| (*p).clone()).collect(),
+            row: inputs[1].clone(),
+            cotangents,
+            a: zeros(inputs[0]),
+            a_theta: inputs[2..].iter().map(|p| zeros(p)).collect(),
+            grad_row: zeros(inputs[1]),
+            stats: BackwardStats::default(),
+            shape: inputs[0].shape(),
+        }
+    }
+
+    /// The start state of step `to` from that of step `from` (`y`), by untaped replay of the
+    /// recorded steps in between.
+    fn advance<F: Dynamics<T>>(
+        &mut self,
+        op: &ReplayOp<T, F>,
+        from: usize,
+        to: usize,
+        y: &DMatrix<T>,
+    ) -> Result<DMatrix<T>> {
+        let scratch = Tape::new();
+        let _no_grad = scratch.no_grad();
+        let params: Vec<Var<'_, T>> = self
+            .params
+            .iter()
+            .map(|p| scratch.constant(p.clone()))
+            .collect();
+        let t_base = scratch.constant(DMatrix::from_element(1, 1, self.row[0]));
+        let y0 = scratch.constant(y.clone());
+        let base = scratch.mark();
+        let sys = FieldSystem {
+            f: &op.f,
+            params: &params,
+            shape: self.shape,
+            nfe: 0,
+        };
+        let ctl = forward_controller(&op.opts).replaying(op.steps[from..to].iter().copied());
+        let start = Start {
+            t0: op.grid[0],
+            t_base,
+            t: op.steps[from].t,
+            y: vec![y0],
+            k0: None,
+            dt: None,
+            dir: direction(&op.grid),
+        };
+        let mut stepper = Stepper::new(&scratch, sys, ctl, Memory::Scratch(base), start)?;
+        for _ in from..to {
+            let acc = stepper.step(0.0, false)?;
+            stepper.advance(acc, &[])?;
+        }
+        self.stats.recomputed_steps += to - from;
+        self.stats.nfe += stepper.sys.nfe;
+        Ok(stepper.y()[0].value()?)
+    }
+
+    /// Replay step `k` from its start state `y` on the local tape, with its outputs, and
+    /// pull the cotangents of its end state and outputs back to `y`, θ and the grid.
+    fn replay<F: Dynamics<T>>(
+        &mut self,
+        op: &ReplayOp<T, F>,
+        k: usize,
+        y: &DMatrix<T>,
+    ) -> Result<()> {
+        let (first, last) = (op.first_output[k], op.first_output[k + 1]);
+        let outputs_seeded = (first..last).any(|i| self.cotangents[i].is_some());
+        let end_seeded = self.a.iter().any(|v| *v != T::zero());
+        self.stats.accepted += 1;
+        if !outputs_seeded && !end_seeded {
+            // Nothing flows back through this step.
+            return Ok(());
+        }
+        let local = &self.local;
+        local.reset()?;
+        let row = local.var(self.row.clone());
+        let params: Vec<Var<'_, T>> = self.params.iter().map(|p| local.var(p.clone())).collect();
+        let y_leaf = local.var(y.clone());
+        let t_base = row.slice_cols(0, 1)?;
+        // Output i (of t_1..t_n) is grid time i + 1; only this step's are read.
+        let mut times: Vec<(f64, Var<'_, T>)> = op.grid[1..].iter().map(|&t| (t, t_base)).collect();
+        for (i, time) in times.iter_mut().enumerate().take(last).skip(first) {
+            time.1 = row.slice_cols(i + 1, 1)?;
+        }
+        let sys = FieldSystem {
+            f: &op.f,
+            params: &params,
+            shape: self.shape,
+            nfe: 0,
+        };
+        let ctl = forward_controller(&op.opts).replaying([op.steps[k]]);
+        let start = Start {
+            t0: op.grid[0],
+            t_base,
+            t: op.steps[k].t,
+            y: vec![y_leaf],
+            k0: None,
+            dt: None,
+            dir: direction(&op.grid),
+        };
+        let mut stepper = Stepper::new(local, sys, ctl, Memory::Keep, start)?;
+        let mut acc = stepper.step(0.0, false)?;
+        let mut next = first;
+        let mut seeds: Vec<(Var<'_, T>, DMatrix<T>)> = Vec::new();
+        let cotangents = self.cotangents;
+        stepper.emit_outputs(&mut acc, &times, false, &mut next, |i, h| {
+            if let Some(g) = &cotangents[i] {
+                seeds.push((h[0], g.clone()));
+            }
+            Ok(())
+        })?;
+        if end_seeded {
+            seeds.push((
+                acc.step.y1[0],
+                std::mem::replace(&mut self.a, DMatrix::zeros(0, 0)),
+            ));
+        }
+        let mut wrt = Vec::with_capacity(params.len() + 2);
+        wrt.push(y_leaf);
+        wrt.push(row);
+        wrt.extend_from_slice(&params);
+        let mut grads = local.vjp_wrt(&seeds, &wrt)?.into_iter();
+        self.stats.nfe += stepper.sys.nfe;
+        drop(acc);
+        drop(stepper);
+        if let Some(g) = grads.next() {
+            self.a = g;
+        }
+        if let Some(g) = grads.next() {
+            self.grad_row += g;
+        }
+        for (acc, g) in self.a_theta.iter_mut().zip(grads) {
+            *acc += g;
+        }
+        local.reset()?;
+        Ok(())
+    }
+
+    fn finish(self, n_params: usize) -> (Vec<Option<DMatrix<T>>>, BackwardStats) {
+        let mut grads = Vec::with_capacity(n_params + 2);
+        grads.push(Some(self.a));
+        grads.push(Some(self.grad_row));
+        grads.extend(self.a_theta.into_iter().map(Some));
+        (grads, self.stats)
+    }
+}

@@ -1,0 +1,235 @@
+//! Step-size control, separate from the step: torchdiffeq's error-ratio rule and Hairer's
+//! initial step for adaptive solves, a fixed step, or a replay of recorded accepted steps.
+
+use std::collections::VecDeque;
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Scalar, Tape, Var};
+
+use crate::engine::{combine, counted, Step, System, Time};
+use crate::error::Result;
+use crate::options::Norm;
+use crate::tableau::Tableau;
+
+fn primal<T: Scalar>(v: &Var<'_, T>) -> Result<DMatrix<f64>> {
+    Ok(v.with_value(|m| m.map(|x| x.primal()))?)
+}
+
+/// One accepted step as numbers: where it started, where it ended and with which signed
+/// step `dt` (`t1 = t + dt` unless the step was shortened to land on an output time, then
+/// `t1` is that time exactly). Replaying the record reproduces the step bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Start time of the step.
+    pub t: f64,
+    /// End time of the step.
+    pub t1: f64,
+    /// The signed step size the stages were evaluated with.
+    pub dt: f64,
+    /// Whether the step was shortened to land exactly on an output time.
+    pub landed: bool,
+}
+
+/// Step-size control, separate from the step itself.
+#[derive(Clone, Debug)]
+pub(crate) struct Controller {
+    pub tableau: &'static Tableau,
+    pub rtol: f64,
+    pub atol: f64,
+    pub safety: f64,
+    pub ifactor: f64,
+    pub dfactor: f64,
+    pub min_step: f64,
+    pub max_step: f64,
+    pub max_num_steps: usize,
+    pub fixed_step: Option<f64>,
+    pub first_step: Option<f64>,
+    pub norm: Norm,
+    /// Components that count in the error norm (`None`: all).
+    pub mask: Option<Vec<bool>>,
+    /// Replay mode: take these accepted steps, in order, instead of choosing step sizes.
+    pub replay: Option<VecDeque<StepRecord>>,
+}
+
+impl Controller {
+    /// The same controller in replay mode: it takes exactly `records`, in order.
+    pub fn replaying(mut self, records: impl IntoIterator<Item = StepRecord>) -> Self {
+        self.replay = Some(records.into_iter().collect());
+        self
+    }
+
+    /// The next recorded step in replay mode (`None` when not replaying or exhausted).
+    pub fn next_replayed(&mut self) -> Option<StepRecord> {
+        self.replay.as_mut().and_then(VecDeque::pop_front)
+    }
+
+    /// Whether the controller replays recorded steps.
+    pub fn is_replaying(&self) -> bool {
+        self.replay.is_some()
+    }
+
+    fn counts(&self, c: usize) -> bool {
+        counted(self.mask.as_deref(), c)
+    }
+
+    /// The configured norm of per-component scaled errors.
+    pub(crate) fn norm(&self, scaled: &[DMatrix<f64>]) -> f64 {
+        let parts = scaled.iter().enumerate().filter(|(c, _)| self.counts(*c));
+        match &self.norm {
+            Norm::Rms => {
+                let (sum, n) = parts.fold((0.0, 0usize), |(s, n), (_, m)| {
+                    (s + m.norm_squared(), n + m.len())
+                });
+                (sum / n.max(1) as f64).sqrt()
+            }
+            Norm::MaxRms => parts
+                .map(|(_, m)| (m.norm_squared() / m.len().max(1) as f64).sqrt())
+                .fold(0.0, f64::max),
+            Norm::Custom(f) => {
+                let kept: Vec<DMatrix<f64>> = scaled
+                    .iter()
+                    .enumerate()
+                    .map(|(c, m)| {
+                        if self.counts(c) {
+                            m.clone()
+                        } else {
+                            DMatrix::zeros(m.nrows(), m.ncols())
+                        }
+                    })
+                    .collect();
+                f(&kept)
+            }
+        }
+    }
+
+    /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖` with the error estimate `err = h Σ e_i k_i`
+    /// (numbers only: step control is not differentiated); accept the step when ≤ 1. One
+    /// pass over each component, no temporary tensors (except for a custom norm).
+    pub(crate) fn error_ratio<T: Scalar>(
+        &self,
+        err: &[Vec<f64>],
+        step: &Step<'_, T>,
+    ) -> Result<f64> {
+        let custom = matches!(self.norm, Norm::Custom(_));
+        let mut parts: Vec<(f64, usize)> = Vec::with_capacity(step.y1.len());
+        let mut scaled: Vec<DMatrix<f64>> = Vec::new();
+        for (c, e) in err.iter().enumerate() {
+            let (r, cols) = step.y1[c].shape()?;
+            if !self.counts(c) {
+                parts.push((0.0, 0));
+                if custom {
+                    scaled.push(DMatrix::zeros(r, cols));
+                }
+                continue;
+            }
+            let vars = [step.y0[c], step.y1[c]];
+            let (sum, m) = Var::with_values(&vars, |v| {
+                let (y0, y1) = (v[0].as_slice(), v[1].as_slice());
+                let mut scaled_err: Vec<f64> = e
+                    .iter()
+                    .zip(y0.iter().zip(y1))
+                    .map(|(e, (a, b))| {
+                        e / (self.atol + self.rtol * a.primal().abs().max(b.primal().abs()))
+                    })
+                    .collect();
+                let sum = sum_of_squares(&scaled_err);
+                (
+                    sum,
+                    custom.then(|| DMatrix::from_vec(r, cols, std::mem::take(&mut scaled_err))),
+                )
+            })?;
+            parts.push((sum, r * cols));
+            scaled.extend(m);
+        }
+        let r = match &self.norm {
+            Norm::Rms => {
+                let (sum, n) = parts
+                    .iter()
+                    .fold((0.0, 0), |(s, n), &(ps, pn)| (s + ps, n + pn));
+                (sum / n.max(1) as f64).sqrt()
+            }
+            Norm::MaxRms => parts
+                .iter()
+                .filter(|p| p.1 > 0)
+                .map(|&(s, n)| (s / n as f64).sqrt())
+                .fold(0.0, f64::max),
+            Norm::Custom(f) => f(&scaled),
+        };
+        Ok(if r.is_nan() { f64::INFINITY } else { r })
+    }
+
+    /// The next step size after a step of size `dt` with this error ratio (torchdiffeq's
+    /// rule: no shrinking after an accepted step).
+    pub(crate) fn next_step(&self, dt: f64, ratio: f64) -> f64 {
+        if ratio == 0.0 {
+            return dt * self.ifactor;
+        }
+        let dfactor = if ratio < 1.0 { 1.0 } else { self.dfactor };
+        let factor = (self.safety / ratio.powf(1.0 / f64::from(self.tableau.order)))
+            .max(dfactor)
+            .min(self.ifactor);
+        dt * factor
+    }
+
+    /// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq
+    /// does it: one extra evaluation of F.
+    pub(crate) fn initial_step<'t, T: Scalar, S: System<'t, T>>(
+        &self,
+        tape: &'t Tape<T>,
+        sys: &mut S,
+        t0: Time<'t, T>,
+        dir: f64,
+        y0: &[Var<'t, T>],
+        f0: &[Var<'t, T>],
+    ) -> Result<f64> {
+        let y0p: Vec<DMatrix<f64>> = y0.iter().map(primal).collect::<Result<_>>()?;
+        let f0p: Vec<DMatrix<f64>> = f0.iter().map(primal).collect::<Result<_>>()?;
+        let scale = |m: &DMatrix<f64>, y: &DMatrix<f64>| {
+            m.zip_map(y, |v, y| v / (self.atol + self.rtol * y.abs()))
+        };
+        let d0 = self.norm(&y0p.iter().map(|y| scale(y, y)).collect::<Vec<_>>());
+        let d1 = self.norm(
+            &f0p.iter()
+                .zip(&y0p)
+                .map(|(f, y)| scale(f, y))
+                .collect::<Vec<_>>(),
+        );
+        let h0 = if d0 < 1e-5 || d1 < 1e-5 {
+            1e-6
+        } else {
+            0.01 * d0 / d1
+        };
+        let mark = tape.mark();
+        let y1 = combine(tape, y0, dir * h0, &[1.0], &[f0.to_vec()])?;
+        let f1 = sys.eval(t0.at + dir * h0, t0.var.add_scalar(T::cst(dir * h0)), &y1)?;
+        let f1p: Vec<DMatrix<f64>> = f1.iter().map(primal).collect::<Result<_>>()?;
+        tape.rewind(mark)?;
+        let d2 = self.norm(
+            &f1p.iter()
+                .zip(&f0p)
+                .zip(&y0p)
+                .map(|((f1, f0), y)| scale(&(f1 - f0), y))
+                .collect::<Vec<_>>(),
+        ) / h0;
+        let h1 = if d1 <= 1e-15 && d2 <= 1e-15 {
+            (h0 * 1e-3).max(1e-6)
+        } else {
+            (0.01 / d1.max(d2)).powf(1.0 / f64::from(self.tableau.order))
+        };
+        Ok((100.0 * h0).min(h1))
+    }
+}
+
+/// `Σ x²` with eight independent partial sums, so that the loop vectorises (one running
+/// sum would chain every addition on the previous one).
+fn sum_of_squares(x: &[f64]) -> f64 {
+    let mut acc = [0.0; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}

@@ -1,0 +1,411 @@
+//! A resumable stepper: one accepted step at a time, from any state (a stored checkpoint
+//! included), choosing step sizes adaptively or replaying recorded ones, and the output
+//! emission that turns accepted steps into `h(t_i)`.
+//!
+//! Every strategy drives the same [`Stepper`]: the taped solve on the caller's tape, the
+//! untaped forward and the adjoint's backward on scratch tapes, the checkpointed strategies'
+//! replays on a local tape. What differs is the [`Memory`] policy and what the strategy does
+//! with each accepted step (see `docs/design.md`).
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{Mark, Scalar, Tape, Var};
+
+use crate::controller::{Controller, StepRecord};
+use crate::engine::{interpolate, rk_step, Method, SolveStats, State, Step, System, Time};
+use crate::error::{Error, Result};
+
+/// What happens to the tape behind an accepted step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Memory {
+    /// Keep what backward reads (the taped solve): values no VJP reads are released.
+    Taped,
+    /// Keep everything (a local tape that replays a single step for its VJP).
+    Keep,
+    /// Rewind to this mark, keeping only the state and the next first stage (values only).
+    Scratch(Mark),
+}
+
+/// Where a stepper starts.
+pub(crate) struct Start<'t, T: Scalar> {
+    /// The solve's start time, as a number and as the 1×1 variable every step time is taken
+    /// relative to (so taped solves differentiate with respect to it).
+    pub t0: f64,
+    pub t_base: Var<'t, T>,
+    /// The time of `y` (`t0` unless restarting from a stored state).
+    pub t: f64,
+    pub y: State<'t, T>,
+    /// `F(t, y)` if already known.
+    pub k0: Option<State<'t, T>>,
+    /// The step magnitude to try first (carried over from an earlier solve or segment).
+    pub dt: Option<f64>,
+    /// `+1` forward in time, `−1` backward.
+    pub dir: f64,
+}
+
+/// One accepted step with its stages still on the tape.
+pub(crate) struct Accepted<'t, T: Scalar> {
+    pub record: StepRecord,
+    /// The step's start time as a variable.
+    pub t_var: Var<'t, T>,
+    pub step: Step<'t, T>,
+    /// `F(t1, y1)` once computed (by output emission or by [`Stepper::advance`]).
+    pub k_next: Option<State<'t, T>>,
+    /// The step magnitude to try next.
+    pub dt_carry: f64,
+    mark: Mark,
+}
+
+impl<T: Scalar> Accepted<'_, T> {
+    /// The tape position where the step began recording.
+    pub fn mark(&self) -> Mark {
+        self.mark
+    }
+}
+
+/// A Runge–Kutta solve that advances one accepted step per [`Stepper::step`] call.
+pub(crate) struct Stepper<'t, T: Scalar, S> {
+    pub tape: &'t Tape<T>,
+    pub sys: S,
+    pub ctl: Controller,
+    t0: f64,
+    t_base: Var<'t, T>,
+    t: f64,
+    y: State<'t, T>,
+    k0: State<'t, T>,
+    dt: f64,
+    dir: f64,
+    memory: Memory,
+    /// Accepted and rejected steps so far (evaluations are counted by the system).
+    pub stats: SolveStats,
+}
+
+impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
+    /// A stepper at `start`; evaluates `F(t, y)` if not given and picks the first step.
+    pub fn new(
+        tape: &'t Tape<T>,
+        mut sys: S,
+        ctl: Controller,
+        memory: Memory,
+        start: Start<'t, T>,
+    ) -> Result<Self> {
+        let t_var = time_var(start.t_base, start.t0, start.t);
+        let k0 = match start.k0 {
+            Some(k0) => k0,
+            None => sys.eval(start.t, t_var, &start.y)?,
+        };
+        let dt = match (ctl.is_replaying(), ctl.fixed_step, start.dt, ctl.first_step) {
+            (true, ..) => 0.0,
+            (false, Some(dt), _, _) => dt,
+            (false, None, Some(dt), _) | (false, None, None, Some(dt)) => dt,
+            (false, None, None, None) => {
+                let t = Time {
+                    at: start.t,
+                    var: t_var,
+                };
+                ctl.initial_step(tape, &mut sys, t, start.dir, &start.y, &k0)?
+            }
+        };
+        Ok(Self {
+            tape,
+            sys,
+            ctl,
+            t0: start.t0,
+            t_base: start.t_base,
+            t: start.t,
+            y: start.y,
+            k0,
+            dt,
+            dir: start.dir,
+            memory,
+            stats: SolveStats::default(),
+        })
+    }
+
+    /// The current state.
+    pub fn y(&self) -> &State<'t, T> {
+        &self.y
+    }
+
+    /// A method without its own interpolant gets a cubic Hermite, O(dt⁴) locally: far below
+    /// a high-order adaptive method's accuracy at its large steps (dopri8 at rtol 1e-8:
+    /// errors of 1e-4). Such methods step onto every output time instead.
+    pub fn lands_on_every_output(&self) -> bool {
+        let tab = self.ctl.tableau;
+        tab.interpolant.is_none() && tab.b_error.is_some() && tab.order > 4
+    }
+
+    /// Take one accepted step towards `target` (rejected attempts are retried inside);
+    /// with `land`, a step that would reach or pass `target` is shortened to end on it. In
+    /// replay mode the next recorded step is taken instead, whatever `target` says.
+    pub fn step(&mut self, target: f64, land: bool) -> Result<Accepted<'t, T>> {
+        let tab = self.ctl.tableau;
+        loop {
+            if self.stats.accepted + self.stats.rejected >= self.ctl.max_num_steps {
+                return Err(Error::TooManySteps {
+                    max_num_steps: self.ctl.max_num_steps,
+                    t: self.t,
+                });
+            }
+            let replayed = self.ctl.next_replayed();
+            let (dt, landed) = match replayed {
+                Some(r) => {
+                    if r.t != self.t {
+                        return Err(internal(format!(
+                            "a replayed step starts at t = {} but the stepper is at t = {}",
+                            r.t, self.t
+                        )));
+                    }
+                    (r.dt, r.landed)
+                }
+                None if self.ctl.is_replaying() => {
+                    return Err(internal("replay ran out of recorded steps".into()));
+                }
+                None => {
+                    self.dt = self.dt.min(self.ctl.max_step);
+                    let remaining = (target - self.t) * self.dir;
+                    let landing = land && self.dt >= remaining * (1.0 - 1e-12);
+                    let dt = if landing {
+                        remaining * self.dir
+                    } else {
+                        self.dt * self.dir
+                    };
+                    if self.t + dt == self.t || !dt.is_finite() {
+                        return Err(Error::StepSizeUnderflow {
+                            t: self.t,
+                            dt: dt.abs(),
+                            min_step: self.ctl.min_step,
+                        });
+                    }
+                    (dt, landing)
+                }
+            };
+            let mark = self.tape.mark();
+            let t_var = time_var(self.t_base, self.t0, self.t);
+            let method = Method {
+                tableau: tab,
+                estimate_error: replayed.is_none(),
+                error_mask: self.ctl.mask.as_deref(),
+            };
+            let time = Time {
+                at: self.t,
+                var: t_var,
+            };
+            let step = rk_step(
+                self.tape,
+                &mut self.sys,
+                method,
+                time,
+                &self.y,
+                self.k0.clone(),
+                dt,
+            )?;
+            let (accept, dt_next) = match &step.err {
+                Some(err) => {
+                    let ratio = self.ctl.error_ratio(err, &step)?;
+                    (ratio <= 1.0, self.ctl.next_step(dt.abs(), ratio))
+                }
+                None => (true, self.dt),
+            };
+            if !accept {
+                self.stats.rejected += 1;
+                self.tape.rewind(mark)?;
+                if dt_next < self.ctl.min_step {
+                    return Err(Error::StepSizeUnderflow {
+                        t: self.t,
+                        dt: dt_next,
+                        min_step: self.ctl.min_step,
+                    });
+                }
+                self.dt = dt_next;
+                continue;
+            }
+            self.stats.accepted += 1;
+            let t1 = match replayed {
+                Some(r) => r.t1,
+                None if landed => target,
+                None => self.t + dt,
+            };
+            for yc in &step.y1 {
+                if !yc.with_value(ad_core::all_finite)? {
+                    return Err(Error::NonFinite {
+                        what: "state",
+                        t: t1,
+                    });
+                }
+            }
+            // A step shortened to land on an output does not shrink the next one.
+            let dt_carry = if landed {
+                self.dt.max(dt_next)
+            } else {
+                dt_next
+            };
+            return Ok(Accepted {
+                record: StepRecord {
+                    t: self.t,
+                    t1,
+                    dt,
+                    landed,
+                },
+                t_var,
+                step,
+                k_next: None,
+                dt_carry,
+                mark,
+            });
+        }
+    }
+
+    /// `F(t1, y1)` of an accepted step: its last stage for FSAL methods, one more
+    /// evaluation otherwise. Computed once per step.
+    pub fn first_stage_after(&mut self, acc: &mut Accepted<'t, T>) -> Result<State<'t, T>> {
+        if let Some(k) = &acc.k_next {
+            return Ok(k.clone());
+        }
+        let k = match (self.ctl.tableau.fsal, acc.step.k.last()) {
+            (true, Some(k)) => k.clone(),
+            _ => {
+                let t1 = acc.record.t1;
+                let t1_var = time_var(self.t_base, self.t0, t1);
+                self.sys.eval(t1, t1_var, &acc.step.y1)?
+            }
+        };
+        acc.k_next = Some(k.clone());
+        Ok(k)
+    }
+
+    /// Move to the end of an accepted step, applying the memory policy (`keep`: further
+    /// variables of the step that must survive it, e.g. emitted outputs).
+    pub fn advance(&mut self, mut acc: Accepted<'t, T>, keep: &[Var<'t, T>]) -> Result<()> {
+        let k_next = self.first_stage_after(&mut acc)?;
+        let n = acc.step.y1.len();
+        let carried: Vec<Var<'t, T>> = acc.step.y1.iter().chain(&k_next).copied().collect();
+        let mut carried = match self.memory {
+            Memory::Scratch(mark) => self.tape.rewind_keep(mark, &carried)?,
+            Memory::Keep => carried,
+            Memory::Taped => {
+                // Later steps read only y₁ and F(t₁, y₁) of this one, so whatever else of it
+                // backward never reads can go now (keeps peak memory down too).
+                let mut kept = carried.clone();
+                kept.extend_from_slice(keep);
+                self.tape.release_unneeded(acc.mark, &kept)?;
+                carried
+            }
+        };
+        self.k0 = carried.split_off(n);
+        self.y = carried;
+        self.t = acc.record.t1;
+        self.dt = acc.dt_carry.max(self.ctl.min_step);
+        Ok(())
+    }
+
+    /// Dense output of every output time inside the accepted step, from `*next` on, in
+    /// order: `emit(i, h(t_i))` for each. `times` are all output times after the start;
+    /// with `land_end` the last one is the step's end itself. Returns the emitted variables.
+    pub fn emit_outputs(
+        &mut self,
+        acc: &mut Accepted<'t, T>,
+        times: &[(f64, Var<'t, T>)],
+        land_end: bool,
+        next: &mut usize,
+        mut emit: impl FnMut(usize, &State<'t, T>) -> Result<()>,
+    ) -> Result<Vec<Var<'t, T>>> {
+        let tab = self.ctl.tableau;
+        let land_all = self.lands_on_every_output();
+        let t1 = acc.record.t1;
+        let dt = acc.record.dt;
+        let mut emitted = Vec::new();
+        while *next < times.len() {
+            let (t_out, t_out_var) = times[*next];
+            if (t_out - t1) * self.dir > 0.0 {
+                break;
+            }
+            let value = if acc.record.landed && (land_all || *next + 1 == times.len()) {
+                if land_end {
+                    acc.step.y1.clone()
+                } else {
+                    // y₁ + (t_out − t₁)·F(t₁, y₁): the value is y₁, and the output time keeps
+                    // its derivative dh/dt = F, as through an interpolant. t₁ is a variable
+                    // (it moves with t_0, like every step time), and the shift is computed as
+                    // (t_out − t_0) − (t₁ − t_0) so that it is exactly 0.
+                    let k = self.first_stage_after(acc)?;
+                    let shift = t_out_var
+                        .sub(self.t_base)?
+                        .add_scalar(T::cst(-(t1 - self.t0)));
+                    let one = self.tape.constant(DMatrix::from_element(1, 1, T::one()));
+                    let weights = self.tape.concat_cols(&[one, shift])?;
+                    acc.step
+                        .y1
+                        .iter()
+                        .zip(&k)
+                        .map(|(&y1, &k)| Ok(self.tape.weighted_sum(weights, &[y1, k])?))
+                        .collect::<Result<State<'t, T>>>()?
+                }
+            } else {
+                let k_next = if tab.interpolant.is_none() {
+                    Some(self.first_stage_after(acc)?)
+                } else {
+                    None
+                };
+                interpolate(
+                    self.tape,
+                    tab,
+                    acc.t_var,
+                    dt,
+                    t_out_var,
+                    &acc.step,
+                    k_next.as_ref(),
+                )?
+            };
+            emit(*next, &value)?;
+            emitted.extend_from_slice(&value);
+            *next += 1;
+        }
+        Ok(emitted)
+    }
+
+    /// Step through every time in `times` (strictly monotonic, after the start), emitting
+    /// `h(t_i)` as it goes and calling `on_step(step, outputs)` for each accepted step
+    /// (`outputs`: the indices into `times` emitted inside it). With `land_end` the last
+    /// step ends exactly on the last time. Returns the step magnitude to try next and the
+    /// last accepted step, still on the tape (its `y1` is the final state).
+    pub fn run(
+        &mut self,
+        times: &[(f64, Var<'t, T>)],
+        land_end: bool,
+        mut emit: impl FnMut(usize, &State<'t, T>) -> Result<()>,
+        mut on_step: impl FnMut(&Accepted<'t, T>, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<Option<Accepted<'t, T>>> {
+        let Some(&(t_end, _)) = times.last() else {
+            return Ok(None);
+        };
+        let land_all = self.lands_on_every_output();
+        let mut next = 0;
+        loop {
+            let target = if land_all { times[next].0 } else { t_end };
+            let mut acc = self.step(target, land_end || land_all)?;
+            let first = next;
+            let emitted = self.emit_outputs(&mut acc, times, land_end, &mut next, &mut emit)?;
+            on_step(&acc, first..next)?;
+            if next == times.len() {
+                return Ok(Some(acc));
+            }
+            self.advance(acc, &emitted)?;
+        }
+    }
+}
+
+/// The time `t` as a variable relative to the solve's start: `t_base + (t − t0)`.
+fn time_var<'t, T: Scalar>(t_base: Var<'t, T>, t0: f64, t: f64) -> Var<'t, T> {
+    if t == t0 {
+        t_base
+    } else {
+        t_base.add_scalar(T::cst(t - t0))
+    }
+}
+
+fn internal(message: String) -> Error {
+    Error::Tape(ad_core::Error::InvalidArgument {
+        op: "stepper",
+        message: format!("{message}; this is a bug in the ode crate"),
+    })
+}

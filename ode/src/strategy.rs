@@ -1,0 +1,304 @@
+//! Gradient strategies: how a solve's gradient is obtained, each with the settings it owns,
+//! and what each reports. `docs/design.md` explains the algorithms and their costs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::options::{AdjointNorm, Options};
+use crate::tableau::Tableau;
+
+/// How gradients flow through a solve: passed to [`crate::odeint_with`]. Every strategy is
+/// generic over the scalar, so on a `Tape<Dual64>` each one gives forward-over-reverse
+/// Hessian-vector products.
+///
+/// In the cost figures, N is the number of accepted steps, s the stages per step, d the
+/// state size (batch × dim), |θ| the parameter count and A the tape memory of one f
+/// evaluation.
+#[derive(Clone, Debug, Default)]
+pub enum Strategy {
+    /// Every stage on the caller's tape ([`crate::odeint`]): the exact gradient of the
+    /// discrete solve. Memory O(N·s·A) (values no VJP reads are released as the solve goes);
+    /// compute: one taped forward and one backward sweep. The fastest exact strategy.
+    #[default]
+    Taped,
+    /// The backsolve adjoint ([`crate::odeint_adjoint`]): the forward records nothing, and
+    /// one opaque node's VJP integrates `[h, a, a_θ, a_t]` backwards. Memory O(d + |θ|)
+    /// beyond the outputs; compute: one untaped forward plus a backward solve whose steps
+    /// the adjoint tolerances choose (each evaluation is one f and one VJP). The gradient is
+    /// accurate to the tolerance, but `h` is reconstructed backwards and drifts on
+    /// contracting dynamics: [`BackwardStats::drift`] measures it at every reset.
+    Backsolve(Backsolve),
+    /// The backsolve adjoint with `checkpoints` stored states (the initial state counts as
+    /// one): the forward keeps states at evenly spread accepted steps, and the backward
+    /// resets `h` to them (as well as at output times), so drift cannot build up over more
+    /// than the stretch between two resets. Memory O(checkpoints·d + |θ|); compute as for
+    /// [`Strategy::Backsolve`], with at least one backward step per stretch. Not exact.
+    BacksolveCheckpointed {
+        /// States kept (≥ 1; at most this many, at least half as many once the forward has
+        /// taken more steps than that).
+        checkpoints: usize,
+        /// The backward solve's settings.
+        backsolve: Backsolve,
+    },
+    /// Store every step (ACA; Zhuang et al. 2020): the forward, untaped, keeps each accepted
+    /// step's start state and step size; the backward re-runs each step on a local tape with
+    /// the same step size and pulls the cotangent back through it. The gradient is the
+    /// taped one exactly. Memory N·d + one step's tape (s·A); compute: one untaped forward,
+    /// one taped replay of every step and its VJP — no re-integration.
+    StoreEveryStep,
+    /// Exact like [`Strategy::StoreEveryStep`] but holding at most `slots` states (the
+    /// initial one included); states between them are recomputed from the nearest stored
+    /// one by replaying recorded step sizes, on Griewank's binomial (revolve) schedule.
+    /// Memory: slots·d + one step's tape + O(N) numbers; compute: one untaped forward, at
+    /// most t(N, slots) = r·N − C(slots + r, slots + 1) untaped step recomputations (r the
+    /// smallest integer with C(slots + r, slots) ≥ N; [`BackwardStats::recomputed_steps`]
+    /// counts them) and one taped replay of every step.
+    Checkpointed {
+        /// States kept (≥ 1).
+        slots: usize,
+    },
+    /// The fastest exact strategy whose peak memory fits `budget_bytes`: taped while its
+    /// tape fits, else store-every-step, else checkpointed with as many slots as fit, and
+    /// backsolve only when not even two states and one step's tape fit.
+    /// [`Solution::strategy`](crate::Solution::strategy) says what was chosen and why.
+    Auto {
+        /// Bytes the solve and its backward may use beyond inputs, parameters and outputs.
+        budget_bytes: usize,
+    },
+}
+
+impl Strategy {
+    /// The backsolve adjoint with default settings.
+    pub fn backsolve() -> Self {
+        Strategy::Backsolve(Backsolve::default())
+    }
+
+    /// The backsolve adjoint with `checkpoints` stored states and default settings.
+    pub fn backsolve_checkpointed(checkpoints: usize) -> Self {
+        Strategy::BacksolveCheckpointed {
+            checkpoints,
+            backsolve: Backsolve::default(),
+        }
+    }
+
+    /// The short name used by reports and by [`Strategy::from_str`]: `taped`, `backsolve`,
+    /// `backsolve-checkpointed:K`, `aca`, `checkpointed:K`, `auto:BYTES`.
+    pub fn name(&self) -> String {
+        match self {
+            Strategy::Taped => "taped".into(),
+            Strategy::Backsolve(_) => "backsolve".into(),
+            Strategy::BacksolveCheckpointed { checkpoints, .. } => {
+                format!("backsolve-checkpointed:{checkpoints}")
+            }
+            Strategy::StoreEveryStep => "aca".into(),
+            Strategy::Checkpointed { slots } => format!("checkpointed:{slots}"),
+            Strategy::Auto { budget_bytes } => format!("auto:{budget_bytes}"),
+        }
+    }
+
+    /// Whether the gradient is the taped one up to rounding.
+    pub fn is_exact(&self) -> bool {
+        !matches!(
+            self,
+            Strategy::Backsolve(_) | Strategy::BacksolveCheckpointed { .. }
+        )
+    }
+
+    /// Check the strategy's own settings against the solve's options.
+    pub fn validate(&self, opts: &Options) -> Result<()> {
+        let at_least_one = |name: &'static str, k: usize| {
+            if k == 0 {
+                Err(Error::BadOption {
+                    name,
+                    value: 0.0,
+                    expected: "must be at least 1 (the initial state is one of them)",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Strategy::Backsolve(b) => b.validate(opts),
+            Strategy::BacksolveCheckpointed {
+                checkpoints,
+                backsolve,
+            } => {
+                at_least_one("checkpoints", *checkpoints)?;
+                backsolve.validate(opts)
+            }
+            Strategy::Checkpointed { slots } => at_least_one("slots", *slots),
+            Strategy::Taped | Strategy::StoreEveryStep | Strategy::Auto { .. } => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// The text of a strategy name that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown gradient strategy `{0}`: use taped, backsolve, backsolve-checkpointed:K, aca (store every step), checkpointed:K or auto:BYTES, with K ≥ 1")]
+pub struct ParseStrategyError(pub String);
+
+impl FromStr for Strategy {
+    type Err = ParseStrategyError;
+
+    /// Parse a [`Strategy::name`] (`odeint` and `odeint_adjoint` are accepted too).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let bad = || ParseStrategyError(s.to_owned());
+        let (head, arg) = match s.split_once(':') {
+            Some((h, a)) => (h, Some(a)),
+            None => (s, None),
+        };
+        let number = |a: Option<&str>| -> std::result::Result<usize, ParseStrategyError> {
+            a.and_then(|a| a.trim().parse::<usize>().ok())
+                .filter(|&k| k > 0)
+                .ok_or_else(bad)
+        };
+        Ok(match (head.trim(), arg) {
+            ("taped" | "odeint", None) => Strategy::Taped,
+            ("backsolve" | "adjoint" | "odeint_adjoint", None) => Strategy::backsolve(),
+            ("backsolve-checkpointed", a) => Strategy::backsolve_checkpointed(number(a)?),
+            ("aca" | "store-every-step", None) => Strategy::StoreEveryStep,
+            ("checkpointed", a) => Strategy::Checkpointed { slots: number(a)? },
+            ("auto", a) => Strategy::Auto {
+                budget_bytes: a
+                    .and_then(|a| a.trim().parse::<usize>().ok())
+                    .ok_or_else(bad)?,
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// The backsolve adjoint's own settings (torchdiffeq's `adjoint_*` arguments, Diffrax's
+/// `BacksolveAdjoint(**kwargs)`); unset ones default to the forward solve's.
+#[derive(Clone, Debug)]
+pub struct Backsolve {
+    /// Method of the backward solve (default: the forward's).
+    pub method: Option<&'static Tableau>,
+    /// Relative tolerance of the backward solve (default: the forward's `rtol`).
+    pub rtol: Option<f64>,
+    /// Absolute tolerance of the backward solve (default: the forward's `atol`).
+    pub atol: Option<f64>,
+    /// Step size of a fixed-step backward method (default: the forward's `step_size`).
+    pub step_size: Option<f64>,
+    /// Error norm of the backward solve over `[h, a, a_θ, a_t]`.
+    pub norm: AdjointNorm,
+    /// Stop the backward solve at every output time and reset `h` to the stored forward
+    /// value there, as torchdiffeq does (default `true`). With `false`, output times whose
+    /// output gets no cotangent are stepped through: far fewer steps when the loss reads only
+    /// a few outputs, but no reset of `h` there, so on contracting dynamics (whose backward
+    /// reconstruction drifts) gradients can be much less accurate — the drift report shows
+    /// it. The step size is carried across stops either way.
+    pub stop_at_all_outputs: bool,
+}
+
+impl Default for Backsolve {
+    fn default() -> Self {
+        Self {
+            method: None,
+            rtol: None,
+            atol: None,
+            step_size: None,
+            norm: AdjointNorm::Full,
+            stop_at_all_outputs: true,
+        }
+    }
+}
+
+impl Backsolve {
+    /// These settings with both backward tolerances set.
+    pub fn tolerances(mut self, rtol: f64, atol: f64) -> Self {
+        self.rtol = Some(rtol);
+        self.atol = Some(atol);
+        self
+    }
+
+    /// These settings with the given backward error norm.
+    pub fn norm(mut self, norm: AdjointNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Check the settings against the forward options they default to.
+    pub fn validate(&self, opts: &Options) -> Result<()> {
+        for (name, v) in [
+            ("Backsolve::rtol", self.rtol),
+            ("Backsolve::atol", self.atol),
+            ("Backsolve::step_size", self.step_size),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(Error::BadOption {
+                        name,
+                        value: v,
+                        expected: "must be finite and > 0",
+                    });
+                }
+            }
+        }
+        let method = self.method.unwrap_or(opts.method);
+        if method.b_error.is_none() && self.step_size.or(opts.step_size).is_none() {
+            return Err(Error::BadOption {
+                name: "Backsolve::step_size",
+                value: f64::NAN,
+                expected: "a fixed-step backward method needs a step size: set Backsolve::step_size (or Options::step_size)",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How far a backsolve's backward reconstruction of `h` had drifted from the stored forward
+/// state where it was reset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Drift {
+    /// The time of the reset.
+    pub t: f64,
+    /// `max |h_reconstructed − h_stored| / max |h_stored|`.
+    pub relative: f64,
+}
+
+/// Counts of a backward pass through a solve node, from
+/// [`Solution::backward_stats`](crate::Solution::backward_stats).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackwardStats {
+    /// Evaluations of the vector field: for backsolve, of the augmented dynamics (each one
+    /// f evaluation plus one VJP); for the exact strategies, in replays and recomputations.
+    pub nfe: usize,
+    /// Accepted steps of the backward solve (backsolve) or taped step replays (exact).
+    pub accepted: usize,
+    /// Rejected steps of the backward solve.
+    pub rejected: usize,
+    /// Untaped steps re-advanced from stored states (checkpointed strategies; 0 for
+    /// store-every-step). With forward and backward together, `N − 1 + recomputed_steps`
+    /// is the schedule's count that t(N, K) bounds, as in Griewank's revolve.
+    pub recomputed_steps: usize,
+    /// Backsolve: the drift at every reset of `h` to a stored forward state, in the order
+    /// the backward pass met them (latest time first).
+    pub drift: Vec<Drift>,
+}
+
+impl BackwardStats {
+    /// The largest relative drift over all resets (`None` when nothing was reset).
+    pub fn max_drift(&self) -> Option<f64> {
+        self.drift.iter().map(|d| d.relative).reduce(f64::max)
+    }
+}
+
+/// What a solve's strategy did: its name, the states it stored, and for
+/// [`Strategy::Auto`] what it chose and why.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StrategyReport {
+    /// The strategy that ran (for `Auto`: the one it chose), as [`Strategy::name`] gives it.
+    pub name: String,
+    /// States the forward stored for the backward (checkpoints, ACA's every step).
+    pub stored_states: usize,
+    /// Why this strategy ran (for `Auto`: the budget arithmetic behind the choice).
+    pub reason: String,
+}
