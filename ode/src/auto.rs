@@ -59,7 +59,8 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     let mut previous: Option<ad_core::Mark> = None;
     let mut abandoned_at: Option<(usize, usize)> = None;
     let mut steps = 0usize;
-    let fits_first = 2 * step_estimate + transient <= budget;
+    let first = 2 * step_estimate + transient;
+    let fits_first = first + first / 4 <= budget;
     if fits_first {
         let result = taped(input, f, |acc| {
             let this_step = input.tape.bytes_since(acc.mark());
@@ -70,7 +71,9 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
             largest_step = largest_step.max(this_step);
             steps += 1;
             let needed = released_total + this_step + 2 * largest_step + transient;
-            if needed > budget {
+            // A quarter in reserve for what the estimate does not see: the arena's vectors
+            // grow by doubling, and outputs are recorded beside the steps.
+            if needed + needed / 4 > budget {
                 abandoned_at = Some((steps, needed));
                 return Err(Error::Tape(ad_core::Error::InvalidArgument {
                     op: "auto",
@@ -101,10 +104,7 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         Some((k, needed)) => {
             format!("taped would need {needed} bytes after {k} steps (budget {budget})")
         }
-        None => format!(
-            "taped needs about {} bytes for its first step (budget {budget})",
-            2 * step_estimate + transient
-        ),
+        None => format!("taped needs about {first} bytes for its first step (budget {budget})"),
     };
     // Replay strategies: slots·state + one step's replay tape + the backward's buffers.
     let step_peak = 2 * largest_step.max(step_estimate);

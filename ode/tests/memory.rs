@@ -1,0 +1,126 @@
+//! Peak heap of the checkpointed strategies and of `Auto`, from a counting global allocator:
+//! K-slot checkpointing stays within K states + one step's tape + O(N) numbers, and `Auto`
+//! never exceeds its budget. One test, so that no other test allocates meanwhile.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::Tape;
+use common::*;
+use ode::{odeint_with, Options, StepRecord, Strategy};
+
+/// Counts live heap bytes and their running maximum.
+struct Counting {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = self.live.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            self.peak.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        self.live.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static HEAP: Counting = Counting {
+    live: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
+
+/// Peak heap above the starting point during forward + backward of `strategy` (inputs and
+/// parameters are on the tape before the measurement starts), and the strategy that ran.
+fn peak(p: &Problem, opts: &Options, strategy: &Strategy) -> (usize, String, usize) {
+    let tape = Tape::<f64>::new();
+    let h0 = tape.var(p.h0.clone());
+    let t = tape.var(DMatrix::from_row_slice(1, p.grid.len(), &p.grid));
+    let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
+    let before = HEAP.live.load(Ordering::Relaxed);
+    HEAP.peak.store(before, Ordering::Relaxed);
+    let sol = odeint_with(&tape, &p.f, h0, t, &params, opts, strategy).unwrap();
+    let loss = dot_loss(&tape, &sol.outputs, &p.cots).unwrap();
+    let grads = tape.backward(loss).unwrap();
+    let peak = HEAP.peak.load(Ordering::Relaxed) - before;
+    drop(grads);
+    (peak, sol.strategy.name.clone(), sol.steps.len())
+}
+
+#[test]
+fn checkpointing_and_auto_stay_within_their_memory() {
+    let (batch, dim, hidden) = (16, 32, 32);
+    let f = Mlp {
+        time: false,
+        decay: true,
+    };
+    let mut p = Problem::random(&mut Rng::new(4), f, (batch, dim, hidden), 2, false, false);
+    p.grid = vec![0.0, 4.0];
+    let state = batch * dim * 8;
+    // Fixed steps: every step's tape is the same size.
+    let opts = Options::fixed("rk4", 0.1).unwrap();
+    let one_step = {
+        let mut q = Problem::random(&mut Rng::new(4), f, (batch, dim, hidden), 2, false, false);
+        q.grid = vec![0.0, 0.1];
+        peak(&q, &opts, &Strategy::StoreEveryStep).0
+    };
+    let (taped, _, n) = peak(&p, &opts, &Strategy::Taped);
+    let per_step = std::mem::size_of::<StepRecord>() + 2 * std::mem::size_of::<usize>();
+    eprintln!("N = {n}, state {state} B, one step's fwd+bwd {one_step} B, taped {taped} B");
+    for k in [1usize, 2, 5, 10] {
+        let (got, _, _) = peak(&p, &opts, &Strategy::Checkpointed { slots: k });
+        // K stored states, the state being advanced, one step's replay, the step records.
+        let bound = k * state + 2 * state + one_step + n * per_step;
+        eprintln!("checkpointed:{k}: peak {got} B, bound {bound} B");
+        assert!(got <= bound, "K = {k}: {got} > {bound}");
+        assert!(got < taped / 4, "K = {k}: {got} vs taped {taped}");
+    }
+    let (aca, _, _) = peak(&p, &opts, &Strategy::StoreEveryStep);
+    assert!(aca <= n * state + 2 * state + one_step + n * per_step);
+
+    // Auto over a sweep of budgets from a little more than one step's replay (below that no
+    // exact strategy fits, and Auto falls back to backsolve, saying so) to more than taped
+    // needs.
+    let mut chosen = Vec::new();
+    let lowest = one_step * 13 / 10;
+    let highest = 3 * taped;
+    let sweep = 14;
+    for i in 0..sweep {
+        let budget = (lowest as f64
+            * (highest as f64 / lowest as f64).powf(i as f64 / (sweep - 1) as f64))
+            as usize;
+        let (got, name, _) = peak(
+            &p,
+            &opts,
+            &Strategy::Auto {
+                budget_bytes: budget,
+            },
+        );
+        eprintln!("auto:{budget}: {name}, peak {got} B");
+        assert!(
+            got <= budget,
+            "auto:{budget} chose {name} and peaked at {got}"
+        );
+        chosen.push(name);
+    }
+    assert_eq!(
+        chosen.last().map(String::as_str),
+        Some("taped"),
+        "{chosen:?}"
+    );
+    assert!(
+        chosen.iter().any(|c| c.starts_with("checkpointed")),
+        "{chosen:?}"
+    );
+    assert!(chosen.iter().any(|c| c == "aca"), "{chosen:?}");
+}
