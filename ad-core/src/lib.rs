@@ -36,7 +36,7 @@ mod tape;
 pub use backward::Gradients;
 pub use error::{Error, Message, Result, Shape};
 pub use ops::{BoxError, CustomOp, Report, ReportedVjp};
-pub use scalar::{all_finite, Scalar};
+pub use scalar::{all_finite, carries_derivatives, Scalar};
 pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};
 
 /// Re-exported so users name the same matrix and dual types as this crate.

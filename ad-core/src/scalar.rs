@@ -29,3 +29,11 @@ pub fn all_finite<T: Scalar>(m: &DMatrix<T>) -> bool {
         .iter()
         .fold(true, |ok, x| ok & x.primal().is_finite())
 }
+
+/// Whether `T` carries derivative parts beside its real part (every dual number does; `f64`
+/// does not). Comparisons of dual numbers look at the real part only, so code that skips
+/// work on zeros must not skip for such types: a zero can carry a nonzero derivative.
+pub fn carries_derivatives<T: Scalar>() -> bool {
+    // The real part is an f64; any derivative part makes the number larger.
+    std::mem::size_of::<T>() != std::mem::size_of::<f64>()
+}

@@ -507,6 +507,29 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.with_value(|m| m.clone())
     }
 
+    /// Move the value out without copying it, leaving the node released (reading it again is
+    /// [`Error::Released`]). Only for values no backward pass can need: a node recorded
+    /// without gradients (constants, anything under [`Tape::no_grad`]); a node backward
+    /// may visit is refused with [`Error::InvalidArgument`].
+    pub fn take_value(&self) -> Result<DMatrix<T>> {
+        const NAME: &str = "take_value";
+        self.tape.check(self, NAME)?;
+        let mut arena = self.tape.borrow_mut(NAME)?;
+        arena.node(self.key, NAME)?;
+        let node = arena
+            .nodes
+            .get_mut(self.key)
+            .ok_or(Error::StaleVar { op: NAME })?;
+        if node.requires_grad || matches!(node.op, Op::Leaf) {
+            return Err(Error::InvalidArgument {
+                op: NAME,
+                message: "the value may be read by backward; use value() to copy it".into(),
+            });
+        }
+        node.released = true;
+        Ok(std::mem::replace(&mut node.value, DMatrix::zeros(0, 0)))
+    }
+
     /// Run `f` on the value without copying it.
     pub fn with_value<R>(&self, f: impl FnOnce(&DMatrix<T>) -> R) -> Result<R> {
         let arena = self.tape.borrow("value")?;
