@@ -276,6 +276,14 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 (None, None) => inputs[0],
             }
         };
+        // A stop's time as a scalar: an output time is the grid's own entry, a checkpoint's
+        // is t_0 + (t − t_0), as the forward's step times (so dual parts carry through).
+        let time_of = |stop: &Stop| -> T {
+            match stop.output {
+                Some(i) => inputs[1][i],
+                None => inputs[1][0] + T::cst(stop.t - self.grid[0]),
+            }
+        };
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
         let mut reconstructed: Option<DMatrix<T>> = None;
@@ -291,8 +299,8 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             if let Some(g) = from.output.and_then(g) {
                 a += g;
             }
-            let t_base = scratch.constant(DMatrix::from_element(1, 1, T::cst(from.t)));
-            let t_end = scratch.constant(DMatrix::from_element(1, 1, T::cst(to.t)));
+            let t_base = scratch.constant(DMatrix::from_element(1, 1, time_of(&from)));
+            let t_end = scratch.constant(DMatrix::from_element(1, 1, time_of(&to)));
             let mut y: State<'_, T> = Vec::with_capacity(n_params + 3);
             // Reset h to the stored forward value: backward reconstruction drifts.
             y.push(scratch.constant(h_stored.clone()));
@@ -326,7 +334,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 Memory::Scratch(base),
                 start,
             )?;
-            let end = stepper
+            let mut end = stepper
                 .run(&[(to.t, t_end)], true, |_, _| Ok(()), |_, _| Ok(()))?
                 .ok_or_else(|| internal("a backward segment took no step"))?;
             solve_stats += stepper.stats;
@@ -337,6 +345,17 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 .iter()
                 .map(|v| v.value())
                 .collect::<ad_core::Result<_>>()?;
+            // Step sizes are numbers, so the segment's end moves with its start's tangent
+            // only; a tangent on the end time itself enters as y + (t_to − t_reached)·F,
+            // whose value part is exactly 0 (so for f64 there is nothing to do).
+            if ad_core::carries_derivatives::<T>() {
+                let span = time_of(&to) - time_of(&from);
+                let shift = span - T::cst(span.primal());
+                let k = stepper.first_stage_after(&mut end)?;
+                for (v, kc) in values.iter_mut().zip(&k) {
+                    kc.with_value(|k| *v += k * shift)?;
+                }
+            }
             drop(end);
             s = values[n_params + 2][(0, 0)];
             a_theta = values.drain(2..2 + n_params).collect();
@@ -411,7 +430,8 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
         self.nfe += 1;
         let scratch = tv.tape();
         let h = self.local.var(y[0].value()?);
-        let t_local = self.local.scalar(T::cst(t));
+        // The time's value, not just `t`: its dual part (a tangent on the grid) must reach f.
+        let t_local = self.local.var(tv.value()?);
         let out = self.f.eval(t_local, h, self.params)?;
         check_field_output(out, self.shape, t)?;
         let neg_a = -y[1].value()?;

@@ -3,8 +3,10 @@
 //! on a local tape with its recorded step size and pulls the cotangent back through it,
 //! recomputing unstored start states from the nearest stored one (see `crate::schedule`).
 
+use std::cell::RefCell;
+
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Scalar, Tape, Var};
+use ad_core::{Mark, Scalar, Tape, Var};
 
 use crate::controller::StepRecord;
 use crate::dynamics::Dynamics;
@@ -135,7 +137,7 @@ pub(crate) fn exact<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         slots,
         steps: forward.steps.clone(),
         first_output: forward.first_output.clone(),
-        stored,
+        stored: RefCell::new(stored),
     };
     input.record_node(values.row, forward, op, report)
 }
@@ -149,8 +151,9 @@ struct ReplayOp<T: Scalar, F> {
     slots: Option<usize>,
     steps: Vec<StepRecord>,
     first_output: Vec<usize>,
-    /// Start states of the steps with these indices (index 0 is `h0`, an input).
-    stored: Vec<(usize, DMatrix<T>)>,
+    /// Start states of the steps with these indices (index 0 is `h0`, an input), until a
+    /// backward pass takes them.
+    stored: RefCell<Vec<(usize, DMatrix<T>)>>,
 }
 
 impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
@@ -167,7 +170,8 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
         _outputs: &[&DMatrix<T>],
         cotangents: Vec<Option<DMatrix<T>>>,
     ) -> Result<(Vec<Option<DMatrix<T>>>, BackwardStats)> {
-        let mut reverse = Reverse::new(inputs, &cotangents);
+        let local = Tape::new();
+        let mut reverse = Reverse::new(&local, inputs, &cotangents);
         self.run_schedule(&mut reverse, inputs[0])?;
         Ok(reverse.finish(inputs.len() - 2))
     }
@@ -175,6 +179,7 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
     fn held_bytes(&self) -> usize {
         let states: usize = self
             .stored
+            .borrow()
             .iter()
             .map(|(_, y)| y.len() * std::mem::size_of::<T>())
             .sum();
@@ -186,44 +191,52 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
 }
 
 impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
-    /// Reverse all steps: every one from its stored state (ACA), or segment by segment
-    /// between the forward's stored states on the binomial schedule, or from `h0` alone
-    /// when that needs fewer advances.
-    fn run_schedule(&self, rev: &mut Reverse<'_, T>, h0: &DMatrix<T>) -> Result<()> {
-        let n = self.steps.len();
-        let mut bases: Vec<(usize, &DMatrix<T>)> = vec![(0, h0)];
-        bases.extend(self.stored.iter().map(|(k, y)| (*k, y)));
-        let Some(slots) = self.slots else {
-            // Every start state is stored: replay each step from its own.
-            for &(k, y) in bases.iter().rev() {
-                rev.replay(self, k, y)?;
-            }
+    /// Reverse all steps that pass a cotangent back: segment by segment between the
+    /// forward's stored states (every step's for ACA) on the binomial schedule, or from `h0`
+    /// alone when that needs fewer advances. The stored states are handed to this pass and
+    /// freed as it leaves them behind, so at most `slots` states are alive at once; a later
+    /// backward pass through the same node recomputes from `h0`.
+    fn run_schedule(&self, rev: &mut Reverse<'_, '_, T>, h0: &DMatrix<T>) -> Result<()> {
+        // Steps after the last one that emits an output with a cotangent pass nothing back.
+        let seeded = |k: usize| {
+            (self.first_output[k]..self.first_output[k + 1]).any(|i| rev.cotangents[i].is_some())
+        };
+        let Some(last) = (0..self.steps.len()).rev().find(|&k| seeded(k)) else {
             return Ok(());
         };
-        // Segment j (from bases[j] to the next base) is reversed while bases 0..j are still
-        // held, so with slots − j slots of its own.
-        let ends: Vec<usize> = bases.iter().skip(1).map(|b| b.0).chain([n]).collect();
-        let segmented: usize = bases
+        let n = last + 1;
+        let slots = self.slots.unwrap_or(usize::MAX);
+        let mut taken = std::mem::take(&mut *self.stored.borrow_mut());
+        taken.retain(|(k, _)| *k < n);
+        // Segment j (from the j-th base to the next) is reversed while bases 0..=j are
+        // alive, so with slots − j slots of its own (its base's included).
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(taken.iter().map(|s| s.0))
+            .collect();
+        let ends = starts.iter().skip(1).copied().chain([n]);
+        let segmented: usize = starts
             .iter()
-            .zip(&ends)
+            .zip(ends)
             .enumerate()
-            .map(|(j, (&(a, _), &b))| min_recomputations(b - a, slots - j))
+            .map(|(j, (&a, b))| min_recomputations(b - a, slots - j))
             .sum();
         if min_recomputations(n, slots) < segmented {
-            bases.truncate(1);
+            taken.clear();
         }
-        let ends: Vec<usize> = bases.iter().skip(1).map(|b| b.0).chain([n]).collect();
-        for (j, (&(a, y), &b)) in bases.iter().zip(&ends).enumerate().rev() {
-            self.reverse(rev, a, b, slots - j, y)?;
+        let mut end = n;
+        while let Some((a, y)) = taken.pop() {
+            let j = taken.len() + 1;
+            self.reverse(rev, a, end, slots - j, &y)?;
+            end = a;
         }
-        Ok(())
+        self.reverse(rev, 0, end, slots, h0)
     }
 
     /// Reverse steps `a..b` from the start state `base` of step `a`, holding at most
     /// `slots` states (the base's included) on the binomial schedule.
     fn reverse(
         &self,
-        rev: &mut Reverse<'_, T>,
+        rev: &mut Reverse<'_, '_, T>,
         a: usize,
         b: usize,
         slots: usize,
@@ -236,28 +249,39 @@ impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
         if n == 1 {
             return rev.replay(self, a, base);
         }
-        if slots <= 1 {
-            // One slot: advance from the base to every step's start, latest first.
-            for k in (a + 1..b).rev() {
-                let y = rev.advance(self, a, k, base)?;
+        if slots >= n {
+            // A slot for every step: one sweep keeping each start state, then replay.
+            let states = rev.advance(self, a, b - 1, base, true)?;
+            for (k, y) in (a + 1..b).zip(states).rev() {
                 rev.replay(self, k, &y)?;
             }
             return rev.replay(self, a, base);
         }
+        if slots <= 1 {
+            // One slot: advance from the base to every step's start, latest first.
+            for k in (a + 1..b).rev() {
+                let y = rev.advance(self, a, k, base, false)?;
+                rev.replay(self, k, &y[0])?;
+            }
+            return rev.replay(self, a, base);
+        }
         let m = split(n, slots);
-        let mid = rev.advance(self, a, a + m, base)?;
-        self.reverse(rev, a + m, b, slots - 1, &mid)?;
+        let mid = rev.advance(self, a, a + m, base, false)?;
+        self.reverse(rev, a + m, b, slots - 1, &mid[0])?;
         drop(mid);
         self.reverse(rev, a, a + m, slots, base)
     }
 }
 
 /// The backward pass in progress: the cotangent of the current step's end state and the
-/// gradients gathered so far, with a local tape that replays one step at a time.
-struct Reverse<'c, T: Scalar> {
-    local: Tape<T>,
-    params: Vec<DMatrix<T>>,
-    row: DMatrix<T>,
+/// gradients gathered so far, with a local tape (θ and the grid recorded once, below
+/// `local_base`) that replays one step at a time for its VJP, and recomputes states
+/// without recording (under `no_grad`) in between.
+struct Reverse<'c, 'l, T: Scalar> {
+    local: &'l Tape<T>,
+    params: Vec<Var<'l, T>>,
+    row: Var<'l, T>,
+    local_base: Mark,
     cotangents: &'c [Option<DMatrix<T>>],
     /// dL/dy at the end of the step being reversed.
     a: DMatrix<T>,
@@ -267,13 +291,23 @@ struct Reverse<'c, T: Scalar> {
     shape: (usize, usize),
 }
 
-impl<'c, T: Scalar> Reverse<'c, T> {
-    fn new(inputs: &[&DMatrix<T>], cotangents: &'c [Option<DMatrix<T>>]) -> Self {
+impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
+    fn new(
+        local: &'l Tape<T>,
+        inputs: &[&DMatrix<T>],
+        cotangents: &'c [Option<DMatrix<T>>],
+    ) -> Self {
         let zeros = |m: &DMatrix<T>| DMatrix::zeros(m.nrows(), m.ncols());
+        let params = inputs[2..]
+            .iter()
+            .map(|p| local.var((*p).clone()))
+            .collect();
+        let row = local.var(inputs[1].clone());
         Self {
-            local: Tape::new(),
-            params: inputs[2..].iter().map(|p| (*p).clone()).collect(),
-            row: inputs[1].clone(),
+            local,
+            params,
+            row,
+            local_base: local.mark(),
             cotangents,
             a: zeros(inputs[0]),
             a_theta: inputs[2..].iter().map(|p| zeros(p)).collect(),
@@ -284,27 +318,25 @@ impl<'c, T: Scalar> Reverse<'c, T> {
     }
 
     /// The start state of step `to` from that of step `from` (`y`), by untaped replay of the
-    /// recorded steps in between.
+    /// recorded steps in between; with `every`, the start states of all steps
+    /// `from + 1 ..= to`, in order.
     fn advance<F: Dynamics<T>>(
         &mut self,
         op: &ReplayOp<T, F>,
         from: usize,
         to: usize,
         y: &DMatrix<T>,
-    ) -> Result<DMatrix<T>> {
-        let scratch = Tape::new();
+        every: bool,
+    ) -> Result<Vec<DMatrix<T>>> {
+        let scratch = self.local;
+        scratch.rewind(self.local_base)?;
         let _no_grad = scratch.no_grad();
-        let params: Vec<Var<'_, T>> = self
-            .params
-            .iter()
-            .map(|p| scratch.constant(p.clone()))
-            .collect();
-        let t_base = scratch.constant(DMatrix::from_element(1, 1, self.row[0]));
+        let t_base = self.row.slice_cols(0, 1)?;
         let y0 = scratch.constant(y.clone());
         let base = scratch.mark();
         let sys = FieldSystem {
             f: &op.f,
-            params: &params,
+            params: &self.params,
             shape: self.shape,
             nfe: 0,
         };
@@ -318,14 +350,20 @@ impl<'c, T: Scalar> Reverse<'c, T> {
             dt: None,
             dir: direction(&op.grid),
         };
-        let mut stepper = Stepper::new(&scratch, sys, ctl, Memory::Scratch(base), start)?;
-        for _ in from..to {
+        let mut stepper = Stepper::new(scratch, sys, ctl, Memory::Scratch(base), start)?;
+        let mut states = Vec::with_capacity(if every { to - from } else { 1 });
+        for k in from..to {
             let acc = stepper.step(0.0, false)?;
             stepper.advance(acc, &[])?;
+            if every || k + 1 == to {
+                states.push(stepper.y()[0].value()?);
+            }
         }
         self.stats.recomputed_steps += to - from;
         self.stats.nfe += stepper.sys.nfe;
-        Ok(stepper.y()[0].value()?)
+        drop(stepper);
+        scratch.rewind(self.local_base)?;
+        Ok(states)
     }
 
     /// Replay step `k` from its start state `y` on the local tape, with its outputs, and
@@ -338,16 +376,17 @@ impl<'c, T: Scalar> Reverse<'c, T> {
     ) -> Result<()> {
         let (first, last) = (op.first_output[k], op.first_output[k + 1]);
         let outputs_seeded = (first..last).any(|i| self.cotangents[i].is_some());
-        let end_seeded = self.a.iter().any(|v| *v != T::zero());
-        self.stats.accepted += 1;
+        // Dual numbers compare by their real part: a zero may carry a derivative.
+        let end_seeded =
+            ad_core::carries_derivatives::<T>() || self.a.iter().any(|v| v.primal() != 0.0);
         if !outputs_seeded && !end_seeded {
             // Nothing flows back through this step.
             return Ok(());
         }
-        let local = &self.local;
-        local.reset()?;
-        let row = local.var(self.row.clone());
-        let params: Vec<Var<'_, T>> = self.params.iter().map(|p| local.var(p.clone())).collect();
+        self.stats.accepted += 1;
+        let local = self.local;
+        local.rewind(self.local_base)?;
+        let (row, params) = (self.row, &self.params);
         let y_leaf = local.var(y.clone());
         let t_base = row.slice_cols(0, 1)?;
         // Output i (of t_1..t_n) is grid time i + 1; only this step's are read.
@@ -357,7 +396,7 @@ impl<'c, T: Scalar> Reverse<'c, T> {
         }
         let sys = FieldSystem {
             f: &op.f,
-            params: &params,
+            params,
             shape: self.shape,
             nfe: 0,
         };
@@ -372,11 +411,15 @@ impl<'c, T: Scalar> Reverse<'c, T> {
             dir: direction(&op.grid),
         };
         let mut stepper = Stepper::new(local, sys, ctl, Memory::Keep, start)?;
+        // Nothing continues from this step, and outputs without a cotangent are not
+        // rebuilt: without them, an FSAL method's last stage is not read.
+        stepper.final_stage = outputs_seeded;
         let mut acc = stepper.step(0.0, false)?;
         let mut next = first;
         let mut seeds: Vec<(Var<'_, T>, DMatrix<T>)> = Vec::new();
         let cotangents = self.cotangents;
-        stepper.emit_outputs(&mut acc, &times, false, &mut next, |i, h| {
+        let wanted = |i: usize| cotangents[i].is_some();
+        stepper.emit_outputs(&mut acc, &times, false, &mut next, wanted, |i, h| {
             if let Some(g) = &cotangents[i] {
                 seeds.push((h[0], g.clone()));
             }
@@ -391,7 +434,7 @@ impl<'c, T: Scalar> Reverse<'c, T> {
         let mut wrt = Vec::with_capacity(params.len() + 2);
         wrt.push(y_leaf);
         wrt.push(row);
-        wrt.extend_from_slice(&params);
+        wrt.extend_from_slice(params);
         let mut grads = local.vjp_wrt(&seeds, &wrt)?.into_iter();
         self.stats.nfe += stepper.sys.nfe;
         drop(acc);
@@ -405,7 +448,7 @@ impl<'c, T: Scalar> Reverse<'c, T> {
         for (acc, g) in self.a_theta.iter_mut().zip(grads) {
             *acc += g;
         }
-        local.reset()?;
+        local.rewind(self.local_base)?;
         Ok(())
     }
 

@@ -17,7 +17,9 @@ fn primal<T: Scalar>(v: &Var<'_, T>) -> Result<DMatrix<f64>> {
 
 /// One accepted step as numbers: where it started, where it ended and with which signed
 /// step `dt` (`t1 = t + dt` unless the step was shortened to land on an output time, then
-/// `t1` is that time exactly). Replaying the record reproduces the step bit for bit.
+/// `t1` is that time exactly). Replaying the record from the step's start state takes the
+/// same step: same stage times and step size, so the same values up to the rounding of a
+/// first stage that the forward took over from the previous step (FSAL).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepRecord {
     /// Start time of the step.

@@ -111,6 +111,9 @@ pub(crate) struct Step<'t, T: Scalar> {
     /// The error estimate `dt Σ e_i k_i` per component (empty where the norm skips the
     /// component; `None` for fixed-step methods).
     pub err: Option<Vec<Vec<f64>>>,
+    /// Whether every stage was evaluated (an FSAL method's last stage may be left out when
+    /// nothing reads it: see [`Method::final_stage`]).
+    pub complete: bool,
 }
 
 /// One Runge–Kutta step from `(t, y)` with `k0 = F(t, y)`: a pure function of (t, y, dt)
@@ -164,10 +167,18 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     add_stage(0, &k0)?;
     k.push(k0);
     let mut last_input = None;
+    let mut complete = true;
     for i in 1..s {
         // Stage values only for the components F reads (the adjoint's a_θ and a_t are
         // integrated but never read, so their stage values would be wasted work).
         let yi = combine_where(tape, y, dt, tab.a[i], &k, |c| sys.reads(c))?;
+        if i + 1 == s && tab.fsal && !method.final_stage && !method.estimate_error {
+            // FSAL's last stage is F(t + dt, y₁): y₁ is its input, and only the error
+            // estimate, dense output and the next step read the stage itself.
+            complete = false;
+            last_input = Some(yi);
+            break;
+        }
         let ti = t.var.add_scalar(T::cst(tab.c[i] * dt));
         let ki = sys.eval(t.at + tab.c[i] * dt, ti, &yi)?;
         add_stage(i, &ki)?;
@@ -189,16 +200,20 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         k,
         y1,
         err,
+        complete,
     })
 }
 
 /// A method as the step sees it: its tableau, whether to estimate the error (not when
-/// replaying recorded steps), and which components the estimate covers (`None`: all).
+/// replaying recorded steps), which components the estimate covers (`None`: all), and
+/// whether an FSAL method's last stage is wanted (a replay with no dense output in the step
+/// and its own start stage for the next step leaves it out).
 #[derive(Clone, Copy)]
 pub(crate) struct Method<'a> {
     pub tableau: &'a Tableau,
     pub estimate_error: bool,
     pub error_mask: Option<&'a [bool]>,
+    pub final_stage: bool,
 }
 
 impl Method<'_> {

@@ -628,7 +628,8 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
         &times,
         false,
         |_, s| {
-            outputs.push(s[0].value()?);
+            // Emitted values are read once, here: move them out of the scratch tape.
+            outputs.push(s[0].take_value()?);
             Ok(())
         },
         |acc, emitted| {

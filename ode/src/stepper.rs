@@ -77,6 +77,9 @@ pub(crate) struct Stepper<'t, T: Scalar, S> {
     memory: Memory,
     /// Accepted and rejected steps so far (evaluations are counted by the system).
     pub stats: SolveStats,
+    /// Evaluate an FSAL method's last stage in replayed steps (default). A replay that
+    /// emits no output in its step and is not continued can leave it out.
+    pub final_stage: bool,
 }
 
 impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
@@ -118,6 +121,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             dir: start.dir,
             memory,
             stats: SolveStats::default(),
+            final_stage: true,
         })
     }
 
@@ -185,6 +189,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 tableau: tab,
                 estimate_error: replayed.is_none(),
                 error_mask: self.ctl.mask.as_deref(),
+                final_stage: self.final_stage,
             };
             let time = Time {
                 at: self.t,
@@ -261,7 +266,10 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
         if let Some(k) = &acc.k_next {
             return Ok(k.clone());
         }
-        let k = match (self.ctl.tableau.fsal, acc.step.k.last()) {
+        let k = match (
+            self.ctl.tableau.fsal && acc.step.complete,
+            acc.step.k.last(),
+        ) {
             (true, Some(k)) => k.clone(),
             _ => {
                 let t1 = acc.record.t1;
@@ -299,14 +307,16 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
     }
 
     /// Dense output of every output time inside the accepted step, from `*next` on, in
-    /// order: `emit(i, h(t_i))` for each. `times` are all output times after the start;
-    /// with `land_end` the last one is the step's end itself. Returns the emitted variables.
+    /// order: `emit(i, h(t_i))` for each that is `wanted(i)` (the others are passed over
+    /// without being computed). `times` are all output times after the start; with
+    /// `land_end` the last one is the step's end itself. Returns the emitted variables.
     pub fn emit_outputs(
         &mut self,
         acc: &mut Accepted<'t, T>,
         times: &[(f64, Var<'t, T>)],
         land_end: bool,
         next: &mut usize,
+        wanted: impl Fn(usize) -> bool,
         mut emit: impl FnMut(usize, &State<'t, T>) -> Result<()>,
     ) -> Result<Vec<Var<'t, T>>> {
         let tab = self.ctl.tableau;
@@ -318,6 +328,15 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             let (t_out, t_out_var) = times[*next];
             if (t_out - t1) * self.dir > 0.0 {
                 break;
+            }
+            if !wanted(*next) {
+                *next += 1;
+                continue;
+            }
+            if !acc.step.complete {
+                return Err(internal(
+                    "dense output from a step whose last stage was left out".into(),
+                ));
             }
             let value = if acc.record.landed && (land_all || *next + 1 == times.len()) {
                 if land_end {
@@ -384,7 +403,8 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             let target = if land_all { times[next].0 } else { t_end };
             let mut acc = self.step(target, land_end || land_all)?;
             let first = next;
-            let emitted = self.emit_outputs(&mut acc, times, land_end, &mut next, &mut emit)?;
+            let emitted =
+                self.emit_outputs(&mut acc, times, land_end, &mut next, |_| true, &mut emit)?;
             on_step(&acc, first..next)?;
             if next == times.len() {
                 return Ok(Some(acc));

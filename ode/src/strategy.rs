@@ -48,19 +48,23 @@ pub enum Strategy {
     /// one taped replay of every step and its VJP — no re-integration.
     StoreEveryStep,
     /// Exact like [`Strategy::StoreEveryStep`] but holding at most `slots` states (the
-    /// initial one included); states between them are recomputed from the nearest stored
-    /// one by replaying recorded step sizes, on Griewank's binomial (revolve) schedule.
-    /// Memory: slots·d + one step's tape + O(N) numbers; compute: one untaped forward, at
-    /// most t(N, slots) = r·N − C(slots + r, slots + 1) untaped step recomputations (r the
-    /// smallest integer with C(slots + r, slots) ≥ N; [`BackwardStats::recomputed_steps`]
-    /// counts them) and one taped replay of every step.
+    /// initial one included), forward and backward; states between them are recomputed
+    /// from the nearest stored one by replaying recorded step sizes, on Griewank's binomial
+    /// (revolve) schedule. The forward, not knowing N, keeps states at evenly spread steps;
+    /// the backward, knowing N, runs the schedule between them, or from `h0` alone when
+    /// that is cheaper. Memory: slots·d + one step's tape + O(N) numbers; compute: one
+    /// untaped forward, at most t(N, slots) = r·N − C(slots + r, slots + 1) untaped step
+    /// recomputations in the backward (r the smallest integer with C(slots + r, slots) ≥ N;
+    /// [`BackwardStats::recomputed_steps`] counts them) and one taped replay of every step.
     Checkpointed {
         /// States kept (≥ 1).
         slots: usize,
     },
     /// The fastest exact strategy whose peak memory fits `budget_bytes`: taped while its
-    /// tape fits, else store-every-step, else checkpointed with as many slots as fit, and
-    /// backsolve only when not even two states and one step's tape fit.
+    /// tape fits (abandoned, and the tape rewound, before a step that would not), else
+    /// checkpointed with as many slots as fit beside one step's replay — store-every-step
+    /// when that is a slot for every step, reported as `aca` — and backsolve only when not
+    /// even two states and one step's replay fit.
     /// [`Solution::strategy`](crate::Solution::strategy) says what was chosen and why.
     Auto {
         /// Bytes the solve and its backward may use beyond inputs, parameters and outputs.
@@ -97,7 +101,8 @@ impl Strategy {
         }
     }
 
-    /// Whether the gradient is the taped one up to rounding.
+    /// Whether the gradient is the taped one up to rounding (for `Auto`: unless it falls
+    /// back to backsolve, which [`StrategyReport::name`] then says).
     pub fn is_exact(&self) -> bool {
         !matches!(
             self,
@@ -271,13 +276,16 @@ pub struct BackwardStats {
     /// Evaluations of the vector field: for backsolve, of the augmented dynamics (each one
     /// f evaluation plus one VJP); for the exact strategies, in replays and recomputations.
     pub nfe: usize,
-    /// Accepted steps of the backward solve (backsolve) or taped step replays (exact).
+    /// Accepted steps of the backward solve (backsolve), or steps replayed on a tape for
+    /// their VJP (exact strategies; steps no cotangent reaches are not replayed).
     pub accepted: usize,
     /// Rejected steps of the backward solve.
     pub rejected: usize,
-    /// Untaped steps re-advanced from stored states (checkpointed strategies; 0 for
-    /// store-every-step). With forward and backward together, `N − 1 + recomputed_steps`
-    /// is the schedule's count that t(N, K) bounds, as in Griewank's revolve.
+    /// Untaped steps re-advanced from stored states in the backward (checkpointed
+    /// strategies; 0 for store-every-step on its first backward pass). At most t(N, K) of
+    /// [`crate::schedule`] — the count of a binomial schedule that starts from `h0` alone —
+    /// and fewer when the forward's stored states make a cheaper schedule; the forward's
+    /// own N untaped steps come on top.
     pub recomputed_steps: usize,
     /// Backsolve: the drift at every reset of `h` to a stored forward state, in the order
     /// the backward pass met them (latest time first).

@@ -279,6 +279,34 @@ fn hessian_vector_products_through_every_strategy() {
     }
 }
 
+/// A tangent on the grid (and on h0) goes through every strategy: the dual parts of the
+/// gradient (second derivatives mixing the times with everything else) of the exact
+/// strategies equal the taped ones to rounding, and the backsolve's approach them to the
+/// discretisation error of its backward solve.
+#[test]
+fn grid_tangents_reach_every_strategy() {
+    let p = random_problem(12, false, false, true, 4);
+    let opts = Options::fixed("rk4", 0.02).unwrap();
+    let lift = |m: &DMatrix<f64>, i: usize| -> DMatrix<Dual64> {
+        let mut r = Rng::new(40 + i as u64);
+        let scale = if i == 1 { 0.3 } else { 1.0 };
+        m.map(|x| Dual64::new(x, scale * r.range(-1.0, 1.0)))
+    };
+    let taped = eps(&gradients(&p, &opts, &Strategy::Taped, lift).0);
+    for s in [
+        Strategy::StoreEveryStep,
+        Strategy::Checkpointed { slots: 2 },
+        Strategy::backsolve(),
+        Strategy::backsolve_checkpointed(4),
+    ] {
+        let g = eps(&gradients(&p, &opts, &s, lift).0);
+        let err = worst(&g, &taped);
+        eprintln!("{}: dual parts vs taped {err:.1e}", s.name());
+        let bound = if s.is_exact() { 1e-12 } else { 1e-4 };
+        assert!(err <= bound, "{}: {err:e}", s.name());
+    }
+}
+
 /// Contracting dynamics (f = mlp(h) − h) at T = 20 with only the final output in the loss:
 /// backsolve reconstructs h backwards, and the reconstruction drifts. Its drift report says
 /// so where it steps through outputs, and says it is small where it resets often; K
