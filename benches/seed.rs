@@ -50,6 +50,32 @@ fn bench(c: &mut Criterion) {
             b.iter(|| fwd_bwd(&problem, &strategy, &tape))
         });
     }
+    // The phases: the untaped forward every opaque strategy starts with, and the taped
+    // forward alone (what store-every-step adds to, and what it replays step by step).
+    c.bench_function("seed/forward_untaped", |b| {
+        b.iter(|| {
+            let (out, stats) = costate::ode::solve(
+                &problem.func,
+                &problem.h0,
+                &problem.t,
+                problem.params.values(),
+                &problem.options,
+            )
+            .expect("solve");
+            (out.len(), stats.nfe)
+        })
+    });
+    c.bench_function("seed/forward_taped", |b| {
+        b.iter(|| {
+            tape.reset().expect("reset");
+            let p = problem.params.to_tape(&tape);
+            let h0 = tape.var(problem.h0.clone());
+            let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
+            let sol = costate::ode::odeint(&tape, &problem.func, h0, t, &p, &problem.options)
+                .expect("solve");
+            sol.stats.nfe
+        })
+    });
     // One evaluation of f, and one f + VJP w.r.t. h and θ (what each adjoint step costs).
     let h0 = problem.h0.clone();
     let cot = DMatrix::from_element(h0.nrows(), h0.ncols(), 1.0);

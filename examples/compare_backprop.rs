@@ -1,16 +1,22 @@
-//! Taped `odeint` against `odeint_adjoint` on one neural ODE: NFE, gradient agreement, tape
-//! size, held bytes and time — the seed textbook's `compare_backprop_methods`.
+//! Gradient strategies side by side on one neural ODE — by default taped `odeint` against
+//! the backsolve adjoint, the seed textbook's `compare_backprop_methods`: NFE, gradient
+//! agreement, tape size, held bytes, recomputations, drift and time.
 //!
 //! ```sh
 //! cargo run --release --example compare_backprop                     # dim 64, batch 32, 50 times
 //! cargo run --release --example compare_backprop -- --problem ../shared/anchors/problems/seed.json
 //! cargo run --release --example compare_backprop -- --json --reps 20
+//! cargo run --release --example compare_backprop -- --modes taped,aca,checkpointed:2,auto:3000000
 //! ```
-//! With `--problem FILE` (a `costate-problem/1` file) it also prints each mode's error
-//! against the file's `tight` reference gradients. With `--json` it prints one JSON object
-//! with an entry per mode (`odeint`, `odeint_adjoint`) in the problem file's layout.
+//! `--modes` takes comma-separated strategy names (`taped`, `backsolve`,
+//! `backsolve-checkpointed:K`, `aca`, `checkpointed:K`, `auto:BYTES`; default
+//! `taped,backsolve`); every mode's gradient is compared with the first mode's. With
+//! `--problem FILE` (a `costate-problem/1` file) it also prints each mode's error against the
+//! file's `tight` reference gradients. With `--json` it prints one JSON object with an entry
+//! per mode, keyed by the mode's name as given, in the problem file's layout.
 
 use std::error::Error;
+use std::str::FromStr;
 use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
@@ -27,6 +33,27 @@ struct Args {
     problem: Option<String>,
     json: bool,
     reps: usize,
+    /// The requested modes: the name as given and the strategy it parses to.
+    modes: Vec<(String, Strategy)>,
+}
+
+const USAGE: &str =
+    "usage: compare_backprop [--problem FILE] [--json] [--reps N] [--modes M1,M2,...]";
+
+/// Parse `--modes`: comma-separated strategy names, no repeats.
+fn parse_modes(list: &str) -> Result<Vec<(String, Strategy)>, String> {
+    let mut modes: Vec<(String, Strategy)> = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(format!("--modes {list:?} has an empty entry"));
+        }
+        let strategy = Strategy::from_str(name).map_err(|e| e.to_string())?;
+        if modes.iter().any(|(n, _)| n == name) {
+            return Err(format!("--modes lists {name:?} twice"));
+        }
+        modes.push((name.to_owned(), strategy));
+    }
+    Ok(modes)
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         problem: None,
         json: false,
         reps: 20,
+        modes: parse_modes("taped,backsolve")?,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -47,10 +75,9 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--reps needs a positive integer")?;
             }
-            "-h" | "--help" => {
-                return Err("usage: compare_backprop [--problem FILE] [--json] [--reps N]".into());
-            }
-            other => return Err(format!("unknown argument {other:?}; try --help")),
+            "--modes" => args.modes = parse_modes(&it.next().ok_or("--modes needs a list")?)?,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
     Ok(args)
@@ -98,7 +125,11 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
 
 /// What one mode produced.
 struct Run {
-    mode: Strategy,
+    /// The mode's name as given on the command line.
+    name: String,
+    /// What ran (for `auto:BYTES`, the strategy it chose).
+    ran: String,
+    reason: String,
     loss: f64,
     grad_h0: DMatrix<f64>,
     grad_params: Vec<DMatrix<f64>>,
@@ -109,10 +140,12 @@ struct Run {
     rejected: usize,
     tape_nodes: usize,
     held_bytes: usize,
+    recomputed_steps: usize,
+    max_drift: Option<f64>,
     time_ms: f64,
 }
 
-fn run(problem: &Problem, mode: Strategy, reps: usize) -> Result<Run, Box<dyn Error>> {
+fn run(problem: &Problem, name: &str, mode: &Strategy, reps: usize) -> Result<Run, Box<dyn Error>> {
     let model = NeuralOde {
         func: problem.func.clone(),
         strategy: mode.clone(),
@@ -133,18 +166,23 @@ fn run(problem: &Problem, mode: Strategy, reps: usize) -> Result<Run, Box<dyn Er
         let mut grads = tape.backward(loss)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         if first.is_none() {
+            let back = sol.backward_stats(&grads);
             first = Some(Run {
-                mode: mode.clone(),
+                name: name.to_owned(),
+                ran: sol.strategy.name.clone(),
+                reason: sol.strategy.reason.clone(),
                 loss: loss.scalar_value()?,
                 grad_h0: grads.take_or_zeros(h0)?,
                 grad_params: problem.params.grads(&mut grads, &params)?,
                 grad_t: grads.take_or_zeros(t)?,
                 nfe_forward: sol.stats.nfe,
-                nfe_backward: sol.backward_stats(&grads).map_or(0, |s| s.nfe),
+                nfe_backward: back.as_ref().map_or(0, |s| s.nfe),
                 accepted: sol.stats.accepted,
                 rejected: sol.stats.rejected,
                 tape_nodes,
                 held_bytes,
+                recomputed_steps: back.as_ref().map_or(0, |s| s.recomputed_steps),
+                max_drift: back.as_ref().and_then(|s| s.max_drift()),
                 time_ms: 0.0,
             });
         }
@@ -215,11 +253,14 @@ fn to_json(r: &Run) -> serde_json::Value {
         "rejected_forward": r.rejected,
         "tape_nodes": r.tape_nodes,
         "held_bytes": r.held_bytes,
+        "recomputed_steps": r.recomputed_steps,
+        "max_drift": r.max_drift,
+        "strategy_reason": r.reason,
         "time_ms": r.time_ms,
     })
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() {
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
@@ -227,20 +268,40 @@ fn main() -> Result<(), Box<dyn Error>> {
             std::process::exit(2);
         }
     };
+    if let Err(e) = compare(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// max |Δ| of dL/dh0, dL/dθ and dL/dt between two runs.
+fn gaps(a: &Run, b: &Run) -> [f64; 3] {
+    [
+        max_abs_diff(&[&a.grad_h0], &[&b.grad_h0]),
+        max_abs_diff(
+            &a.grad_params.iter().collect::<Vec<_>>(),
+            &b.grad_params.iter().collect::<Vec<_>>(),
+        ),
+        max_abs_diff(&[&a.grad_t], &[&b.grad_t]),
+    ]
+}
+
+fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
     let problem = match &args.problem {
         Some(path) => Problem::load(path)?,
         None => synthetic()?,
     };
-    let runs = [
-        run(&problem, Strategy::Taped, args.reps)?,
-        run(&problem, Strategy::backsolve(), args.reps)?,
-    ];
+    let runs = args
+        .modes
+        .iter()
+        .map(|(name, mode)| run(&problem, name, mode, args.reps))
+        .collect::<Result<Vec<_>, _>>()?;
     let reference = problem.file.reference.as_ref();
 
     if args.json {
         let mut obj = serde_json::Map::new();
         for r in &runs {
-            obj.insert(r.mode.name(), to_json(r));
+            obj.insert(r.name.clone(), to_json(r));
         }
         obj.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
         println!("{}", serde_json::Value::Object(obj));
@@ -259,45 +320,67 @@ fn main() -> Result<(), Box<dyn Error>> {
         problem.options.atol,
         args.reps
     );
+    let first = &runs[0];
     let mut table = Table::new(&[
         "mode",
+        "ran as",
         "loss",
         "NFE fwd",
         "NFE bwd",
         "steps",
+        "recomputed",
         "tape nodes",
         "held",
+        "max drift",
+        "|Δ dL/dh0|",
+        "|Δ dL/dθ|",
+        "|Δ dL/dt|",
         "fwd+bwd ms",
     ]);
-    for r in &runs {
+    for (i, r) in runs.iter().enumerate() {
+        let gap = gaps(r, first);
+        let gap = |j: usize| {
+            if i == 0 {
+                "(ref)".to_string()
+            } else {
+                format!("{:.2e}", gap[j])
+            }
+        };
         table.row(vec![
-            r.mode.name(),
+            r.name.clone(),
+            r.ran.clone(),
             format!("{:.10}", r.loss),
             r.nfe_forward.to_string(),
             r.nfe_backward.to_string(),
             format!("{}+{}", r.accepted, r.rejected),
+            r.recomputed_steps.to_string(),
             r.tape_nodes.to_string(),
             bytes(r.held_bytes),
+            r.max_drift
+                .map_or_else(|| "—".into(), |d| format!("{d:.1e}")),
+            gap(0),
+            gap(1),
+            gap(2),
             format!("{:.3}", r.time_ms),
         ]);
     }
     print!("{}", table.render());
-    let [taped, adjoint] = &runs;
     println!(
-        "\ntaped vs adjoint: max |Δ dL/dh0| = {:.2e}  max |Δ dL/dθ| = {:.2e}  max |Δ dL/dt| = {:.2e}  (max |dL/dh0| {:.3}, max |dL/dθ| {:.3})",
-        max_abs_diff(&[&taped.grad_h0], &[&adjoint.grad_h0]),
-        max_abs_diff(&taped.grad_params.iter().collect::<Vec<_>>(), &adjoint.grad_params.iter().collect::<Vec<_>>()),
-        max_abs_diff(&[&taped.grad_t], &[&adjoint.grad_t]),
-        taped.grad_h0.abs().max(),
-        taped.grad_params.iter().map(|g| g.abs().max()).fold(0.0, f64::max),
+        "\n|Δ| = max abs gradient difference against the first mode ({}); max |dL/dh0| {:.3}, max |dL/dθ| {:.3}",
+        first.name,
+        first.grad_h0.abs().max(),
+        first.grad_params.iter().map(|g| g.abs().max()).fold(0.0, f64::max),
     );
+    for r in runs.iter().filter(|r| r.ran != r.name) {
+        println!("{}: {}", r.name, r.reason);
+    }
     if let Some(reference) = reference {
         println!("\nerror against the file's tight reference (max abs / relative to max |ref|):");
         let mut t = Table::new(&["mode", "quantity", "max abs", "rel"]);
-        for (name, r) in [("costate odeint", taped), ("costate adjoint", adjoint)] {
+        for r in &runs {
             for (q, abs, rel) in error_vs(r, &reference.tight)? {
                 t.row(vec![
-                    name.into(),
+                    format!("costate {}", r.name),
                     q,
                     format!("{abs:.2e}"),
                     format!("{rel:.2e}"),

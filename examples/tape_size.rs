@@ -1,30 +1,69 @@
-//! How memory scales with the horizon in each gradient mode: taped memory grows with the
-//! steps, the adjoint's does not.
+//! How memory scales with the horizon under each gradient strategy: taped memory grows with
+//! the steps, store-every-step (`aca`) keeps one state per step, the checkpointed strategies
+//! and the adjoint stay (nearly) flat, and `auto` picks by its budget.
 //!
 //! `cargo run --release --example tape_size [-- --json] [--svg PATH]`
 //!
 //! f = mlp(h) − h (64→64→64→64 tanh, so the state stays bounded), h0 32×64, t = [0, T] for
-//! T in {1, 5, 20, 100}, dopri5 at rtol 1e-7 / atol 1e-9, L = sum of h(T). Per mode: steps,
-//! NFE, tape nodes, held bytes (kept between forward and backward, outputs excluded), peak
-//! heap during forward+backward (counting allocator), and the gradient gap between modes.
-//! Writes an SVG chart of held bytes against NFE (default `target/tape_size.svg`).
+//! T in {1, 5, 20, 100}, dopri5 at rtol 1e-7 / atol 1e-9, L = sum of h(T). Strategies:
+//! `taped`, `backsolve`, `backsolve-checkpointed:10`, `aca`, `checkpointed:10` and
+//! `auto:8388608` (an 8 MiB budget). Per run: steps, NFE, untaped recomputations, tape
+//! nodes, held bytes (kept between forward and backward, outputs excluded), peak heap during
+//! forward+backward (counting allocator), and the gradient gap to taped at the same T.
+//! Writes a log-log SVG chart of held bytes against NFE, one line per strategy (default
+//! `target/tape_size.svg`).
 
-use std::error::Error;
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::heap::CountingAlloc;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
-use costate::report::{bytes, svg_line_chart, Series, Table};
+use costate::report::{
+    bytes, svg_scatter_chart, Axis, Marker, Scale, ScatterPoint, ScatterSeries, Table,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
 
+/// The budget of the `auto` strategy.
+const AUTO_BUDGET: usize = 8 * 1024 * 1024;
+
+/// The strategies shown, with their chart colours and markers.
+fn strategies() -> [(Strategy, &'static str, Marker); 6] {
+    [
+        (Strategy::Taped, "#d62728", Marker::Circle),
+        (Strategy::backsolve(), "#1f77b4", Marker::Circle),
+        (
+            Strategy::backsolve_checkpointed(10),
+            "#17becf",
+            Marker::Square,
+        ),
+        (Strategy::StoreEveryStep, "#2ca02c", Marker::Circle),
+        (
+            Strategy::Checkpointed { slots: 10 },
+            "#ff7f0e",
+            Marker::Square,
+        ),
+        (
+            Strategy::Auto {
+                budget_bytes: AUTO_BUDGET,
+            },
+            "#9467bd",
+            Marker::Diamond,
+        ),
+    ]
+}
+
 struct Row {
     horizon: f64,
     mode: Strategy,
+    /// What ran (for `auto`, the strategy it chose).
+    ran: String,
+    reason: String,
+    recomputed_steps: usize,
     accepted: usize,
     rejected: usize,
     nfe_forward: usize,
@@ -42,7 +81,7 @@ fn measure(
     h0: &DMatrix<f64>,
     horizon: f64,
     mode: Strategy,
-) -> Result<Row, Box<dyn Error>> {
+) -> Result<Row> {
     let model = NeuralOde::new(func.clone(), mode.clone());
     let tape = Tape::<f64>::new();
     let vars = params.to_tape(&tape);
@@ -54,13 +93,17 @@ fn measure(
     let (tape_nodes, held_bytes) = (tape.stats().nodes, sol.held_bytes()?);
     let mut grads = tape.backward(sol.last().sum())?;
     let peak_heap = HEAP.peak().saturating_sub(before);
+    let back = sol.backward_stats(&grads);
     Ok(Row {
         horizon,
         mode,
+        ran: sol.strategy.name.clone(),
+        reason: sol.strategy.reason.clone(),
+        recomputed_steps: back.as_ref().map_or(0, |s| s.recomputed_steps),
         accepted: sol.stats.accepted,
         rejected: sol.stats.rejected,
         nfe_forward: sol.stats.nfe,
-        nfe_backward: sol.backward_stats(&grads).map_or(0, |s| s.nfe),
+        nfe_backward: back.as_ref().map_or(0, |s| s.nfe),
         tape_nodes,
         held_bytes,
         peak_heap,
@@ -69,7 +112,14 @@ fn measure(
     })
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json_out = args.iter().any(|a| a == "--json");
     let svg_path = args
@@ -83,12 +133,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     let params = func.mlp.init_params(&mut rng);
     let h0 = DMatrix::from_fn(32, 64, |_, _| rng.random_range(-1.0..1.0));
 
+    let modes = strategies();
     let mut rows = Vec::new();
     for horizon in [1.0, 5.0, 20.0, 100.0] {
-        for mode in [Strategy::Taped, Strategy::backsolve()] {
-            rows.push(measure(&func, &params, &h0, horizon, mode)?);
+        for (mode, _, _) in &modes {
+            rows.push(measure(&func, &params, &h0, horizon, mode.clone())?);
         }
     }
+    // Gradient gap of every row to the taped row of the same horizon (each chunk starts
+    // with taped).
     let gap = |a: &Row, b: &Row| -> (f64, f64) {
         let dh0 = (&a.grad_h0 - &b.grad_h0).abs().max();
         let dth = a
@@ -99,78 +152,107 @@ fn main() -> Result<(), Box<dyn Error>> {
             .fold(0.0, f64::max);
         (dh0, dth)
     };
+    let gaps: Vec<(f64, f64)> = rows
+        .chunks(modes.len())
+        .flat_map(|chunk| chunk.iter().map(|r| gap(r, &chunk[0])))
+        .collect();
 
     if json_out {
         let entries: Vec<serde_json::Value> = rows
-            .chunks(2)
-            .flat_map(|pair| {
-                let (dh0, dth) = gap(&pair[0], &pair[1]);
-                pair.iter().map(move |r| {
-                    json!({"T": r.horizon, "mode": r.mode.name(), "accepted": r.accepted, "rejected": r.rejected,
-                           "nfe_forward": r.nfe_forward, "nfe_backward": r.nfe_backward, "tape_nodes": r.tape_nodes,
-                           "held_bytes": r.held_bytes, "peak_heap_bytes": r.peak_heap,
-                           "grad_gap_h0": dh0, "grad_gap_theta": dth})
-                })
+            .iter()
+            .zip(&gaps)
+            .map(|(r, &(dh0, dth))| {
+                json!({"T": r.horizon, "mode": r.mode.name(), "ran_as": r.ran, "strategy_reason": r.reason,
+                       "accepted": r.accepted, "rejected": r.rejected,
+                       "nfe_forward": r.nfe_forward, "nfe_backward": r.nfe_backward,
+                       "recomputed_steps": r.recomputed_steps, "tape_nodes": r.tape_nodes,
+                       "held_bytes": r.held_bytes, "peak_heap_bytes": r.peak_heap,
+                       "grad_gap_h0": dh0, "grad_gap_theta": dth})
             })
             .collect();
         println!("{}", serde_json::Value::Array(entries));
     } else {
         let mut table = Table::new(&[
             "T",
-            "mode",
+            "strategy",
+            "ran as",
             "steps",
             "NFE fwd",
             "NFE bwd",
+            "recomputed",
             "tape nodes",
             "held",
             "peak heap",
             "|Δ dL/dh0|",
             "|Δ dL/dθ|",
         ]);
-        for pair in rows.chunks(2) {
-            let (dh0, dth) = gap(&pair[0], &pair[1]);
-            for r in pair {
-                table.row(vec![
-                    format!("{}", r.horizon),
-                    r.mode.name(),
-                    format!("{}+{}", r.accepted, r.rejected),
-                    r.nfe_forward.to_string(),
-                    r.nfe_backward.to_string(),
-                    r.tape_nodes.to_string(),
-                    bytes(r.held_bytes),
-                    bytes(r.peak_heap),
-                    format!("{dh0:.1e}"),
-                    format!("{dth:.1e}"),
-                ]);
-            }
+        for (r, &(dh0, dth)) in rows.iter().zip(&gaps) {
+            table.row(vec![
+                format!("{}", r.horizon),
+                r.mode.name(),
+                r.ran.clone(),
+                format!("{}+{}", r.accepted, r.rejected),
+                r.nfe_forward.to_string(),
+                r.nfe_backward.to_string(),
+                r.recomputed_steps.to_string(),
+                r.tape_nodes.to_string(),
+                bytes(r.held_bytes),
+                bytes(r.peak_heap),
+                format!("{dh0:.1e}"),
+                format!("{dth:.1e}"),
+            ]);
         }
-        println!("f = mlp(h) − h, h0 32×64, t = [0, T], dopri5 rtol 1e-7 atol 1e-9; |Δ| = max abs gap taped vs adjoint\n");
+        println!("f = mlp(h) − h, h0 32×64, t = [0, T], dopri5 rtol 1e-7 atol 1e-9; |Δ| = max abs gradient gap to taped at the same T\n");
         print!("{}", table.render());
+        println!();
+        for r in rows
+            .iter()
+            .filter(|r| matches!(r.mode, Strategy::Auto { .. }))
+        {
+            println!("T = {}, {}: {}", r.horizon, r.mode.name(), r.reason);
+        }
     }
 
-    let series = |mode: Strategy, color: &str| Series {
-        label: mode.name(),
-        points: rows
-            .iter()
-            .filter(|r| r.mode.name() == mode.name())
-            .map(|r| {
-                (
-                    (r.nfe_forward + r.nfe_backward) as f64,
-                    r.held_bytes as f64 / (1024.0 * 1024.0),
-                )
-            })
-            .collect(),
-        color: color.into(),
-        markers: true,
-    };
-    let svg = svg_line_chart(
-        "Bytes held between forward and backward (T = 1, 5, 20, 100)",
-        "NFE (forward + backward)",
-        "held MiB",
-        &[
-            series(Strategy::Taped, "#d62728"),
-            series(Strategy::backsolve(), "#1f77b4"),
-        ],
+    // Auto first, so that the strategy it chose draws over it.
+    let mut order: Vec<_> = modes.iter().collect();
+    order.sort_by_key(|(mode, _, _)| !matches!(mode, Strategy::Auto { .. }));
+    let series: Vec<ScatterSeries> = order
+        .into_iter()
+        .map(|(mode, color, marker)| ScatterSeries {
+            label: match mode {
+                Strategy::Auto { .. } => format!("{} (8 MiB)", mode.name()),
+                _ => mode.name(),
+            },
+            points: rows
+                .iter()
+                .filter(|r| r.mode.name() == mode.name())
+                .map(|r| ScatterPoint {
+                    x: (r.nfe_forward + r.nfe_backward) as f64,
+                    // A log axis cannot show 0 held bytes: draw them at 1 B.
+                    y: (r.held_bytes as f64).max(1.0),
+                    // Auto's points say what it chose.
+                    label: match r.mode {
+                        Strategy::Auto { .. } => format!("auto→{}", r.ran),
+                        _ => String::new(),
+                    },
+                })
+                .collect(),
+            color: (*color).into(),
+            marker: *marker,
+            line: true,
+        })
+        .collect();
+    let svg = svg_scatter_chart(
+        "Bytes held between forward and backward (T = 1, 5, 20, 100 left to right)",
+        Axis {
+            label: "NFE (forward + backward)",
+            scale: Scale::Log,
+        },
+        Axis {
+            label: "held bytes",
+            scale: Scale::Log,
+        },
+        &series,
     );
     if let Some(dir) = std::path::Path::new(&svg_path).parent() {
         std::fs::create_dir_all(dir)?;

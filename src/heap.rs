@@ -1,5 +1,5 @@
 //! A counting global allocator: live and peak heap bytes, for the memory figures that the
-//! examples report (the design notes' *peak heap*).
+//! examples report (*peak heap* as `docs/design.md` defines it).
 //!
 //! Install it in a binary with
 //! `#[global_allocator] static HEAP: costate::heap::CountingAlloc = costate::heap::CountingAlloc::new();`.

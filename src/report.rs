@@ -254,3 +254,421 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+/// How an axis maps data to the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// Evenly spaced values, six ticks.
+    Linear,
+    /// Evenly spaced decades; values ≤ 0 cannot be drawn and are left out.
+    Log,
+}
+
+/// One axis of a scatter chart: its label and scale.
+#[derive(Clone, Copy, Debug)]
+pub struct Axis<'a> {
+    /// Text under (x) or beside (y) the axis.
+    pub label: &'a str,
+    /// Linear or logarithmic.
+    pub scale: Scale,
+}
+
+/// The shape drawn at each point of a [`ScatterSeries`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// A filled circle.
+    Circle,
+    /// A filled square.
+    Square,
+    /// A filled upward triangle.
+    Triangle,
+    /// A filled diamond.
+    Diamond,
+}
+
+/// One labelled point of a scatter chart.
+#[derive(Clone, Debug)]
+pub struct ScatterPoint {
+    /// Data coordinates.
+    pub x: f64,
+    /// Data coordinates.
+    pub y: f64,
+    /// Text written next to the marker (empty for none).
+    pub label: String,
+}
+
+/// A named group of points drawn with one colour and one marker shape.
+#[derive(Clone, Debug)]
+pub struct ScatterSeries {
+    /// Legend label.
+    pub label: String,
+    /// The points.
+    pub points: Vec<ScatterPoint>,
+    /// Fill colour (`"#1f77b4"`).
+    pub color: String,
+    /// Marker shape.
+    pub marker: Marker,
+    /// Join the points in order with a line (a line chart on the scatter chart's axes).
+    pub line: bool,
+}
+
+/// A scatter chart as a standalone SVG document: every point drawn with its series' marker
+/// and colour and its own label beside it (moved aside, with a leader line, where it would
+/// cover another marker or label), optionally joined in order by a line, on linear or log
+/// axes (decade ticks and grid lines on log axes, plus 2 and 5 on axes of at most three
+/// decades), with a legend of the series. Points that a log axis cannot show (x or y ≤ 0,
+/// or not finite) are left out, so floor such values first if they should appear.
+pub fn svg_scatter_chart(
+    title: &str,
+    x: Axis<'_>,
+    y: Axis<'_>,
+    series: &[ScatterSeries],
+) -> String {
+    let (w, h) = (960.0, 600.0);
+    let (left, right, top, bottom) = (80.0, 250.0, 44.0, 60.0);
+    let drawable = |v: f64, scale: Scale| v.is_finite() && (scale == Scale::Linear || v > 0.0);
+    let fwd = |v: f64, scale: Scale| match scale {
+        Scale::Linear => v,
+        Scale::Log => v.log10(),
+    };
+    // Data ranges in transformed coordinates (log10 on log axes).
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for p in series.iter().flat_map(|s| &s.points) {
+        if drawable(p.x, x.scale) && drawable(p.y, y.scale) {
+            let (u, v) = (fwd(p.x, x.scale), fwd(p.y, y.scale));
+            x0 = x0.min(u);
+            x1 = x1.max(u);
+            y0 = y0.min(v);
+            y1 = y1.max(v);
+        }
+    }
+    let range = |lo: f64, hi: f64, scale: Scale| -> (f64, f64) {
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        match scale {
+            // Whole decades around the data, with a margin when it touches one.
+            Scale::Log => {
+                let (a, b) = ((lo - 0.05).floor(), (hi + 0.05).ceil());
+                (a, if b > a { b } else { a + 1.0 })
+            }
+            Scale::Linear => {
+                let span = if hi > lo { hi - lo } else { 1.0 };
+                (lo - 0.05 * span, hi + 0.05 * span)
+            }
+        }
+    };
+    let (x0, x1) = range(x0, x1, x.scale);
+    let (y0, y1) = range(y0, y1, y.scale);
+    let px = |v: f64| left + (fwd(v, x.scale) - x0) / (x1 - x0) * (w - left - right);
+    let py = |v: f64| h - bottom - (fwd(v, y.scale) - y0) / (y1 - y0) * (h - top - bottom);
+    // Tick values in data coordinates, with their labels.
+    let ticks = |lo: f64, hi: f64, scale: Scale| -> Vec<(f64, String)> {
+        match scale {
+            Scale::Linear => (0..=5)
+                .map(|i| {
+                    let v = lo + f64::from(i) / 5.0 * (hi - lo);
+                    (v, tick(v))
+                })
+                .collect(),
+            Scale::Log => {
+                let (a, b) = (lo as i32, hi as i32);
+                // One style per axis: plain numbers when every decade is between 0.01 and
+                // 10⁴, `1e{e}` otherwise.
+                let plain = a >= -2 && b <= 4;
+                let every = ((b - a) / 10 + 1).max(1);
+                let mut t: Vec<(f64, String)> = (a..=b)
+                    .filter(|e| (e - a) % every == 0)
+                    .map(|e| (10f64.powi(e), mantissa_decade(1.0, e, plain)))
+                    .collect();
+                // Short axes also get 2·10^e and 5·10^e.
+                if b - a <= 3 {
+                    for e in a..b {
+                        for m in [2.0, 5.0] {
+                            t.push((m * 10f64.powi(e), mantissa_decade(m, e, plain)));
+                        }
+                    }
+                }
+                t
+            }
+        }
+    };
+    let (xt, yt) = (ticks(x0, x1, x.scale), ticks(y0, y1, y.scale));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
+        (left + w - right) / 2.0,
+        escape(title)
+    );
+    for (v, label) in &xt {
+        let xp = px(*v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xp:.1}" y1="{top}" x2="{xp:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            h - bottom
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{xp:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            h - bottom + 18.0
+        );
+    }
+    for (v, label) in &yt {
+        let yp = py(*v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{yp:.1}" x2="{:.1}" y2="{yp:.1}" stroke="#ddd"/>"##,
+            w - right
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+            left - 6.0,
+            yp + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="black"/>"#,
+        w - left - right,
+        h - top - bottom
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        (left + w - right) / 2.0,
+        h - 18.0,
+        escape(x.label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">{}</text>"#,
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0,
+        escape(y.label)
+    );
+    // Markers first, then labels placed greedily where they overlap no marker and no label
+    // placed before them, with a leader line when pushed away from their point.
+    let mut placed: Vec<Rect> = Vec::new();
+    let mut labels = Vec::new();
+    for ser in series.iter().filter(|ser| ser.line) {
+        let path: Vec<String> = ser
+            .points
+            .iter()
+            .filter(|p| drawable(p.x, x.scale) && drawable(p.y, y.scale))
+            .map(|p| format!("{:.1},{:.1}", px(p.x), py(p.y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+            ser.color,
+            path.join(" ")
+        );
+    }
+    for ser in series {
+        for p in &ser.points {
+            if !(drawable(p.x, x.scale) && drawable(p.y, y.scale)) {
+                continue;
+            }
+            let (cx, cy) = (px(p.x), py(p.y));
+            s.push_str(&marker(ser.marker, cx, cy, 5.0, &ser.color));
+            placed.push(Rect::around(cx, cy, 5.0));
+            if !p.label.is_empty() {
+                labels.push((cx, cy, &p.label, &ser.color));
+            }
+        }
+    }
+    let plot = Rect {
+        x0: left,
+        y0: top,
+        x1: w - right,
+        y1: h - bottom,
+    };
+    for (cx, cy, label, color) in labels {
+        let (lw, lh) = (5.6 * label.chars().count() as f64, 10.0);
+        let mut best = None;
+        'search: for ring in 0..12 {
+            let d = 7.0 + 9.0 * f64::from(ring);
+            for (dx, dy) in [
+                (1.0, -0.6),
+                (1.0, 0.6),
+                (-1.0, -0.6),
+                (-1.0, 0.6),
+                (0.0, -1.0),
+                (0.0, 1.0),
+                (1.0, 0.0),
+                (-1.0, 0.0),
+            ] {
+                // The label's anchor corner nearest the point sits at distance d.
+                let ax = cx + dx * d;
+                let ay = cy + dy * d;
+                let bx = if dx < 0.0 {
+                    ax - lw
+                } else if dx > 0.0 {
+                    ax
+                } else {
+                    ax - lw / 2.0
+                };
+                let by = if dy < 0.0 {
+                    ay - lh
+                } else if dy > 0.0 {
+                    ay
+                } else {
+                    ay - lh / 2.0
+                };
+                let r = Rect {
+                    x0: bx,
+                    y0: by,
+                    x1: bx + lw,
+                    y1: by + lh,
+                };
+                if plot.contains(&r) && !placed.iter().any(|q| q.overlaps(&r)) {
+                    best = Some((r, ring));
+                    break 'search;
+                }
+            }
+        }
+        // Crowded everywhere: fall back to the default spot.
+        let (r, ring) = best.unwrap_or((
+            Rect {
+                x0: cx + 7.0,
+                y0: cy - 4.2 - lh,
+                x1: cx + 7.0 + lw,
+                y1: cy - 4.2,
+            },
+            0,
+        ));
+        if ring > 0 {
+            let (tx, ty) = r.nearest(cx, cy);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{cx:.1}" y1="{cy:.1}" x2="{tx:.1}" y2="{ty:.1}" stroke="{color}" stroke-width="0.7"/>"#
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" fill="{color}" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"#,
+            r.x0,
+            r.y1 - 1.5,
+            escape(label)
+        );
+        placed.push(r);
+    }
+    for (k, ser) in series.iter().enumerate() {
+        let ly = top + 14.0 + 20.0 * k as f64;
+        if ser.line {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"/>"#,
+                w - right + 10.0,
+                w - right + 34.0,
+                ser.color
+            );
+        }
+        s.push_str(&marker(ser.marker, w - right + 22.0, ly, 5.0, &ser.color));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            w - right + 40.0,
+            ly + 4.0,
+            escape(&ser.label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// An axis-aligned box in page coordinates (y down).
+#[derive(Clone, Copy, Debug)]
+struct Rect {
+    x0: f64,
+    y0: f64,
+    x1: f64,
+    y1: f64,
+}
+
+impl Rect {
+    fn around(cx: f64, cy: f64, r: f64) -> Self {
+        Self {
+            x0: cx - r,
+            y0: cy - r,
+            x1: cx + r,
+            y1: cy + r,
+        }
+    }
+
+    fn overlaps(&self, o: &Rect) -> bool {
+        self.x0 < o.x1 && o.x0 < self.x1 && self.y0 < o.y1 && o.y0 < self.y1
+    }
+
+    fn contains(&self, o: &Rect) -> bool {
+        self.x0 <= o.x0 && o.x1 <= self.x1 && self.y0 <= o.y0 && o.y1 <= self.y1
+    }
+
+    /// The point of the box nearest `(x, y)`.
+    fn nearest(&self, x: f64, y: f64) -> (f64, f64) {
+        (x.clamp(self.x0, self.x1), y.clamp(self.y0, self.y1))
+    }
+}
+
+/// One marker of radius `r` at `(cx, cy)` as an SVG element.
+fn marker(shape: Marker, cx: f64, cy: f64, r: f64, color: &str) -> String {
+    let stroke = r##"stroke="#222" stroke-width="0.6""##;
+    match shape {
+        Marker::Circle => {
+            format!(r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r}" fill="{color}" {stroke}/>"#) + "\n"
+        }
+        Marker::Square => {
+            format!(
+                r#"<rect x="{:.1}" y="{:.1}" width="{}" height="{}" fill="{color}" {stroke}/>"#,
+                cx - 0.9 * r,
+                cy - 0.9 * r,
+                1.8 * r,
+                1.8 * r
+            ) + "\n"
+        }
+        Marker::Triangle => {
+            format!(
+                r#"<polygon points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{color}" {stroke}/>"#,
+                cx,
+                cy - 1.2 * r,
+                cx - 1.1 * r,
+                cy + 0.8 * r,
+                cx + 1.1 * r,
+                cy + 0.8 * r
+            ) + "\n"
+        }
+        Marker::Diamond => {
+            format!(
+                r#"<polygon points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{color}" {stroke}/>"#,
+                cx,
+                cy - 1.2 * r,
+                cx + 1.2 * r,
+                cy,
+                cx,
+                cy + 1.2 * r,
+                cx - 1.2 * r,
+                cy
+            ) + "\n"
+        }
+    }
+}
+
+/// The label of m·10^e for a one-digit m: a plain number (for e in −2..=4) when `plain`,
+/// else `{m}e{e}`.
+fn mantissa_decade(m: f64, e: i32, plain: bool) -> String {
+    match e {
+        -2..=-1 if plain => format!("{:.*}", e.unsigned_abs() as usize, m * 10f64.powi(e)),
+        0..=4 if plain => format!("{:.0}", m * 10f64.powi(e)),
+        _ => format!("{m}e{e}"),
+    }
+}

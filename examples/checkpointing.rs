@@ -1,0 +1,576 @@
+//! Checkpointing between the two extremes: store K intermediate states during the forward
+//! pass and use the adjoint method between them (`backsolve-checkpointed:K`), or recompute the
+//! steps between them exactly (`checkpointed:K`, binomial/revolve), for K = 1, 5, 10, 50 —
+//! against pure backprop (`taped`), pure adjoint (`backsolve`) and store-every-step (`aca`).
+//!
+//! ```sh
+//! cargo run --release --example checkpointing                      # both workloads, 3 reps
+//! cargo run --release --example checkpointing -- --workload horizon --reps 1
+//! cargo run --release --example checkpointing -- --problem FILE    # seed workload from a file
+//! cargo run --release --example checkpointing -- --json --svg target/ckpt.svg
+//! ```
+//!
+//! Two workloads: `horizon` is `tape_size`'s T = 100 problem (f = mlp(h) − h, 64→64→64→64
+//! tanh, h0 32×64, t = [0, 100], L = sum of h(T), same weights and h0); `seed` is
+//! `compare_backprop`'s default (64→64→64→64 tanh, h0 32×64, 50 output times in [0, 1],
+//! L = sum of h(1), same weights and h0), or a `costate-problem/1` file with `--problem`.
+//! Both use dopri5 at rtol 1e-7 / atol 1e-9 (or the file's solver).
+//!
+//! Per run: the gradient's error relative to the taped one (max abs difference over dL/dh0
+//! and every dL/dθ, over the taped gradient's max abs) and relative to a tight-tolerance
+//! taped reference (rtol 1e-10, atol 1e-12); held bytes (kept between forward and backward,
+//! outputs excluded); peak heap during forward+backward (counting allocator, less the live
+//! bytes before); forward and backward NFE; untaped step recomputations; the largest drift
+//! of the backward reconstruction of h at a reset (backsolve variants); and the median time
+//! of forward+backward over `--reps N` (default 3).
+//!
+//! Prints a table per workload (or, with `--json`, one object `{"runs": [...]}`) and writes
+//! a log-log chart of peak heap against gradient error (default `target/checkpointing.svg`,
+//! `--svg PATH` to override).
+
+use std::time::Instant;
+
+use costate::ad_core::nalgebra::DMatrix;
+use costate::ad_core::Tape;
+use costate::heap::CountingAlloc;
+use costate::nn::problem::{layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec};
+use costate::nn::{Activation, Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
+use costate::ode::schedule::min_recomputations;
+use costate::ode::Options;
+use costate::report::{
+    bytes, median, svg_scatter_chart, Axis, Marker, Scale, ScatterPoint, ScatterSeries, Table,
+};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[global_allocator]
+static HEAP: CountingAlloc = CountingAlloc::new();
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The checkpoint counts of the exercise.
+const KS: [usize; 4] = [1, 5, 10, 50];
+
+/// Tolerances of the reference gradient.
+const REFERENCE_RTOL: f64 = 1e-10;
+const REFERENCE_ATOL: f64 = 1e-12;
+
+/// Errors below this are drawn at it on the chart's log axis (the taped run's error is 0).
+const ERROR_FLOOR: f64 = 1e-16;
+
+const USAGE: &str = "usage: checkpointing [--workload horizon|seed|both] [--problem FILE] [--reps N] [--json] [--svg PATH]";
+
+struct Args {
+    horizon: bool,
+    seed: bool,
+    problem: Option<String>,
+    reps: usize,
+    json: bool,
+    svg: String,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut args = Args {
+        horizon: true,
+        seed: true,
+        problem: None,
+        reps: 3,
+        json: false,
+        svg: "target/checkpointing.svg".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--workload" => {
+                (args.horizon, args.seed) = match it.next().as_deref() {
+                    Some("horizon") => (true, false),
+                    Some("seed") => (false, true),
+                    Some("both") => (true, true),
+                    _ => return Err("--workload needs horizon, seed or both".into()),
+                }
+            }
+            "--problem" => args.problem = Some(it.next().ok_or("--problem needs a file")?),
+            "--reps" => {
+                args.reps = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--reps needs a positive integer")?;
+            }
+            "--json" => args.json = true,
+            "--svg" => args.svg = it.next().ok_or("--svg needs a path")?,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
+        }
+    }
+    if args.problem.is_some() && !args.seed {
+        return Err("--problem replaces the seed workload; use --workload seed or both".into());
+    }
+    Ok(args)
+}
+
+/// One problem to differentiate: vector field, weights, initial state, output times, solver
+/// options and loss.
+struct Workload {
+    name: &'static str,
+    description: String,
+    func: OdeFunc,
+    params: ParamSet,
+    h0: DMatrix<f64>,
+    t: Vec<f64>,
+    options: Options,
+    loss: Loss,
+}
+
+/// `tape_size`'s T = 100 problem, with its weights and h0.
+fn horizon() -> Result<Workload> {
+    let func = OdeFunc::new(64, &[64, 64], Activation::Tanh)?.with_subtract_state();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let params = func.mlp.init_params(&mut rng);
+    let h0 = DMatrix::from_fn(32, 64, |_, _| rng.random_range(-1.0..1.0));
+    Ok(Workload {
+        name: "horizon",
+        description: "f = mlp(h) − h, h0 32×64, t = [0, 100], L = sum of h(100)".into(),
+        func,
+        params,
+        h0,
+        t: vec![0.0, 100.0],
+        options: Options::default(),
+        loss: Loss::SumFinal,
+    })
+}
+
+/// `compare_backprop`'s default workload, with its weights and h0, or a problem file.
+fn seed(path: Option<&str>) -> Result<Workload> {
+    let problem = match path {
+        Some(path) => Problem::load(path)?,
+        None => synthetic_seed()?,
+    };
+    let description = match path {
+        Some(path) => format!("{path}: {}", problem.file.description),
+        None => format!(
+            "f = mlp(h), h0 32×64, {} output times in [0, 1], L = sum of h(1)",
+            problem.t.len()
+        ),
+    };
+    Ok(Workload {
+        name: "seed",
+        description,
+        func: problem.func,
+        params: problem.params,
+        h0: problem.h0,
+        t: problem.t,
+        options: problem.options,
+        loss: problem.loss,
+    })
+}
+
+/// The seed workload exactly as `compare_backprop` builds it.
+fn synthetic_seed() -> Result<Problem> {
+    let (dim, batch, npts) = (64, 32, 50);
+    let func = OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let params = func.mlp.init_params(&mut rng);
+    let h0 = DMatrix::from_fn(batch, dim, |_, _| standard_normal(&mut rng));
+    let file = ProblemFile {
+        format: costate::nn::problem::PROBLEM_FORMAT.into(),
+        description: "synthetic seed workload".into(),
+        model: ModelSpec {
+            kind: "mlp".into(),
+            activation: "tanh".into(),
+            input: "h".into(),
+            subtract_state: false,
+            time_input: false,
+            layers: layer_specs(&params),
+        },
+        h0: nested(&h0),
+        t: (0..npts).map(|i| i as f64 / (npts - 1) as f64).collect(),
+        solver: SolverSpec {
+            method: "dopri5".into(),
+            rtol: 1e-7,
+            atol: 1e-9,
+        },
+        loss: LossSpec::SumFinal,
+        reference: None,
+        generator: None,
+    };
+    Ok(Problem::from_file(file)?)
+}
+
+fn standard_normal(rng: &mut impl Rng) -> f64 {
+    // Box–Muller, as compare_backprop draws it.
+    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+/// dL/dh0 and dL/dθ of one run.
+struct Grad {
+    h0: DMatrix<f64>,
+    params: Vec<DMatrix<f64>>,
+}
+
+impl Grad {
+    fn tensors(&self) -> impl Iterator<Item = &DMatrix<f64>> {
+        std::iter::once(&self.h0).chain(&self.params)
+    }
+
+    /// max |self − other| over every tensor, over max |other|.
+    fn rel_err(&self, other: &Grad) -> f64 {
+        let diff = self
+            .tensors()
+            .zip(other.tensors())
+            .map(|(a, b)| (a - b).abs().max())
+            .fold(0.0, f64::max);
+        let scale = other.tensors().map(|b| b.abs().max()).fold(0.0, f64::max);
+        if scale > 0.0 {
+            diff / scale
+        } else {
+            diff
+        }
+    }
+}
+
+/// What one strategy did on one workload.
+struct Measured {
+    grad: Grad,
+    steps: usize,
+    stored_states: usize,
+    held_bytes: usize,
+    peak_heap: usize,
+    nfe_forward: usize,
+    nfe_backward: usize,
+    recomputed_steps: usize,
+    max_drift: Option<f64>,
+    time_ms: f64,
+}
+
+/// Run forward and backward `reps` times on a fresh tape each time; counts, memory and the
+/// gradient come from the first repetition, the time is the median.
+fn measure(w: &Workload, strategy: &Strategy, options: &Options, reps: usize) -> Result<Measured> {
+    let model = NeuralOde {
+        func: w.func.clone(),
+        strategy: strategy.clone(),
+        options: options.clone(),
+    };
+    let mut times = Vec::with_capacity(reps);
+    let mut first: Option<Measured> = None;
+    for _ in 0..reps {
+        let tape = Tape::<f64>::new();
+        let params = w.params.to_tape(&tape);
+        let h0 = tape.var(w.h0.clone());
+        let t = tape.constant(DMatrix::from_row_slice(1, w.t.len(), &w.t));
+        let before = HEAP.live();
+        HEAP.reset_peak();
+        let start = Instant::now();
+        let sol = model.forward(&tape, h0, t, &params)?;
+        let held_bytes = sol.held_bytes()?;
+        let loss = w.loss.apply(&tape, &sol.outputs)?;
+        let mut grads = tape.backward(loss)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        let peak_heap = HEAP.peak().saturating_sub(before);
+        if first.is_none() {
+            let back = sol.backward_stats(&grads);
+            first = Some(Measured {
+                grad: Grad {
+                    h0: grads.take_or_zeros(h0)?,
+                    params: w.params.grads(&mut grads, &params)?,
+                },
+                steps: sol.stats.accepted,
+                stored_states: sol.strategy.stored_states,
+                held_bytes,
+                peak_heap,
+                nfe_forward: sol.stats.nfe,
+                nfe_backward: back.as_ref().map_or(0, |b| b.nfe),
+                recomputed_steps: back.as_ref().map_or(0, |b| b.recomputed_steps),
+                max_drift: back.as_ref().and_then(|b| b.max_drift()),
+                time_ms: 0.0,
+            });
+        }
+    }
+    let mut m = first.ok_or("no repetition ran")?;
+    m.time_ms = median(&times);
+    Ok(m)
+}
+
+/// The strategies of the exercise, grouped by family.
+fn strategies() -> Vec<Strategy> {
+    let mut v = vec![Strategy::Taped, Strategy::backsolve()];
+    v.extend(KS.iter().map(|&k| Strategy::backsolve_checkpointed(k)));
+    v.push(Strategy::StoreEveryStep);
+    v.extend(KS.iter().map(|&k| Strategy::Checkpointed { slots: k }));
+    v
+}
+
+/// The K of a checkpointed strategy.
+fn k_of(s: &Strategy) -> Option<usize> {
+    match s {
+        Strategy::BacksolveCheckpointed { checkpoints, .. } => Some(*checkpoints),
+        Strategy::Checkpointed { slots } => Some(*slots),
+        _ => None,
+    }
+}
+
+fn is_backsolve(s: &Strategy) -> bool {
+    matches!(
+        s,
+        Strategy::Backsolve(_) | Strategy::BacksolveCheckpointed { .. }
+    )
+}
+
+/// One row of the results.
+struct Run {
+    workload: &'static str,
+    strategy: Strategy,
+    err_vs_taped: f64,
+    err_vs_reference: f64,
+    m: Measured,
+}
+
+/// Every strategy on one workload, plus the reference's step count.
+fn run_workload(w: &Workload, reps: usize, progress: bool) -> Result<(Vec<Run>, usize)> {
+    let tight = Options {
+        rtol: REFERENCE_RTOL,
+        atol: REFERENCE_ATOL,
+        ..w.options.clone()
+    };
+    if progress {
+        eprintln!("{}: reference (taped, rtol {REFERENCE_RTOL:e})", w.name);
+    }
+    let reference = measure(w, &Strategy::Taped, &tight, 1)?;
+    let mut measured = Vec::new();
+    for s in strategies() {
+        if progress {
+            eprintln!("{}: {}", w.name, s.name());
+        }
+        let m = measure(w, &s, &w.options, reps)?;
+        measured.push((s, m));
+    }
+    let taped = measured
+        .iter()
+        .find(|(s, _)| matches!(s, Strategy::Taped))
+        .map(|(_, m)| Grad {
+            h0: m.grad.h0.clone(),
+            params: m.grad.params.clone(),
+        })
+        .ok_or("no taped run")?;
+    let runs = measured
+        .into_iter()
+        .map(|(strategy, m)| Run {
+            workload: w.name,
+            err_vs_taped: m.grad.rel_err(&taped),
+            err_vs_reference: m.grad.rel_err(&reference.grad),
+            strategy,
+            m,
+        })
+        .collect();
+    Ok((runs, reference.steps))
+}
+
+fn print_table(w: &Workload, runs: &[Run], reference_steps: usize, reps: usize) {
+    println!(
+        "{} — {}; {} at rtol {:e} / atol {:e}; reference: taped at rtol {REFERENCE_RTOL:e} / atol {REFERENCE_ATOL:e} ({reference_steps} steps); median of {reps} runs\n",
+        w.name, w.description, w.options.method.name, w.options.rtol, w.options.atol
+    );
+    let mut table = Table::new(&[
+        "strategy",
+        "K",
+        "err vs taped",
+        "err vs ref",
+        "steps",
+        "stored",
+        "held",
+        "peak heap",
+        "NFE fwd",
+        "NFE bwd",
+        "recomputed",
+        "t(N,K)",
+        "max drift",
+        "ms",
+    ]);
+    let dash = || "—".to_string();
+    for r in runs {
+        table.row(vec![
+            r.strategy.name(),
+            k_of(&r.strategy).map_or_else(dash, |k| k.to_string()),
+            format!("{:.2e}", r.err_vs_taped),
+            format!("{:.2e}", r.err_vs_reference),
+            r.m.steps.to_string(),
+            r.m.stored_states.to_string(),
+            bytes(r.m.held_bytes),
+            bytes(r.m.peak_heap),
+            r.m.nfe_forward.to_string(),
+            r.m.nfe_backward.to_string(),
+            r.m.recomputed_steps.to_string(),
+            match r.strategy {
+                Strategy::Checkpointed { slots } => {
+                    min_recomputations(r.m.steps, slots).to_string()
+                }
+                _ => dash(),
+            },
+            r.m.max_drift.map_or_else(dash, |d| format!("{d:.1e}")),
+            format!("{:.1}", r.m.time_ms),
+        ]);
+    }
+    print!("{}", table.render());
+    let exact = runs
+        .iter()
+        .filter(|r| r.strategy.is_exact() && !matches!(r.strategy, Strategy::Taped))
+        .map(|r| r.err_vs_taped)
+        .fold(0.0, f64::max);
+    println!(
+        "\nexact strategies (aca, checkpointed:K): largest error vs taped {exact:.2e}\n\
+         err = max abs gradient difference over dL/dh0 and dL/dθ / max abs of the taped (or reference) gradient;\n\
+         stored = states the forward kept; t(N,K) = Griewank's fewest untaped advances for N steps and K slots, first forward sweep included\n"
+    );
+}
+
+/// A strategy's family: its name with K replaced by the letter.
+fn family(s: &Strategy) -> &'static str {
+    match s {
+        Strategy::Taped => "taped",
+        Strategy::Backsolve(_) => "backsolve",
+        Strategy::BacksolveCheckpointed { .. } => "backsolve-checkpointed:K",
+        Strategy::StoreEveryStep => "aca",
+        Strategy::Checkpointed { .. } => "checkpointed:K",
+        Strategy::Auto { .. } => "auto",
+    }
+}
+
+fn chart(runs: &[Run]) -> String {
+    // Colour by family, marker by workload.
+    let families = [
+        ("taped", "#d62728"),
+        ("backsolve", "#1f77b4"),
+        ("backsolve-checkpointed:K", "#17becf"),
+        ("aca", "#2ca02c"),
+        ("checkpointed:K", "#ff7f0e"),
+    ];
+    let mut series = Vec::new();
+    for (workload, marker, tag) in [
+        ("horizon", Marker::Circle, "T=100"),
+        ("seed", Marker::Square, "seed"),
+    ] {
+        for (name, color) in families {
+            // Runs of one family that land on the same spot share a marker: "K=5,10,50".
+            let mut points: Vec<(ScatterPoint, Vec<usize>)> = Vec::new();
+            for r in runs
+                .iter()
+                .filter(|r| r.workload == workload && family(&r.strategy) == name)
+            {
+                let (x, y) = (
+                    r.m.peak_heap as f64 / (1024.0 * 1024.0),
+                    r.err_vs_taped.max(ERROR_FLOOR),
+                );
+                let near =
+                    |p: &ScatterPoint| (p.x / x).ln().abs() < 0.005 && (p.y / y).ln().abs() < 0.01;
+                match (k_of(&r.strategy), points.iter_mut().find(|(p, _)| near(p))) {
+                    (Some(k), Some((_, ks))) if !ks.is_empty() => ks.push(k),
+                    (k, _) => points.push((
+                        ScatterPoint {
+                            x,
+                            y,
+                            label: if k.is_some() {
+                                String::new()
+                            } else {
+                                r.strategy.name()
+                            },
+                        },
+                        k.into_iter().collect(),
+                    )),
+                }
+            }
+            let points: Vec<ScatterPoint> = points
+                .into_iter()
+                .map(|(mut p, ks)| {
+                    if !ks.is_empty() {
+                        let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
+                        p.label = format!("K={}", ks.join(","));
+                    }
+                    p
+                })
+                .collect();
+            if !points.is_empty() {
+                series.push(ScatterSeries {
+                    label: format!("{name} ({tag})"),
+                    points,
+                    color: color.into(),
+                    marker,
+                    line: false,
+                });
+            }
+        }
+    }
+    svg_scatter_chart(
+        "Peak heap against gradient error (● horizon T = 100, ■ seed)",
+        Axis {
+            label: "peak heap during forward + backward (MiB)",
+            scale: Scale::Log,
+        },
+        Axis {
+            label: "gradient error relative to taped (drawn at 1e-16 when smaller)",
+            scale: Scale::Log,
+        },
+        &series,
+    )
+}
+
+fn to_json(r: &Run) -> serde_json::Value {
+    json!({
+        "workload": r.workload,
+        "strategy": r.strategy.name(),
+        "k": k_of(&r.strategy),
+        "grad_rel_err_vs_taped": r.err_vs_taped,
+        "grad_rel_err_vs_reference": r.err_vs_reference,
+        "held_bytes": r.m.held_bytes,
+        "peak_heap_bytes": r.m.peak_heap,
+        "nfe_forward": r.m.nfe_forward,
+        "nfe_backward": r.m.nfe_backward,
+        "recomputed_steps": r.m.recomputed_steps,
+        "max_drift": if is_backsolve(&r.strategy) { r.m.max_drift } else { None },
+        "time_ms": r.m.time_ms,
+    })
+}
+
+fn run(args: &Args) -> Result<()> {
+    let mut workloads = Vec::new();
+    if args.horizon {
+        workloads.push(horizon()?);
+    }
+    if args.seed {
+        workloads.push(seed(args.problem.as_deref())?);
+    }
+    let mut all = Vec::new();
+    for w in &workloads {
+        let (runs, reference_steps) = run_workload(w, args.reps, !args.json)?;
+        if !args.json {
+            print_table(w, &runs, reference_steps, args.reps);
+        }
+        all.extend(runs);
+    }
+    if let Some(dir) = std::path::Path::new(&args.svg).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.svg, chart(&all))?;
+    if args.json {
+        let runs: Vec<serde_json::Value> = all.iter().map(to_json).collect();
+        println!("{}", json!({ "runs": runs }));
+    } else {
+        println!("chart: {}", args.svg);
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
