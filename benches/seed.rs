@@ -1,6 +1,6 @@
 //! The seed workload (issue #3): f = 64→64→64→64 tanh MLP, batch 32, 50 output times in
 //! [0, 1], dopri5 at rtol 1e-7 / atol 1e-9, L = sum of h(1). Uses the exact weights the
-//! torchdiffeq reference was timed on (`../shared/anchors/problems/seed.json`) when present,
+//! torchdiffeq reference was timed on (`examples/problems/seed.json`, a copy of the anchors' file),
 //! so forward NFE and times compare one to one with `bench_problem.py`.
 //!
 //! `cargo bench --bench seed` (add `-- --quick` for a short run).
@@ -13,10 +13,7 @@ use costate::nn::{NeuralOde, Problem, Strategy};
 use costate::ode::Dynamics;
 
 fn seed_problem() -> Problem {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/anchors/problems/seed.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/problems/seed.json");
     Problem::load(path).unwrap_or_else(|e| panic!("the seed benchmark needs {path}: {e}"))
 }
 

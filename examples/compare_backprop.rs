@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example compare_backprop                     # dim 64, batch 32, 50 times
-//! cargo run --release --example compare_backprop -- --problem ../shared/anchors/problems/seed.json
+//! cargo run --release --example compare_backprop -- --problem examples/problems/seed.json
 //! cargo run --release --example compare_backprop -- --json --reps 20
 //! cargo run --release --example compare_backprop -- --modes taped,aca,checkpointed:2,auto:3000000
 //! ```

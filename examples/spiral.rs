@@ -54,17 +54,15 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--mode" => {
-                a.mode = match it.next().as_deref() {
-                    Some("taped") | Some("odeint") => Strategy::Taped,
-                    Some("adjoint") | Some("odeint_adjoint") => Strategy::backsolve(),
-                    _ => return Err("--mode takes taped or adjoint".into()),
-                }
+                // Any strategy name: taped, adjoint / backsolve, aca, checkpointed:K, ...
+                let name = it.next().ok_or("--mode needs a gradient strategy")?;
+                a.mode = name.parse().map_err(|e: costate::ode::ParseStrategyError| e.to_string())?;
             }
             "--iters" => a.iters = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--iters needs a positive integer")?,
             "--json" => a.json = true,
             "--quiet" => a.quiet = true,
             "--svg" => a.svg = it.next().ok_or("--svg needs a path")?,
-            _ => return Err(format!("unknown argument {arg:?}; usage: spiral [--mode taped|adjoint] [--iters N] [--json] [--svg PATH] [--quiet]")),
+            _ => return Err(format!("unknown argument {arg:?}; usage: spiral [--mode taped|adjoint|aca|checkpointed:K|...] [--iters N] [--json] [--svg PATH] [--quiet]")),
         }
     }
     Ok(a)

@@ -1,23 +1,17 @@
-//! The reference scripts' problem files (`../shared/anchors/problems/*.json`, beside the
-//! checkout): they load, round-trip exactly, and both gradient modes reproduce torchdiffeq's
+//! The reference scripts' problem files (`examples/problems/*.json`, copies of the
+//! torchdiffeq anchors' files): they load, round-trip exactly, and both gradient modes reproduce torchdiffeq's
 //! step sequence and reach the file's `tight` gradients at least about as well as
 //! torchdiffeq does at the same tolerances.
-//!
-//! Skipped (with a notice) where the files are absent.
 
 use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
 use costate::nn::problem::{matrix, row, GradientSet, ProblemFile};
 use costate::nn::{Loss, NeuralOde, Problem, Strategy};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/anchors/problems/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/problems/");
 
 fn load(name: &str) -> Option<Problem> {
     let path = format!("{DIR}{name}");
-    if !std::path::Path::new(&path).exists() {
-        eprintln!("skipping: {path} not found (CI has shared/ beside the checkout)");
-        return None;
-    }
     Some(Problem::load(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
 }
 

@@ -74,7 +74,7 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
             // A quarter in reserve for what the estimate does not see: the arena's vectors
             // grow by doubling, and outputs are recorded beside the steps.
             if needed + needed / 4 > budget {
-                abandoned_at = Some((steps, needed));
+                abandoned_at = Some((steps, needed + needed / 4));
                 return Err(Error::Tape(ad_core::Error::InvalidArgument {
                     op: "auto",
                     message: "taped solve over budget".into(),
@@ -102,7 +102,7 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     }
     let taped_note = match abandoned_at {
         Some((k, needed)) => {
-            format!("taped would need {needed} bytes after {k} steps (budget {budget})")
+            format!("taped would need {needed} bytes, a quarter of it in reserve, after {k} steps (budget {budget})")
         }
         None => format!("taped needs about {first} bytes for its first step (budget {budget})"),
     };
