@@ -105,6 +105,10 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for BacksolveOp<T, F> {
         self.backsolve(inputs, outputs, cotangents)
     }
 
+    fn grid(&self) -> &[f64] {
+        &self.grid
+    }
+
     fn held_bytes(&self) -> usize {
         // The grid and the checkpoints; the outputs are the node's output values, counted
         // by the tape.
@@ -199,6 +203,9 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             },
             norm,
             mask,
+            // The forward's first step is for the forward; the backward picks its own
+            // (and then carries its step size across stops).
+            first_step: None,
             ..forward_controller(o)
         }
     }

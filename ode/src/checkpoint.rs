@@ -176,6 +176,10 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
         Ok(reverse.finish(inputs.len() - 2))
     }
 
+    fn grid(&self) -> &[f64] {
+        &self.grid
+    }
+
     fn held_bytes(&self) -> usize {
         let states: usize = self
             .stored

@@ -7,7 +7,7 @@ use ad_core::nalgebra::DMatrix;
 use ad_core::{Scalar, Tape, Var};
 
 use crate::engine::{combine, counted, Step, System, Time};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::options::Norm;
 use crate::tableau::Tableau;
 
@@ -201,6 +201,16 @@ impl Controller {
         } else {
             0.01 * d0 / d1
         };
+        if !(h0.is_finite() && h0 > 0.0) {
+            // NaN scaled norms (tolerances so small that the scaling overflows, a custom
+            // norm returning NaN): say so here, not as a NaN state one evaluation later.
+            return Err(Error::BadInitialStep {
+                t: t0.at,
+                dt: h0,
+                rtol: self.rtol,
+                atol: self.atol,
+            });
+        }
         let mark = tape.mark();
         let y1 = combine(tape, y0, dir * h0, &[1.0], &[f0.to_vec()])?;
         let f1 = sys.eval(t0.at + dir * h0, t0.var.add_scalar(T::cst(dir * h0)), &y1)?;
@@ -218,7 +228,16 @@ impl Controller {
         } else {
             (0.01 / d1.max(d2)).powf(1.0 / f64::from(self.tableau.order))
         };
-        Ok((100.0 * h0).min(h1))
+        let dt = (100.0 * h0).min(h1);
+        if !(dt.is_finite() && dt > 0.0) {
+            return Err(Error::BadInitialStep {
+                t: t0.at,
+                dt,
+                rtol: self.rtol,
+                atol: self.atol,
+            });
+        }
+        Ok(dt)
     }
 }
 

@@ -24,6 +24,10 @@ pub struct SolveStats {
     pub accepted: usize,
     /// Rejected steps.
     pub rejected: usize,
+    /// Accepted steps whose error estimate was above the tolerance but whose size had
+    /// reached `min_step`: the step is clamped to `min_step` and accepted (as torchdiffeq
+    /// and Diffrax do), and counted here so that it is never silent.
+    pub clamped: usize,
 }
 
 impl std::ops::AddAssign for SolveStats {
@@ -31,6 +35,7 @@ impl std::ops::AddAssign for SolveStats {
         self.nfe += o.nfe;
         self.accepted += o.accepted;
         self.rejected += o.rejected;
+        self.clamped += o.clamped;
     }
 }
 

@@ -3,17 +3,28 @@
 /// Result alias of the ode crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A number for a message: plain where that is short, in exponent form otherwise (a
+/// `1e-300` printed plainly is 300 digits long).
+pub(crate) fn num(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 || !a.is_finite() || (1e-4..1e9).contains(&a) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Everything a solve can reject or run into.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The output time grid is unusable.
-    #[error("bad time grid: {reason}; give at least two finite, strictly increasing (or strictly decreasing) times as a 1xn or nx1 Var")]
+    #[error("bad time grid: {reason}; give finite, strictly increasing (or strictly decreasing) times as a 1xn or nx1 Var")]
     BadTimeGrid {
         /// What is wrong with it, with the offending index.
         reason: String,
     },
     /// A tolerance or step option is out of range.
-    #[error("bad option `{name}` = {value}: {expected}")]
+    #[error("bad option `{name}` = {}: {expected}", num(*value))]
     BadOption {
         /// The option's name.
         name: &'static str,
@@ -22,10 +33,37 @@ pub enum Error {
         /// What the option accepts.
         expected: &'static str,
     },
+    /// No method has this name.
+    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8")]
+    UnknownMethod {
+        /// The name asked for.
+        name: String,
+    },
+    /// A fixed-step method was given no step size.
+    #[error("`{option}` is not set, and the fixed-step method `{method}` needs it: set it (e.g. Options::fixed(\"{method}\", 0.01)) or use an adaptive method")]
+    MissingStepSize {
+        /// The option that must be set (`"step_size"`, `"Backsolve::step_size"`).
+        option: &'static str,
+        /// The fixed-step method.
+        method: &'static str,
+    },
+    /// A hand-built tableau whose arrays do not fit each other.
+    #[error(transparent)]
+    Tableau(#[from] crate::tableau::TableauError),
+    /// The initial state has no entries.
+    #[error(
+        "h0 is {rows}x{cols}: the state needs at least one row (batch) and one column (dimension)"
+    )]
+    EmptyState {
+        /// Rows of the given h0.
+        rows: usize,
+        /// Columns of the given h0.
+        cols: usize,
+    },
     /// The initial state or the vector field's output has the wrong shape.
     #[error("shape mismatch: {what} is {got:?} but must be {expected:?} (rows = batch, columns = state dimension)")]
     Shape {
-        /// Which tensor (`"h0"`, `"f(t, h)"`, a parameter, ...).
+        /// Which tensor (`"f(t, h)"`, a parameter, ...).
         what: String,
         /// The shape it should have.
         expected: (usize, usize),
@@ -33,15 +71,35 @@ pub enum Error {
         got: (usize, usize),
     },
     /// The state or its derivative contains NaN or infinity.
-    #[error("non-finite {what} at t = {t}: the dynamics blew up or produced NaN; check the vector field, its parameters and the initial state, or tighten the tolerances")]
+    #[error("non-finite {what} at t = {}: the dynamics blew up or produced NaN; check the vector field, its parameters and the initial state, or tighten the tolerances", num(*t))]
     NonFinite {
         /// `"state"` or `"derivative"` (or an adjoint component).
         what: &'static str,
         /// The time at which it was found.
         t: f64,
     },
-    /// The adaptive step size fell below `min_step`, or so low that `t + dt == t`.
-    #[error("step size underflow at t = {t}: the controller asked for dt = {dt:e} (min_step = {min_step:e}); the problem is stiff or singular near t, so loosen rtol/atol, lower min_step, or use an implicit solver")]
+    /// A cotangent handed to a solve's backward pass contains NaN or infinity.
+    #[error("the cotangent of output {output} (t = {}) is not finite: the loss or whatever reads h(t_{output}) produced NaN or infinity; check the loss, not the dynamics", num(*t))]
+    NonFiniteCotangent {
+        /// Index of the output in the time grid.
+        output: usize,
+        /// Its time.
+        t: f64,
+    },
+    /// The automatic first step came out NaN, infinite or zero.
+    #[error("the initial step size at t = {} came out as {}: the tolerances (rtol = {}, atol = {}) are too small to scale the error, or a custom norm returned NaN; raise the tolerances, fix the norm, or set Options::first_step", num(*t), num(*dt), num(*rtol), num(*atol))]
+    BadInitialStep {
+        /// Where the solve starts.
+        t: f64,
+        /// The step the heuristic proposed.
+        dt: f64,
+        /// The relative tolerance in use.
+        rtol: f64,
+        /// The absolute tolerance in use.
+        atol: f64,
+    },
+    /// The adaptive step size fell so low that `t + dt == t`.
+    #[error("step size underflow at t = {}: the controller asked for dt = {}, which no longer moves t; the problem is stiff or singular near t, so loosen rtol/atol, set min_step (steps are then clamped to it), or use an implicit solver", num(*t), num(*dt))]
     StepSizeUnderflow {
         /// Where the solve stopped.
         t: f64,
@@ -51,7 +109,7 @@ pub enum Error {
         min_step: f64,
     },
     /// More than `max_num_steps` steps were needed.
-    #[error("too many steps: {max_num_steps} steps reached t = {t} before the end of the time grid; raise max_num_steps or loosen the tolerances")]
+    #[error("too many steps: {max_num_steps} steps reached t = {} before the end of the time grid; raise max_num_steps or loosen the tolerances", num(*t))]
     TooManySteps {
         /// The configured maximum.
         max_num_steps: usize,

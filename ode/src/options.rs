@@ -180,22 +180,32 @@ impl Options {
                 expected: "must be at least 1",
             });
         }
+        self.method.validate()?;
         if self.method.b_error.is_none() && self.step_size.is_none() {
+            return Err(Error::MissingStepSize {
+                option: "step_size",
+                method: self.method.name,
+            });
+        }
+        if self.ifactor < 1.0 {
             return Err(Error::BadOption {
-                name: "step_size",
-                value: f64::NAN,
-                expected: "fixed-step methods need a step size: set Options::step_size (or use Options::fixed)",
+                name: "ifactor",
+                value: self.ifactor,
+                expected: "must be >= 1 (the most a step may grow by); below 1 every accepted step shrinks",
+            });
+        }
+        if self.dfactor > 1.0 {
+            return Err(Error::BadOption {
+                name: "dfactor",
+                value: self.dfactor,
+                expected: "must be <= 1 (the least a rejected step shrinks by)",
             });
         }
         Ok(())
     }
 }
 
-/// The tableau called `name`, or a `BadOption` error listing the known ones.
+/// The tableau called `name`, or an `UnknownMethod` error listing the known ones.
 pub fn method_by_name(name: &str) -> Result<&'static Tableau> {
-    tableau::by_name(name).ok_or(Error::BadOption {
-        name: "method",
-        value: f64::NAN,
-        expected: "unknown method name; use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8",
-    })
+    tableau::by_name(name).ok_or_else(|| Error::UnknownMethod { name: name.into() })
 }

@@ -67,18 +67,32 @@ impl<'t, T: Scalar> Solution<'t, T> {
     }
 }
 
-/// Check a time grid's values (at least two, finite, strictly increasing or strictly
-/// decreasing) and return them as `f64`.
+/// Check a time grid's values (at least one, finite, strictly increasing or strictly
+/// decreasing, with a span that fits in an f64) and return them as `f64`. A one-point grid
+/// asks for `h(t_0) = h0` only.
 pub fn check_grid<T: Scalar>(times: &[T]) -> Result<Vec<f64>> {
     let t: Vec<f64> = times.iter().map(|x| x.primal()).collect();
-    if t.len() < 2 {
+    if t.is_empty() {
         return Err(Error::BadTimeGrid {
-            reason: format!("it has {} point(s)", t.len()),
+            reason: "it has no points".into(),
         });
     }
     if let Some(i) = t.iter().position(|x| !x.is_finite()) {
         return Err(Error::BadTimeGrid {
             reason: format!("t[{i}] = {} is not finite", t[i]),
+        });
+    }
+    if t.len() == 1 {
+        return Ok(t);
+    }
+    let (first, last) = (t[0], t[t.len() - 1]);
+    if !(last - first).is_finite() {
+        return Err(Error::BadTimeGrid {
+            reason: format!(
+                "its span t[n−1] − t[0] = {} − ({}) overflows an f64",
+                crate::error::num(last),
+                crate::error::num(first)
+            ),
         });
     }
     let dir = (t[1] - t[0]).signum();
@@ -128,10 +142,9 @@ pub(crate) fn check_tape<'a, 't: 'a, T: Scalar>(
 /// Check that the initial state is finite.
 pub(crate) fn check_h0<T: Scalar>(h0: &DMatrix<T>, t0: f64) -> Result<()> {
     if h0.is_empty() {
-        return Err(Error::Shape {
-            what: "h0".into(),
-            expected: (1, 1),
-            got: h0.shape(),
+        return Err(Error::EmptyState {
+            rows: h0.nrows(),
+            cols: h0.ncols(),
         });
     }
     if !all_finite(h0) {
@@ -275,6 +288,9 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         params,
         opts,
     };
+    if let Some(sol) = input.without_steps(strategy)? {
+        return Ok(sol);
+    }
     match strategy {
         Strategy::Taped => taped(&input, f, |_| Ok(())),
         Strategy::Backsolve(b) => crate::adjoint::backsolve(&input, f, b, 1),
@@ -310,6 +326,27 @@ pub(crate) struct NodeInputs<'t, T: Scalar> {
 }
 
 impl<'t, T: Scalar> SolveInput<'_, 't, T> {
+    /// The solution of a one-point grid, which asks for `h(t_0) = h0` only (torchdiffeq
+    /// returns it too): no step, no node. `None` for longer grids.
+    pub fn without_steps(&self, strategy: &Strategy) -> Result<Option<Solution<'t, T>>> {
+        let (_, grid) = grid_row(self.t)?;
+        if grid.len() > 1 {
+            return Ok(None);
+        }
+        self.h0.with_value(|m| check_h0(m, grid[0]))??;
+        Ok(Some(Solution {
+            outputs: vec![self.h0],
+            stats: SolveStats::default(),
+            steps: Vec::new(),
+            strategy: StrategyReport {
+                name: strategy.name(),
+                stored_states: 0,
+                reason: "a one-point grid: h(t_0) is h0, nothing to integrate".into(),
+            },
+            node: None,
+        }))
+    }
+
     /// Check the inputs and read their values for an opaque strategy's untaped forward.
     pub fn values(&self) -> Result<NodeInputs<'t, T>> {
         let (row, grid) = grid_row(self.t)?;
@@ -374,6 +411,9 @@ pub(crate) trait NodeBackward<T: Scalar> {
 
     /// Bytes kept for the backward beyond the node's inputs and outputs.
     fn held_bytes(&self) -> usize;
+
+    /// The solve's time grid (output `i` of the node is at `grid[i + 1]`).
+    fn grid(&self) -> &[f64];
 }
 
 /// An opaque strategy's node on the caller's tape: the untaped forward's outputs (handed
@@ -412,6 +452,15 @@ impl<T: Scalar, B: NodeBackward<T>> ad_core::CustomOp<T> for SolveNode<T, B> {
         cotangents: Vec<Option<DMatrix<T>>>,
         _wants: &[bool],
     ) -> std::result::Result<ad_core::ReportedVjp<T>, ad_core::BoxError> {
+        // A NaN cotangent would surface as a NaN state deep in the backward solve: name it.
+        for (i, g) in cotangents.iter().enumerate() {
+            if let Some(g) = g {
+                if !ad_core::all_finite(g) {
+                    let t = self.backward.grid().get(i + 1).copied().unwrap_or(f64::NAN);
+                    return Err(Box::new(Error::NonFiniteCotangent { output: i + 1, t }));
+                }
+            }
+        }
         let (grads, stats) = self.backward.backward(inputs, outputs, cotangents)?;
         Ok((grads, Some(Box::new(stats))))
     }
@@ -446,6 +495,9 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
         params,
         opts,
     };
+    if let Some(sol) = input.without_steps(&Strategy::Taped)? {
+        return Ok(sol);
+    }
     taped(&input, f, |_| Ok(()))
 }
 
@@ -555,6 +607,10 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
     opts: &Options,
 ) -> Result<(Vec<DMatrix<T>>, SolveStats)> {
     opts.validate()?;
+    if check_grid(t)?.len() == 1 {
+        check_h0(h0, t[0].primal())?;
+        return Ok((vec![h0.clone()], SolveStats::default()));
+    }
     let forward = forward_values(f, h0, t, params, opts, |_, _, _| Ok(()))?;
     let mut outputs = Vec::with_capacity(t.len());
     outputs.push(h0.clone());

@@ -108,6 +108,12 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 ctl.initial_step(tape, &mut sys, t, start.dir, &start.y, &k0)?
             }
         };
+        // Adaptive steps never start below min_step either.
+        let dt = if ctl.fixed_step.is_none() {
+            dt.max(ctl.min_step)
+        } else {
+            dt
+        };
         Ok(Self {
             tape,
             sys,
@@ -167,7 +173,9 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 None => {
                     self.dt = self.dt.min(self.ctl.max_step);
                     let remaining = (target - self.t) * self.dir;
-                    let landing = land && self.dt >= remaining * (1.0 - 1e-12);
+                    // A fixed step never passes the end: the last one is shortened onto it.
+                    let lands = land || self.ctl.fixed_step.is_some();
+                    let landing = lands && self.dt >= remaining * (1.0 - 1e-12);
                     let dt = if landing {
                         remaining * self.dir
                     } else {
@@ -204,24 +212,24 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 self.k0.clone(),
                 dt,
             )?;
-            let (accept, dt_next) = match &step.err {
+            let (mut accept, dt_next) = match &step.err {
                 Some(err) => {
                     let ratio = self.ctl.error_ratio(err, &step)?;
                     (ratio <= 1.0, self.ctl.next_step(dt.abs(), ratio))
                 }
                 None => (true, self.dt),
             };
+            if !accept && self.ctl.min_step > 0.0 && dt.abs() <= self.ctl.min_step {
+                // Already at min_step: accept the step as it is (as torchdiffeq and Diffrax
+                // do), and count it.
+                self.stats.clamped += 1;
+                accept = true;
+            }
             if !accept {
                 self.stats.rejected += 1;
                 self.tape.rewind(mark)?;
-                if dt_next < self.ctl.min_step {
-                    return Err(Error::StepSizeUnderflow {
-                        t: self.t,
-                        dt: dt_next,
-                        min_step: self.ctl.min_step,
-                    });
-                }
-                self.dt = dt_next;
+                // Never ask for less than min_step; the retry is then clamped to it.
+                self.dt = dt_next.max(self.ctl.min_step);
                 continue;
             }
             self.stats.accepted += 1;

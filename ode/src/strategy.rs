@@ -248,11 +248,11 @@ impl Backsolve {
             }
         }
         let method = self.method.unwrap_or(opts.method);
+        method.validate()?;
         if method.b_error.is_none() && self.step_size.or(opts.step_size).is_none() {
-            return Err(Error::BadOption {
-                name: "Backsolve::step_size",
-                value: f64::NAN,
-                expected: "a fixed-step backward method needs a step size: set Backsolve::step_size (or Options::step_size)",
+            return Err(Error::MissingStepSize {
+                option: "Backsolve::step_size",
+                method: method.name,
             });
         }
         Ok(())

@@ -508,6 +508,92 @@ pub static ALL: &[&Tableau] = &[
     &DOPRI8,
 ];
 
+impl Tableau {
+    /// Check that the arrays fit each other: `s = c.len() ≥ 1` stages, `a` lower triangular
+    /// with `a[i].len() ≤ i`, `b` (and `b_error`) of length `s`, interpolant rows of at most
+    /// `s` entries, every coefficient finite, a positive order, and for FSAL the last stage
+    /// at `(t + dt, y₁)` (`c[s−1] = 1`, `a[s−1] = b`). The solvers call this before using a
+    /// tableau, so a hand-built one that does not fit is an error, never an out-of-bounds
+    /// panic.
+    pub fn validate(&self) -> Result<(), TableauError> {
+        let bad = |why: String| {
+            Err(TableauError {
+                name: self.name,
+                why,
+            })
+        };
+        let s = self.c.len();
+        if s == 0 {
+            return bad("it has no stages (c is empty)".into());
+        }
+        if self.order == 0 || self.embedded_order == Some(0) {
+            return bad("its order must be at least 1".into());
+        }
+        if self.a.len() != s {
+            return bad(format!("a has {} rows for {s} stages", self.a.len()));
+        }
+        if let Some(i) = (0..s).find(|&i| self.a[i].len() > i) {
+            return bad(format!(
+                "a[{i}] has {} entries; stage {i} may use at most the {i} before it",
+                self.a[i].len()
+            ));
+        }
+        if self.b.len() != s {
+            return bad(format!("b has {} entries for {s} stages", self.b.len()));
+        }
+        if let Some(e) = self.b_error {
+            if e.len() != s {
+                return bad(format!("b_error has {} entries for {s} stages", e.len()));
+            }
+        }
+        if let Some(rows) = self.interpolant {
+            if rows.len() > s {
+                return bad(format!(
+                    "the interpolant has {} rows for {s} stages",
+                    rows.len()
+                ));
+            }
+        }
+        let all = self
+            .c
+            .iter()
+            .chain(self.a.iter().flat_map(|r| r.iter()))
+            .chain(self.b)
+            .chain(self.b_error.unwrap_or(&[]))
+            .chain(
+                self.interpolant
+                    .unwrap_or(&[])
+                    .iter()
+                    .flat_map(|r| r.iter()),
+            );
+        if all.clone().any(|v| !v.is_finite()) {
+            return bad("a coefficient is not finite".into());
+        }
+        if self.fsal {
+            let last = &self.a[s - 1];
+            let same = last.len() + 1 == s
+                && last.iter().zip(self.b).all(|(x, y)| x == y)
+                && self.b[s - 1] == 0.0;
+            if s < 2 || self.c[s - 1] != 1.0 || !same {
+                return bad(
+                    "it is marked FSAL, but its last stage is not at (t + dt, y₁): c[s−1] must be 1, a[s−1] must equal b and b[s−1] must be 0".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`Tableau`] whose arrays do not fit each other (see [`Tableau::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("tableau `{name}` is malformed: {why}")]
+pub struct TableauError {
+    /// The tableau's name.
+    pub name: &'static str,
+    /// What does not fit.
+    pub why: String,
+}
+
 /// The tableau with this (torchdiffeq) name, if any.
 pub fn by_name(name: &str) -> Option<&'static Tableau> {
     ALL.iter().copied().find(|t| t.name == name)
