@@ -106,6 +106,15 @@ pub static RK4: Tableau = Tableau {
 /// Runge–Kutta–Fehlberg 1(2) as in torchdiffeq's `fehlberg2`: the order-2 weights
 /// `b = [1/512, 255/256, 1/512]` are propagated, the order-1 weights `b̂ = [1/256, 255/256, 0]`
 /// are the embedded solution. The last row of `a` equals `b̂`, not `b`, so it is not FSAL.
+///
+/// It takes three evaluations per step where torchdiffeq takes two (~1.5× its NFE on the
+/// same accepted steps; 268 against 184 on its test problem): torchdiffeq's step reuses the
+/// last stage, f at the order-1 point `y + dt·(k₁/256 + 255 k₂/256)`, as the next step's
+/// first stage although the step propagated the order-2 solution `y₁`. The next step then
+/// starts from `f` at a point that is not its start state, an O(dt²) inconsistency that
+/// changes the method. costate evaluates `f(t₁, y₁)`, as the tableau defines it. Measured on
+/// the harmonic oscillator over [0, 10] at rtol 1e-6 / atol 1e-8: 473 steps in both,
+/// NFE 1414 against 946, error 6.6e-4 against 6.5e-4.
 pub static FEHLBERG2: Tableau = Tableau {
     name: "fehlberg2",
     order: 2,
@@ -119,6 +128,16 @@ pub static FEHLBERG2: Tableau = Tableau {
 };
 
 /// Heun–Euler 2(1): Heun's trapezoidal rule with forward Euler (`b̂ = [1, 0]`) embedded.
+///
+/// It takes two evaluations per step where torchdiffeq takes one (~2× its NFE on the same
+/// accepted steps; 2540 against 1277 on its large-norm test): torchdiffeq reuses the second
+/// stage, f at the Euler predictor `y + dt·k₁`, as the next step's first stage, although the
+/// step's result is Heun's `y₁ = y + dt·(k₁ + k₂)/2`. That stage is not `f(t₁, y₁)`, so the
+/// steps it takes are no longer Heun's method and its error estimate no longer measures
+/// them. costate keeps the method as defined; on long problems raise `max_num_steps`
+/// (10,000 by default) for this low-order method. Measured on the harmonic oscillator over
+/// [0, 10] at rtol 1e-6 / atol 1e-8: about 7,300 steps in both, NFE 14,611 against 7,306,
+/// and costate's error 2.6e-6 against torchdiffeq's 6.6e-6.
 pub static ADAPTIVE_HEUN: Tableau = Tableau {
     name: "adaptive_heun",
     order: 2,
