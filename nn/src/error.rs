@@ -32,6 +32,85 @@ pub enum Error {
     /// Parameters, gradients or optimiser state do not match each other.
     #[error("parameter mismatch: {0}")]
     Mismatch(String),
+    /// A file is not valid JSON: it is truncated, its syntax is broken, or characters follow
+    /// the end of the document. `line` and `column` (1-based, column in bytes) locate it.
+    #[error("not valid JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// Line of the problem.
+        line: usize,
+        /// Column (bytes from the start of the line).
+        column: usize,
+        /// What is wrong, where in the document (when known) and what to do.
+        message: String,
+    },
+    /// A value that JSON cannot carry (NaN or ±infinity) was about to be written; nothing was
+    /// written.
+    #[error(
+        "{key} (in `{tensor}`) is {value}: JSON cannot carry non-finite numbers, so nothing \
+         was written; find where the value went non-finite (e.g. a diverging training run)"
+    )]
+    NonFiniteSave {
+        /// JSON path of the entry in the document that would have been written, e.g.
+        /// `params[1].value[0][2]`.
+        key: String,
+        /// The tensor it belongs to (`layers.0.weight`, `h0`, ...).
+        tensor: String,
+        /// The value.
+        value: f64,
+    },
+    /// An optimiser hyper-parameter is outside its valid range.
+    #[error("{optimizer}: {name} = {value} is invalid: {expected}")]
+    Hyperparameter {
+        /// `Sgd` or `Adam`.
+        optimizer: &'static str,
+        /// The field (`lr`, `momentum`, `beta1`, `beta2`, `eps`).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// The valid range.
+        expected: &'static str,
+    },
+    /// A gradient has a NaN or infinite entry; no parameter was updated.
+    #[error(
+        "gradient of parameter {index} `{name}` is {value} at [{row}, {col}]; no parameter was \
+         updated (the loss or its backward pass overflowed: check the loss, scale it down or \
+         lower the learning rate)"
+    )]
+    NonFiniteGradient {
+        /// Position of the parameter in the `ParamSet`.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// Row of the entry.
+        row: usize,
+        /// Column of the entry.
+        col: usize,
+        /// The entry.
+        value: f64,
+    },
+    /// The update from finite gradients would overflow a parameter or the optimiser state;
+    /// no parameter was updated and the state is unchanged.
+    #[error(
+        "{optimizer}: the {quantity} of parameter {index} `{name}` would become {value} at \
+         [{row}, {col}]; no parameter was updated (gradients too large for the learning rate: \
+         lower it or scale the loss)"
+    )]
+    NonFiniteUpdate {
+        /// `Sgd` or `Adam`.
+        optimizer: &'static str,
+        /// `parameter`, `velocity`, `first moment` or `second moment`.
+        quantity: &'static str,
+        /// Position of the parameter in the `ParamSet`.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// Row of the entry.
+        row: usize,
+        /// Column of the entry.
+        col: usize,
+        /// The value it would have taken.
+        value: f64,
+    },
 }
 
 impl Error {

@@ -3,17 +3,113 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Tape, Var};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::params::ParamSet;
 
 /// Updates parameters from their gradients.
+///
+/// A step is all-or-nothing: invalid hyper-parameters, gradients of the wrong count or shape,
+/// non-finite gradients, or an update that would overflow are refused with an error before
+/// any parameter or optimiser state changes.
 pub trait Optimizer {
     /// One update of `params` with `grads` (one tensor per parameter, same shapes).
     fn step(&mut self, params: &mut ParamSet, grads: &[DMatrix<f64>]) -> Result<()>;
 }
 
+fn hyper(
+    optimizer: &'static str,
+    name: &'static str,
+    value: f64,
+    ok: bool,
+    expected: &'static str,
+) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Hyperparameter {
+            optimizer,
+            name,
+            value,
+            expected,
+        })
+    }
+}
+
+/// `lr` must be finite and ≥ 0.
+fn check_lr(optimizer: &'static str, lr: f64) -> Result<()> {
+    hyper(
+        optimizer,
+        "lr",
+        lr,
+        lr.is_finite() && lr >= 0.0,
+        "the learning rate must be finite and >= 0",
+    )
+}
+
+/// A decay rate in [0, 1).
+fn check_decay(optimizer: &'static str, name: &'static str, v: f64) -> Result<()> {
+    hyper(
+        optimizer,
+        name,
+        v,
+        (0.0..1.0).contains(&v),
+        "must be in [0, 1)",
+    )
+}
+
+/// Refuse gradients of the wrong count or shape, and non-finite entries (named by index,
+/// parameter name and entry).
+fn check_grads(params: &ParamSet, grads: &[DMatrix<f64>], what: &str) -> Result<()> {
+    params.check_matches(grads, what)?;
+    for (index, (g, name)) in grads.iter().zip(params.names()).enumerate() {
+        if let Some(k) = g.iter().position(|x| !x.is_finite()) {
+            let (row, col) = (k % g.nrows(), k / g.nrows());
+            return Err(Error::NonFiniteGradient {
+                index,
+                name: name.clone(),
+                row,
+                col,
+                value: g[k],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first non-finite entry of `m` as an error about parameter `index`.
+fn check_update(
+    optimizer: &'static str,
+    quantity: &'static str,
+    params: &ParamSet,
+    index: usize,
+    m: &DMatrix<f64>,
+) -> Result<()> {
+    match m.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::NonFiniteUpdate {
+            optimizer,
+            quantity,
+            index,
+            name: params.names()[index].clone(),
+            row: k % m.nrows(),
+            col: k / m.nrows(),
+            value: m[k],
+        }),
+    }
+}
+
+fn zeros_like(grads: &[DMatrix<f64>]) -> Vec<DMatrix<f64>> {
+    grads
+        .iter()
+        .map(|g| DMatrix::zeros(g.nrows(), g.ncols()))
+        .collect()
+}
+
 /// Stochastic gradient descent with (heavy-ball) momentum, as `torch.optim.SGD`:
 /// `v ← μ v + g`, `θ ← θ − lr v`.
+///
+/// The fields are checked by every [`Optimizer::step`]: `lr` finite and ≥ 0, `momentum` in
+/// [0, 1).
 #[derive(Clone, Debug)]
 pub struct Sgd {
     /// Learning rate.
@@ -24,7 +120,8 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    /// SGD with learning rate `lr` and momentum `momentum`.
+    /// SGD with learning rate `lr` and momentum `momentum`. Out-of-range values are refused
+    /// by the first [`Optimizer::step`]; [`Sgd::try_new`] refuses them here.
     pub fn new(lr: f64, momentum: f64) -> Self {
         Self {
             lr,
@@ -32,36 +129,62 @@ impl Sgd {
             velocity: Vec::new(),
         }
     }
+
+    /// [`Sgd::new`], refusing a non-finite or negative `lr` and a `momentum` outside [0, 1)
+    /// with [`Error::Hyperparameter`].
+    pub fn try_new(lr: f64, momentum: f64) -> Result<Self> {
+        let s = Self::new(lr, momentum);
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Check the hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        check_lr("Sgd", self.lr)?;
+        check_decay("Sgd", "momentum", self.momentum)
+    }
 }
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut ParamSet, grads: &[DMatrix<f64>]) -> Result<()> {
-        params.check_matches(grads, "Sgd::step gradients")?;
-        if self.velocity.is_empty() {
-            self.velocity = grads
-                .iter()
-                .map(|g| DMatrix::zeros(g.nrows(), g.ncols()))
-                .collect();
-        }
-        params.check_matches(
-            &self.velocity,
-            "Sgd state (was it used with other parameters?)",
-        )?;
-        for ((p, g), v) in params
-            .values_mut()
-            .iter_mut()
+        self.validate()?;
+        check_grads(params, grads, "Sgd::step gradients")?;
+        let mut velocity = if self.velocity.is_empty() {
+            zeros_like(grads)
+        } else {
+            params.check_matches(
+                &self.velocity,
+                "Sgd state (was it used with other parameters?)",
+            )?;
+            self.velocity.clone()
+        };
+        let mut updated = Vec::with_capacity(params.len());
+        for (i, ((p, g), v)) in params
+            .values()
+            .iter()
             .zip(grads)
-            .zip(&mut self.velocity)
+            .zip(&mut velocity)
+            .enumerate()
         {
             *v *= self.momentum;
             *v += g;
-            *p -= &*v * self.lr;
+            check_update("Sgd", "velocity", params, i, v)?;
+            let p = p - &*v * self.lr;
+            check_update("Sgd", "parameter", params, i, &p)?;
+            updated.push(p);
         }
+        for (p, u) in params.values_mut().iter_mut().zip(updated) {
+            *p = u;
+        }
+        self.velocity = velocity;
         Ok(())
     }
 }
 
 /// Adam (Kingma & Ba 2015) with the standard bias correction, as `torch.optim.Adam`.
+///
+/// The fields are checked by every [`Optimizer::step`]: `lr` finite and ≥ 0, `beta1` and
+/// `beta2` in [0, 1), `eps` finite and > 0 (with `eps = 0` a zero gradient gives 0/0).
 #[derive(Clone, Debug)]
 pub struct Adam {
     /// Learning rate.
@@ -78,7 +201,8 @@ pub struct Adam {
 }
 
 impl Adam {
-    /// Adam with learning rate `lr` and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    /// Adam with learning rate `lr` and the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8. An invalid
+    /// `lr` is refused by the first [`Optimizer::step`]; [`Adam::try_new`] refuses it here.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -90,29 +214,66 @@ impl Adam {
             v: Vec::new(),
         }
     }
+
+    /// [`Adam::new`], refusing a non-finite or negative `lr` with [`Error::Hyperparameter`].
+    pub fn try_new(lr: f64) -> Result<Self> {
+        let a = Self::new(lr);
+        a.validate()?;
+        Ok(a)
+    }
+
+    /// Adam with every hyper-parameter given, checked as [`Adam::validate`] does.
+    pub fn try_with(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
+        let a = Self {
+            beta1,
+            beta2,
+            eps,
+            ..Self::new(lr)
+        };
+        a.validate()?;
+        Ok(a)
+    }
+
+    /// Check the hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        check_lr("Adam", self.lr)?;
+        check_decay("Adam", "beta1", self.beta1)?;
+        check_decay("Adam", "beta2", self.beta2)?;
+        hyper(
+            "Adam",
+            "eps",
+            self.eps,
+            self.eps.is_finite() && self.eps > 0.0,
+            "must be finite and > 0",
+        )
+    }
 }
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut ParamSet, grads: &[DMatrix<f64>]) -> Result<()> {
-        params.check_matches(grads, "Adam::step gradients")?;
-        if self.m.is_empty() {
-            self.m = grads
-                .iter()
-                .map(|g| DMatrix::zeros(g.nrows(), g.ncols()))
-                .collect();
-            self.v = self.m.clone();
-        }
-        params.check_matches(&self.m, "Adam state (was it used with other parameters?)")?;
-        self.steps += 1;
-        let c1 = 1.0 - self.beta1.powi(self.steps);
-        let c2 = 1.0 - self.beta2.powi(self.steps);
-        for (((p, g), m), v) in params
-            .values_mut()
-            .iter_mut()
+        self.validate()?;
+        check_grads(params, grads, "Adam::step gradients")?;
+        let (mut ms, mut vs) = if self.m.is_empty() {
+            (zeros_like(grads), zeros_like(grads))
+        } else {
+            let what = "Adam state (was it used with other parameters?)";
+            params.check_matches(&self.m, what)?;
+            params.check_matches(&self.v, what)?;
+            (self.m.clone(), self.v.clone())
+        };
+        let steps = self.steps.saturating_add(1);
+        let c1 = 1.0 - self.beta1.powi(steps);
+        let c2 = 1.0 - self.beta2.powi(steps);
+        let mut updated = Vec::with_capacity(params.len());
+        for (i, (((p, g), m), v)) in params
+            .values()
+            .iter()
             .zip(grads)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
+            .zip(&mut ms)
+            .zip(&mut vs)
+            .enumerate()
         {
+            let mut p = p.clone();
             for (((p, &g), m), v) in p
                 .iter_mut()
                 .zip(g.iter())
@@ -125,7 +286,17 @@ impl Optimizer for Adam {
                 let v_hat = *v / c2;
                 *p -= self.lr * m_hat / (v_hat.sqrt() + self.eps);
             }
+            check_update("Adam", "first moment", params, i, m)?;
+            check_update("Adam", "second moment", params, i, v)?;
+            check_update("Adam", "parameter", params, i, &p)?;
+            updated.push(p);
         }
+        for (p, u) in params.values_mut().iter_mut().zip(updated) {
+            *p = u;
+        }
+        self.m = ms;
+        self.v = vs;
+        self.steps = steps;
         Ok(())
     }
 }

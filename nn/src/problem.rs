@@ -338,6 +338,9 @@ impl Problem {
                 Loss::Cotangents(v)
             }
         };
+        if let Some(r) = &file.reference {
+            check_reference(r, &params, &h0, t.len())?;
+        }
         Ok(Self {
             func,
             params,
@@ -358,16 +361,184 @@ impl Problem {
         file
     }
 
-    /// Write the problem file.
+    /// The problem file as JSON text (exact: numbers round-trip). Refuses, before writing
+    /// anything, a non-finite number ([`Error::NonFiniteSave`], naming the entry) and a
+    /// problem that would not load back (e.g. an empty `h0`, or weights whose shapes no
+    /// longer chain: [`Error::Format`] naming the key).
+    pub fn to_json(&self) -> Result<String> {
+        let file = self.to_file();
+        check_savable(&file)?;
+        Problem::from_file(file.clone()).map_err(|e| match e {
+            Error::Format { key, message } => Error::format(
+                key,
+                format!("{message}; refusing to save a problem that would not load back"),
+            ),
+            other => other,
+        })?;
+        serde_json::to_string(&file).map_err(|e| Error::format("(root)", e.to_string()))
+    }
+
+    /// Write the problem file (see [`Problem::to_json`] for what is refused; on error
+    /// nothing is written).
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
-        let text = serde_json::to_string(&self.to_file())
-            .map_err(|e| Error::format("(root)", e.to_string()))?;
+        let text = self.to_json()?;
         std::fs::write(path, text).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })
     }
+}
+
+/// Check the `reference` block against the model's parameters, h0 and the time grid: every
+/// gradient has the shape of what it differentiates, and every number is finite.
+fn check_reference(r: &Reference, params: &ParamSet, h0: &DMatrix<f64>, nt: usize) -> Result<()> {
+    if !r.loss.is_finite() {
+        return Err(Error::format("reference.loss", "is not a finite number"));
+    }
+    let layers = params.len() / 2;
+    for (name, g) in [
+        ("odeint", &r.odeint),
+        ("odeint_adjoint", &r.odeint_adjoint),
+        ("tight", &r.tight),
+    ] {
+        let base = format!("reference.{name}");
+        let key = format!("{base}.grad_h0");
+        let gh = matrix(&g.grad_h0, &key)?;
+        if gh.shape() != h0.shape() {
+            return Err(Error::format(
+                key,
+                format!("is {:?} but h0 is {:?}", gh.shape(), h0.shape()),
+            ));
+        }
+        if g.grad_layers.len() != layers {
+            return Err(Error::format(
+                format!("{base}.grad_layers"),
+                format!(
+                    "has {} entries but the model has {layers} layers (one {{weight, bias}} \
+                     gradient per layer)",
+                    g.grad_layers.len()
+                ),
+            ));
+        }
+        for (i, (l, wb)) in g
+            .grad_layers
+            .iter()
+            .zip(params.values().chunks(2))
+            .enumerate()
+        {
+            let key = format!("{base}.grad_layers[{i}].weight");
+            let w = matrix(&l.weight, &key)?;
+            if w.shape() != wb[0].shape() {
+                return Err(Error::format(
+                    key,
+                    format!(
+                        "is {:?} but model.layers[{i}].weight is {:?}",
+                        w.shape(),
+                        wb[0].shape()
+                    ),
+                ));
+            }
+            let key = format!("{base}.grad_layers[{i}].bias");
+            let b = row(&l.bias, &key)?;
+            if b.shape() != wb[1].shape() {
+                return Err(Error::format(
+                    key,
+                    format!(
+                        "has {} entries but model.layers[{i}].bias has {}",
+                        b.ncols(),
+                        wb[1].ncols()
+                    ),
+                ));
+            }
+        }
+        if let Some(gt) = &g.grad_t {
+            let key = format!("{base}.grad_t");
+            if gt.len() != nt {
+                return Err(Error::format(
+                    key,
+                    format!("has {} entries for {nt} output times", gt.len()),
+                ));
+            }
+            row(gt, &key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a file with a number JSON cannot carry, naming its key and tensor.
+fn check_savable(file: &ProblemFile) -> Result<()> {
+    fn rows(rows: &[Vec<f64>], key: &str, tensor: &str) -> Result<()> {
+        for (i, r) in rows.iter().enumerate() {
+            list(r, &format!("{key}[{i}]"), tensor)?;
+        }
+        Ok(())
+    }
+    fn list(values: &[f64], key: &str, tensor: &str) -> Result<()> {
+        match values.iter().position(|x| !x.is_finite()) {
+            None => Ok(()),
+            Some(j) => Err(Error::NonFiniteSave {
+                key: format!("{key}[{j}]"),
+                tensor: tensor.into(),
+                value: values[j],
+            }),
+        }
+    }
+    fn scalar(value: f64, key: &str) -> Result<()> {
+        if value.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::NonFiniteSave {
+                key: key.into(),
+                tensor: key.into(),
+                value,
+            })
+        }
+    }
+    for (i, l) in file.model.layers.iter().enumerate() {
+        rows(
+            &l.weight,
+            &format!("model.layers[{i}].weight"),
+            &format!("layers.{i}.weight"),
+        )?;
+        list(
+            &l.bias,
+            &format!("model.layers[{i}].bias"),
+            &format!("layers.{i}.bias"),
+        )?;
+    }
+    rows(&file.h0, "h0", "h0")?;
+    list(&file.t, "t", "t")?;
+    scalar(file.solver.rtol, "solver.rtol")?;
+    scalar(file.solver.atol, "solver.atol")?;
+    if let LossSpec::Cotangents { cotangents } = &file.loss {
+        for (i, c) in cotangents.iter().enumerate() {
+            let key = format!("loss.cotangents[{i}]");
+            rows(c, &key, &key)?;
+        }
+    }
+    if let Some(r) = &file.reference {
+        scalar(r.loss, "reference.loss")?;
+        for (name, g) in [
+            ("odeint", &r.odeint),
+            ("odeint_adjoint", &r.odeint_adjoint),
+            ("tight", &r.tight),
+        ] {
+            let key = format!("reference.{name}.grad_h0");
+            rows(&g.grad_h0, &key, &key)?;
+            for (i, l) in g.grad_layers.iter().enumerate() {
+                let key = format!("reference.{name}.grad_layers[{i}].weight");
+                rows(&l.weight, &key, &key)?;
+                let key = format!("reference.{name}.grad_layers[{i}].bias");
+                list(&l.bias, &key, &key)?;
+            }
+            if let Some(gt) = &g.grad_t {
+                let key = format!("reference.{name}.grad_t");
+                list(gt, &key, &key)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Weights as `{weight, bias}` per layer, in `layers.{i}.weight/bias` order.
@@ -393,11 +564,18 @@ pub fn nested(m: &DMatrix<f64>) -> Vec<Vec<f64>> {
 /// Rows to a matrix, checking it is non-empty, rectangular and finite; errors name `key`.
 pub fn matrix(rows: &[Vec<f64>], key: &str) -> Result<DMatrix<f64>> {
     let Some(first) = rows.first() else {
-        return Err(Error::format(key, "is empty"));
+        return Err(Error::format(
+            key,
+            "is empty: a matrix here needs at least one row (a list of rows cannot carry \
+             the width of a 0-row matrix)",
+        ));
     };
     let cols = first.len();
     if cols == 0 {
-        return Err(Error::format(format!("{key}[0]"), "is an empty row"));
+        return Err(Error::format(
+            format!("{key}[0]"),
+            "is an empty row: a matrix here needs at least one column",
+        ));
     }
     for (i, r) in rows.iter().enumerate() {
         if r.len() != cols {
@@ -419,7 +597,7 @@ pub fn matrix(rows: &[Vec<f64>], key: &str) -> Result<DMatrix<f64>> {
 /// A list to a 1 × n row, checking it is non-empty and finite; errors name `key`.
 pub fn row(values: &[f64], key: &str) -> Result<DMatrix<f64>> {
     if values.is_empty() {
-        return Err(Error::format(key, "is empty"));
+        return Err(Error::format(key, "is empty: it needs at least one entry"));
     }
     if let Some(j) = values.iter().position(|x| !x.is_finite()) {
         return Err(Error::format(
@@ -430,61 +608,122 @@ pub fn row(values: &[f64], key: &str) -> Result<DMatrix<f64>> {
     Ok(DMatrix::from_row_slice(1, values.len(), values))
 }
 
-/// Parse JSON into `T`, naming the offending key on error. Python's `NaN`/`Infinity` tokens
-/// (which plain JSON lacks) are reported as non-finite numbers at their key.
+/// Parse JSON into `T`, naming the offending key on error.
+///
+/// * Wrong types, missing fields, unknown names: [`Error::Format`] at the JSON path.
+/// * Python's `NaN` / `Infinity` / `-Infinity` tokens (which JSON lacks) and numbers beyond
+///   the float64 range: [`Error::Format`] at their path, "not a finite number".
+/// * A truncated document, broken syntax, or characters after the end of the document:
+///   [`Error::Json`] with the line and column (and the path being read, when known).
 pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    let text = quote_non_finite(text);
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let message = if inner.contains("\"NaN\"") || inner.contains("Infinity\"") {
-            "is not a finite number (NaN or Infinity)".to_owned()
-        } else {
-            inner
-        };
-        Error::format(if key == "." { "(root)".to_owned() } else { key }, message)
-    })
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(text, &path, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_error(text, ".", e))?;
+    Ok(value)
 }
 
-/// Turn bare `NaN`, `Infinity` and `-Infinity` tokens (outside strings) into strings, so the
-/// parser reaches them as values and the error carries their path.
-fn quote_non_finite(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("NaN") && !text.contains("Infinity") {
-        return text.into();
+/// Map a serde_json error at `path` to the nn error that says what is wrong and where.
+fn json_error(text: &str, path: &str, e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let (line, column) = (e.line(), e.column());
+    let inner = e.to_string();
+    // serde_json appends " at line L column C"; the nn errors carry the position themselves.
+    let bare = inner
+        .strip_suffix(&format!(" at line {line} column {column}"))
+        .unwrap_or(&inner)
+        .to_owned();
+    let key = if path == "." {
+        "(root)".to_owned()
+    } else {
+        path.to_owned()
+    };
+    // The known part of the path (serde_path_to_error writes `?` for a key it could not read).
+    let known = path
+        .split('.')
+        .take_while(|seg| !seg.starts_with('?'))
+        .collect::<Vec<_>>()
+        .join(".");
+    let inside = if known.is_empty() || known == "." || path == "." {
+        String::new()
+    } else {
+        format!(" while reading `{}`", known.trim_end_matches('.'))
+    };
+    // A `?` segment: the parser failed where a key belongs, so there is no key to name.
+    let key_known = !path.split('.').any(|seg| seg.starts_with('?'));
+    match e.classify() {
+        Category::Data if key_known => Error::format(key, inner),
+        Category::Data => Error::format(
+            if known.is_empty() || path == "." {
+                "(root)".to_owned()
+            } else {
+                known.clone()
+            },
+            inner,
+        ),
+        Category::Syntax if !key_known => Error::Json {
+            line,
+            column,
+            message: format!("{bare}{inside}"),
+        },
+        Category::Syntax if bare == "number out of range" => Error::format(
+            key,
+            format!(
+                "is not a finite number: it is beyond the float64 range (line {line}, column \
+                 {column})"
+            ),
+        ),
+        Category::Syntax if non_finite_token_at(text, line, column) => Error::format(
+            key,
+            format!(
+                "is not a finite number (NaN or Infinity, line {line}, column {column}); \
+                 replace it with a finite value"
+            ),
+        ),
+        Category::Eof if text.trim().is_empty() => Error::Json {
+            line,
+            column,
+            message: "the document is empty".into(),
+        },
+        Category::Eof => Error::Json {
+            line,
+            column,
+            message: format!(
+                "the document ends early{inside} ({bare}): the file is truncated or \
+                 incomplete; write or copy it again"
+            ),
+        },
+        Category::Syntax if bare == "trailing characters" => Error::Json {
+            line,
+            column,
+            message: "unexpected characters after the end of the JSON document; remove \
+                      everything after its closing brace"
+                .into(),
+        },
+        Category::Syntax | Category::Io => Error::Json {
+            line,
+            column,
+            message: format!("{bare}{inside}"),
+        },
     }
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            rest = &rest[c.len_utf8()..];
-            continue;
-        }
-        if c == '"' {
-            in_string = true;
-        }
-        let token = ["-Infinity", "Infinity", "NaN"]
-            .into_iter()
-            .find(|t| rest.starts_with(t));
-        if let Some(t) = token {
-            out.push('"');
-            out.push_str(t);
-            out.push('"');
-            rest = &rest[t.len()..];
-        } else {
-            out.push(c);
-            rest = &rest[c.len_utf8()..];
-        }
-    }
-    out.into()
+}
+
+/// Whether the 1-based `line`/`column` of a serde_json error points at a bare `NaN`,
+/// `Infinity` or `-Infinity` token (serde_json reports the `N`/`I`, past a leading `-`).
+fn non_finite_token_at(text: &str, line: usize, column: usize) -> bool {
+    let Some(line_start) = (if line <= 1 {
+        Some(0)
+    } else {
+        text.match_indices('\n').nth(line - 2).map(|(i, _)| i + 1)
+    }) else {
+        return false;
+    };
+    let Some(at) = (line_start + column).checked_sub(1) else {
+        return false;
+    };
+    let bytes = text.as_bytes();
+    let starts = |i: usize, token: &[u8]| bytes.get(i..).is_some_and(|b| b.starts_with(token));
+    starts(at, b"NaN") || starts(at, b"Infinity") || (at > 0 && starts(at - 1, b"-Infinity"))
 }

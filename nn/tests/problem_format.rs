@@ -17,7 +17,7 @@ fn awkward(rng: &mut impl Rng) -> f64 {
 /// A small valid problem: 2 → 3 → 2 on h, batch 2, three output times, cotangent loss,
 /// and a reference block with extra keys.
 fn valid_doc() -> Value {
-    json!({
+    let mut doc = json!({
         "format": "costate-problem/1",
         "description": "tiny test problem",
         "model": {
@@ -41,7 +41,7 @@ fn valid_doc() -> Value {
             "source": "hand-written",
             "loss": 1.2345678901234567,
             "odeint": {"grad_h0": [[1.0, 2.0], [3.0, 4.0]],
-                       "grad_layers": [{"weight": [[1.0]], "bias": [2.0]}],
+                       "grad_layers": [],
                        "grad_t": [0.1, 0.2, 0.3], "nfe_forward": 26},
             "odeint_adjoint": {"grad_h0": [[1.5, 2.5], [3.5, 4.5]],
                                "grad_layers": [], "nfe_backward": 741},
@@ -50,7 +50,35 @@ fn valid_doc() -> Value {
         },
         "generator": {"script": "by hand", "args": ["--seed", 3]},
         "unknown_key_readers_ignore": {"x": [1, 2, 3]}
-    })
+    });
+    fit_reference_layers(&mut doc);
+    doc
+}
+
+/// Give the reference's three gradient sets one `{weight, bias}` per model layer, of the
+/// layer's shapes (values: the weights times 1, 2, 3).
+fn fit_reference_layers(doc: &mut Value) {
+    let layers = doc["model"]["layers"].clone();
+    for (k, set) in ["odeint", "odeint_adjoint", "tight"]
+        .into_iter()
+        .enumerate()
+    {
+        let scale = (k + 1) as f64;
+        let scaled: Vec<Value> = layers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let w: Vec<Vec<f64>> = serde_json::from_value(l["weight"].clone()).unwrap();
+                let b: Vec<f64> = serde_json::from_value(l["bias"].clone()).unwrap();
+                json!({
+                    "weight": w.iter().map(|r| r.iter().map(|x| x * scale).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    "bias": b.iter().map(|x| x * scale).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        doc["reference"][set]["grad_layers"] = Value::Array(scaled);
+    }
 }
 
 fn load(doc: &Value) -> nn::Result<Problem> {
@@ -121,6 +149,7 @@ fn sum_final_and_cube_time_input_subtract_state_load() {
     doc["model"]["time_input"] = json!(true);
     doc["model"]["layers"][0]["weight"] =
         json!([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]);
+    fit_reference_layers(&mut doc);
     let p = load(&doc).unwrap();
     assert_eq!(p.loss, Loss::SumFinal);
     assert_eq!(p.func.input, Input::Cube);
@@ -392,7 +421,7 @@ fn unknown_names_are_rejected() {
 
 #[test]
 fn bad_time_grids_and_tolerances_are_rejected() {
-    for t in [json!([0.0, 1.0, 0.5]), json!([0.0, 0.5, 0.5]), json!([0.0])] {
+    for t in [json!([0.0, 1.0, 0.5]), json!([0.0, 0.5, 0.5]), json!([])] {
         let mut doc = valid_doc();
         doc["loss"] = json!({"kind": "sum_final"});
         doc["t"] = t.clone();
@@ -407,9 +436,39 @@ fn bad_time_grids_and_tolerances_are_rejected() {
 }
 
 #[test]
-fn syntax_errors_are_format_errors() {
-    let (_, message) = format_error_text("{\"format\": \"costate-problem/1\", ");
-    assert!(!message.is_empty());
+fn syntax_errors_are_json_errors_and_data_errors_name_the_key() {
+    match Problem::from_json("{\"format\": \"costate-problem/1\", ") {
+        Err(Error::Json {
+            line,
+            column,
+            message,
+        }) => {
+            assert_eq!((line, column), (1, 32), "{message}");
+            assert!(message.contains("truncated"), "{message}");
+        }
+        other => panic!("expected Error::Json, got {other:?}"),
+    }
+    match Problem::from_json("{\"format\": \"costate-problem/1\" \"model\": 1}") {
+        // Column 32 is the `"` of `"model"`, where a `,` or `}` belongs.
+        Err(Error::Json { line, column, .. }) => assert_eq!((line, column), (1, 32)),
+        other => panic!("expected Error::Json, got {other:?}"),
+    }
+    // `NaN` where a key belongs is a syntax error inside `solver`, not a number at a key.
+    let text = serde_json::to_string(&valid_doc()).unwrap();
+    let at = text.find("\"solver\":{").unwrap() + "\"solver\":{".len();
+    let bad = text.replacen("\"solver\":{", "\"solver\":{NaN", 1);
+    match Problem::from_json(&bad) {
+        Err(Error::Json {
+            line,
+            column,
+            message,
+        }) => {
+            assert_eq!((line, column), (1, at + 1), "{message}");
+            assert!(message.contains("while reading `solver`"), "{message}");
+            assert!(!message.contains('?'), "{message}");
+        }
+        other => panic!("expected Error::Json, got {other:?}"),
+    }
     let (key, _) = format_error_text("42");
     assert_eq!(key, "(root)");
     // A sequence where the object belongs: the first entry is read as `format`.
@@ -430,7 +489,7 @@ fn sample_params() -> ParamSet {
 #[test]
 fn weights_round_trip_exactly() {
     let p = sample_params();
-    let text = weights::to_json(&p);
+    let text = weights::to_json(&p).unwrap();
     assert!(text.contains(weights::WEIGHTS_FORMAT));
     let q = weights::from_json(&text, None).unwrap();
     assert_eq!(q, p);
@@ -451,7 +510,7 @@ fn weights_round_trip_exactly() {
 #[test]
 fn weights_like_rejects_other_models() {
     let p = sample_params();
-    let text = weights::to_json(&p);
+    let text = weights::to_json(&p).unwrap();
     // Other names, same shapes.
     let mut renamed = ParamSet::new();
     for (i, v) in p.values().iter().enumerate() {
@@ -482,19 +541,19 @@ fn weights_like_rejects_other_models() {
 #[test]
 fn malformed_weights_name_the_entry() {
     let p = sample_params();
-    let mut doc: Value = serde_json::from_str(&weights::to_json(&p)).unwrap();
+    let mut doc: Value = serde_json::from_str(&weights::to_json(&p).unwrap()).unwrap();
     doc["params"][2]["value"][1] = json!([1.0]);
     match weights::from_json(&doc.to_string(), None) {
         Err(Error::Format { key, .. }) => assert_eq!(key, "params[2].value[1]"),
         other => panic!("expected Format, got {other:?}"),
     }
-    let mut doc: Value = serde_json::from_str(&weights::to_json(&p)).unwrap();
+    let mut doc: Value = serde_json::from_str(&weights::to_json(&p).unwrap()).unwrap();
     doc["format"] = json!("costate-problem/1");
     match weights::from_json(&doc.to_string(), None) {
         Err(Error::Format { key, .. }) => assert_eq!(key, "format"),
         other => panic!("expected Format, got {other:?}"),
     }
-    let text = weights::to_json(&p);
+    let text = weights::to_json(&p).unwrap();
     let first = serde_json::to_string(&p.values()[0][(0, 0)]).unwrap();
     let bad = text.replacen(&first, "NaN", 1);
     assert_ne!(bad, text);
@@ -541,4 +600,355 @@ fn odefunc_rejects_an_mlp_whose_layers_do_not_chain() {
         nn::OdeFunc::from_mlp(empty, nn::Input::State, false, false),
         Err(nn::Error::Mismatch(_))
     ));
+}
+
+fn temp_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("nn-{tag}-{}.json", std::process::id()))
+}
+
+#[test]
+fn saving_non_finite_weights_is_refused() {
+    let mut p = sample_params();
+    let good = p.clone();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        p.values_mut()[2][(1, 3)] = bad;
+        match weights::to_json(&p) {
+            Err(Error::NonFiniteSave { key, tensor, value }) => {
+                assert_eq!(key, "params[2].value[1][3]");
+                assert_eq!(tensor, "layers.1.weight");
+                assert!(value.is_nan() == bad.is_nan() && (value.is_nan() || value == bad));
+            }
+            other => panic!("expected NonFiniteSave, got {other:?}"),
+        }
+        let path = temp_path("nonfinite-weights");
+        assert!(matches!(
+            weights::save(&p, &path),
+            Err(Error::NonFiniteSave { .. })
+        ));
+        assert!(!path.exists(), "nothing is written");
+    }
+    // Fixed, it saves and loads back.
+    p.values_mut()[2][(1, 3)] = good.values()[2][(1, 3)];
+    let path = temp_path("fixed-weights");
+    weights::save(&p, &path).unwrap();
+    let q = weights::load(&path, Some(&good)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(q, good);
+}
+
+#[test]
+fn saving_a_non_finite_problem_is_refused() {
+    let good = load(&valid_doc()).unwrap();
+    let expect = |p: &Problem, key: &str, tensor: &str| match p.to_json() {
+        Err(Error::NonFiniteSave {
+            key: k, tensor: t, ..
+        }) => {
+            assert_eq!((k.as_str(), t.as_str()), (key, tensor));
+        }
+        other => panic!("{key}: expected NonFiniteSave, got {other:?}"),
+    };
+    let mut p = good.clone();
+    p.params.values_mut()[2][(1, 2)] = f64::INFINITY;
+    expect(&p, "model.layers[1].weight[1][2]", "layers.1.weight");
+    let path = temp_path("nonfinite-problem");
+    assert!(matches!(p.save(&path), Err(Error::NonFiniteSave { .. })));
+    assert!(!path.exists(), "nothing is written");
+    let mut p = good.clone();
+    p.params.values_mut()[1][(0, 2)] = f64::NAN;
+    expect(&p, "model.layers[0].bias[2]", "layers.0.bias");
+    let mut p = good.clone();
+    p.h0[(0, 1)] = f64::NAN;
+    expect(&p, "h0[0][1]", "h0");
+    let mut p = good.clone();
+    p.t[2] = f64::INFINITY;
+    expect(&p, "t[2]", "t");
+    let mut p = good.clone();
+    p.file.reference.as_mut().unwrap().tight.grad_h0[1][0] = f64::NAN;
+    expect(
+        &p,
+        "reference.tight.grad_h0[1][0]",
+        "reference.tight.grad_h0",
+    );
+    let mut p = good.clone();
+    p.file.solver.atol = f64::NAN;
+    expect(&p, "solver.atol", "solver.atol");
+    // The good problem saves, and loads back identical.
+    good.save(&path).unwrap();
+    let q = Problem::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(q.params, good.params);
+    assert_eq!(q.file, good.file);
+}
+
+#[test]
+fn trailing_characters_are_refused() {
+    let text = serde_json::to_string(&valid_doc()).unwrap();
+    let n = text.len();
+    for (tail, column) in [(" x", n + 2), ("}", n + 1), ("\n{}", 1), ("[]", n + 1)] {
+        let bad = format!("{text}{tail}");
+        match Problem::from_json(&bad) {
+            Err(Error::Json {
+                line,
+                column: c,
+                message,
+            }) => {
+                let expect_line = if tail.starts_with('\n') { 2 } else { 1 };
+                assert_eq!((line, c), (expect_line, column), "{tail:?}: {message}");
+                assert!(message.contains("after the end"), "{message}");
+            }
+            other => panic!("{tail:?}: expected Error::Json, got {other:?}"),
+        }
+    }
+    // Trailing whitespace is fine.
+    Problem::from_json(&format!("{text}\n  \n")).unwrap();
+    // Weight files too.
+    let w = weights::to_json(&sample_params()).unwrap();
+    assert!(matches!(
+        weights::from_json(&format!("{w},"), None),
+        Err(Error::Json { line: 1, .. })
+    ));
+    assert_eq!(weights::from_json(&w, None).unwrap(), sample_params());
+}
+
+#[test]
+fn empty_tensors_round_trip_through_weights() {
+    let mut p = ParamSet::new();
+    p.push("rows0", DMatrix::zeros(0, 3));
+    p.push("cols0", DMatrix::zeros(4, 0));
+    p.push("both0", DMatrix::zeros(0, 0));
+    p.push("w", DMatrix::from_row_slice(1, 2, &[0.5, -1.25]));
+    let text = weights::to_json(&p).unwrap();
+    let q = weights::from_json(&text, Some(&p)).unwrap();
+    assert_eq!(q, p);
+    let shapes: Vec<_> = q.values().iter().map(|v| v.shape()).collect();
+    assert_eq!(shapes, [(0, 3), (4, 0), (0, 0), (1, 2)]);
+    // Files without `shape` (the earlier layout) still load, unless a tensor is empty.
+    let old = r#"{"format":"costate-weights/1","params":[{"name":"w","value":[[1.0,2.0]]}]}"#;
+    assert_eq!(
+        weights::from_json(old, None).unwrap().values()[0],
+        DMatrix::from_row_slice(1, 2, &[1.0, 2.0])
+    );
+    let old_empty = r#"{"format":"costate-weights/1","params":[{"name":"e","value":[]}]}"#;
+    match weights::from_json(old_empty, None) {
+        Err(Error::Format { key, message }) => {
+            assert_eq!(key, "params[0].value");
+            assert!(message.contains("empty"), "{message}");
+        }
+        other => panic!("expected Format, got {other:?}"),
+    }
+    // `shape` and `value` must agree.
+    for (tensor, key) in [
+        (
+            r#"{"name":"a","shape":[2,3],"value":[[1,2,3]]}"#,
+            "params[0].value",
+        ),
+        (
+            r#"{"name":"a","shape":[1,2],"value":[[1,2,3]]}"#,
+            "params[0].value[0]",
+        ),
+        (
+            r#"{"name":"a","shape":[2,0],"value":[[],[1]]}"#,
+            "params[0].value[1]",
+        ),
+        (
+            r#"{"name":"a","shape":[2,2],"value":[[1,2],[3]]}"#,
+            "params[0].value[1]",
+        ),
+        (
+            r#"{"name":"a","shape":[2],"value":[[1,2]]}"#,
+            "params[0].shape",
+        ),
+    ] {
+        let doc = format!(r#"{{"format":"costate-weights/1","params":[{tensor}]}}"#);
+        match weights::from_json(&doc, None) {
+            Err(Error::Format { key: k, message }) => assert_eq!(k, key, "{tensor}: {message}"),
+            other => panic!("{tensor}: expected Format, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn empty_h0_is_refused_on_save_and_on_load() {
+    let mut p = load(&valid_doc()).unwrap();
+    let h0 = p.h0.clone();
+    p.h0 = DMatrix::zeros(0, 2);
+    match p.to_json() {
+        Err(Error::Format { key, message }) => {
+            assert_eq!(key, "h0");
+            assert!(message.contains("empty"), "{message}");
+            assert!(message.contains("would not load back"), "{message}");
+        }
+        other => panic!("expected Format, got {other:?}"),
+    }
+    let path = temp_path("empty-h0");
+    assert!(p.save(&path).is_err());
+    assert!(!path.exists(), "nothing is written");
+    let mut doc = valid_doc();
+    doc["h0"] = json!([]);
+    let msg = assert_key(&doc, "h0");
+    assert!(msg.contains("empty"), "{msg}");
+    // Restored, it saves and loads.
+    p.h0 = h0.clone();
+    let q = Problem::from_json(&p.to_json().unwrap()).unwrap();
+    assert_eq!(q.h0, h0);
+}
+
+#[test]
+fn reference_shapes_and_values_are_checked() {
+    let set = |f: &dyn Fn(&mut Value)| {
+        let mut doc = valid_doc();
+        f(&mut doc["reference"]);
+        doc
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            set(&|r| r["odeint"]["grad_h0"] = json!([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])),
+            "reference.odeint.grad_h0",
+        ),
+        (
+            set(&|r| r["tight"]["grad_h0"][1] = json!([1.0])),
+            "reference.tight.grad_h0[1]",
+        ),
+        (
+            set(&|r| {
+                r["tight"]["grad_layers"].as_array_mut().unwrap().pop();
+            }),
+            "reference.tight.grad_layers",
+        ),
+        (
+            set(&|r| r["odeint_adjoint"]["grad_layers"][1]["weight"] = json!([[1.0, 2.0]])),
+            "reference.odeint_adjoint.grad_layers[1].weight",
+        ),
+        (
+            set(&|r| r["odeint"]["grad_layers"][0]["bias"] = json!([1.0, 2.0])),
+            "reference.odeint.grad_layers[0].bias",
+        ),
+        (
+            set(&|r| r["odeint"]["grad_t"] = json!([0.1, 0.2])),
+            "reference.odeint.grad_t",
+        ),
+        (
+            set(&|r| r["tight"]["grad_t"] = json!([0.1, 0.2, 0.3, 0.4])),
+            "reference.tight.grad_t",
+        ),
+    ];
+    for (doc, key) in &cases {
+        assert_key(doc, key);
+    }
+    // Non-finite entries, from Python's tokens and from memory.
+    let text = serde_json::to_string(&valid_doc()).unwrap();
+    let from = "\"grad_t\":[0.1,0.2,0.3]";
+    assert!(text.contains(from), "{text}");
+    let (key, message) = format_error_text(&text.replacen(from, "\"grad_t\":[0.1,NaN,0.3]", 1));
+    assert_eq!(key, "reference.odeint.grad_t[1]", "{message}");
+    assert!(message.contains("finite"), "{message}");
+    let (key, _) =
+        format_error_text(&text.replace("\"loss\":1.2345678901234567", "\"loss\":-Infinity"));
+    assert_eq!(key, "reference.loss");
+    let mut file = load(&valid_doc()).unwrap().file;
+    file.reference.as_mut().unwrap().loss = f64::NAN;
+    match Problem::from_file(file) {
+        Err(Error::Format { key, .. }) => assert_eq!(key, "reference.loss"),
+        other => panic!("expected Format, got {other:?}"),
+    }
+    let mut file = load(&valid_doc()).unwrap().file;
+    file.reference.as_mut().unwrap().odeint_adjoint.grad_layers[1].weight[0][2] = f64::INFINITY;
+    match Problem::from_file(file) {
+        Err(Error::Format { key, .. }) => {
+            assert_eq!(key, "reference.odeint_adjoint.grad_layers[1].weight[0][2]")
+        }
+        other => panic!("expected Format, got {other:?}"),
+    }
+    // The checked block loads with its values.
+    let p = load(&valid_doc()).unwrap();
+    let r = p.file.reference.unwrap();
+    assert_eq!(r.tight.grad_layers[1].bias, [0.04 * 3.0, -0.05 * 3.0]);
+}
+
+#[test]
+fn duplicate_weight_names_are_refused() {
+    let p = sample_params();
+    let mut doc: Value = serde_json::from_str(&weights::to_json(&p).unwrap()).unwrap();
+    doc["params"][2]["name"] = json!("layers.0.weight");
+    match weights::from_json(&doc.to_string(), None) {
+        Err(Error::Format { key, message }) => {
+            assert_eq!(key, "params[2].name");
+            assert!(message.contains("\"layers.0.weight\""), "{message}");
+            assert!(message.contains("params[0].name"), "{message}");
+        }
+        other => panic!("expected Format, got {other:?}"),
+    }
+    // A set with a repeated name is not saved (it could not be loaded back).
+    let mut dup = ParamSet::new();
+    dup.push("w", DMatrix::zeros(1, 1));
+    dup.push("b", DMatrix::zeros(1, 1));
+    dup.push("w", DMatrix::zeros(1, 2));
+    match weights::to_json(&dup) {
+        Err(Error::Format { key, .. }) => assert_eq!(key, "params[2].name"),
+        other => panic!("expected Format, got {other:?}"),
+    }
+    // Unique names load.
+    doc["params"][2]["name"] = json!("renamed");
+    let q = weights::from_json(&doc.to_string(), None).unwrap();
+    assert_eq!(q.names()[2], "renamed");
+    assert_eq!(q.values(), p.values());
+    // Repeated keys inside a problem document are refused by the parser too.
+    let text = serde_json::to_string(&valid_doc()).unwrap();
+    let bad = text.replacen(
+        "\"t\":[0.0,0.5,1.0]",
+        "\"t\":[0.0,0.5,1.0],\"t\":[0.0,2.0,3.0]",
+        1,
+    );
+    assert_ne!(bad, text);
+    let (key, message) = format_error_text(&bad);
+    assert_eq!(key, "(root)", "{message}");
+    assert!(message.contains("duplicate field `t`"), "{message}");
+}
+
+#[test]
+fn truncated_files_say_truncated_and_where() {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/problems/seed.json"
+    ))
+    .unwrap();
+    assert!(seed.is_ascii() && seed.trim_end().lines().count() == 1);
+    let n = seed.trim_end().len();
+    for cut in [1, 2, 10, n / 10, n / 2, n * 99 / 100, n - 1] {
+        match Problem::from_json(&seed[..cut]) {
+            Err(e @ Error::Json { .. }) => {
+                let shown = e.to_string();
+                let Error::Json {
+                    line,
+                    column,
+                    message,
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((line, column), (1, cut), "cut {cut}: {message}");
+                assert!(message.contains("truncated"), "cut {cut}: {message}");
+                assert!(!message.contains('?'), "cut {cut}: bogus key in {message}");
+                assert!(
+                    shown.contains(&format!("line 1, column {cut}")),
+                    "cut {cut}: {shown}"
+                );
+            }
+            other => panic!("cut {cut}: expected Error::Json, got {other:?}"),
+        }
+    }
+    // The path being read is named when it is known.
+    let Err(Error::Json { message, .. }) = Problem::from_json(&seed[..n / 2]) else {
+        unreachable!()
+    };
+    assert!(message.contains("while reading `reference."), "{message}");
+    for empty in ["", " \n "] {
+        match Problem::from_json(empty) {
+            Err(Error::Json { message, .. }) => assert!(message.contains("empty"), "{message}"),
+            other => panic!("expected Error::Json, got {other:?}"),
+        }
+    }
+    // Whole, it loads.
+    let p = Problem::from_json(&seed).unwrap();
+    assert_eq!(p.h0.shape(), (32, 64));
 }

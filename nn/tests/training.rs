@@ -184,3 +184,208 @@ fn optimisers_reject_mismatched_gradients() {
         );
     }
 }
+
+type Boxed = Box<dyn Optimizer>;
+
+fn two_tensors() -> ParamSet {
+    let mut p = one_tensor(&[1.0, -2.0]);
+    p.push("b", DMatrix::from_row_slice(2, 2, &[0.5, 0.25, -0.75, 2.0]));
+    p
+}
+
+fn good_grads() -> Vec<DMatrix<f64>> {
+    vec![
+        DMatrix::from_row_slice(1, 2, &[0.2, -0.4]),
+        DMatrix::from_row_slice(2, 2, &[1.0, 0.0, -3.0, 0.5]),
+    ]
+}
+
+fn expect_hyper<T: std::fmt::Debug>(r: nn::Result<T>, field: &str) {
+    match r {
+        Err(Error::Hyperparameter { name, .. }) => assert_eq!(name, field),
+        other => panic!("{field}: expected Hyperparameter, got {other:?}"),
+    }
+}
+
+#[test]
+fn checked_constructors_refuse_bad_hyperparameters() {
+    for lr in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.1] {
+        expect_hyper(Sgd::try_new(lr, 0.0), "lr");
+        expect_hyper(Adam::try_new(lr), "lr");
+        expect_hyper(Adam::try_with(lr, 0.9, 0.999, 1e-8), "lr");
+    }
+    for m in [1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
+        expect_hyper(Sgd::try_new(0.1, m), "momentum");
+    }
+    for b in [1.0, -0.1, f64::NAN, 2.0] {
+        expect_hyper(Adam::try_with(0.1, b, 0.999, 1e-8), "beta1");
+        expect_hyper(Adam::try_with(0.1, 0.9, b, 1e-8), "beta2");
+    }
+    for eps in [0.0, -1e-8, f64::NAN, f64::INFINITY] {
+        expect_hyper(Adam::try_with(0.1, 0.9, 0.999, eps), "eps");
+    }
+    // The message names the optimiser, the field and the value.
+    let msg = Adam::try_with(0.1, 1.0, 0.999, 1e-8)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("Adam") && msg.contains("beta1 = 1"), "{msg}");
+    // Valid values construct optimisers that behave like the unchecked ones.
+    let mut a = Adam::try_with(0.1, 0.0, 0.5, 1e-6).unwrap();
+    let mut b = Adam::new(0.1);
+    (b.beta1, b.beta2, b.eps) = (0.0, 0.5, 1e-6);
+    let (mut p, mut q) = (two_tensors(), two_tensors());
+    a.step(&mut p, &good_grads()).unwrap();
+    b.step(&mut q, &good_grads()).unwrap();
+    assert_eq!(p, q);
+    assert_ne!(p, two_tensors());
+    let mut s = Sgd::try_new(0.0, 0.0).unwrap();
+    s.step(&mut p, &good_grads()).unwrap();
+    assert_eq!(p, q, "lr = 0 is allowed and moves nothing");
+}
+
+#[test]
+fn step_refuses_bad_hyperparameters_set_on_the_fields() {
+    let mut p = two_tensors();
+    let mut adam = Adam::new(f64::NAN);
+    expect_hyper(adam.step(&mut p, &good_grads()), "lr");
+    adam.lr = 0.1;
+    adam.beta1 = 1.0;
+    expect_hyper(adam.step(&mut p, &good_grads()), "beta1");
+    adam.beta1 = 0.9;
+    adam.beta2 = 1.0;
+    expect_hyper(adam.step(&mut p, &good_grads()), "beta2");
+    adam.beta2 = 0.999;
+    adam.eps = 0.0;
+    expect_hyper(adam.step(&mut p, &good_grads()), "eps");
+    assert_eq!(p, two_tensors(), "refused steps leave the parameters");
+    // Repaired, its first step is a first step (no hidden step count or state).
+    adam.eps = 1e-8;
+    adam.step(&mut p, &good_grads()).unwrap();
+    let mut q = two_tensors();
+    Adam::new(0.1).step(&mut q, &good_grads()).unwrap();
+    assert_eq!(p, q);
+
+    let mut p = two_tensors();
+    let mut sgd = Sgd::new(f64::INFINITY, 0.0);
+    expect_hyper(sgd.step(&mut p, &good_grads()), "lr");
+    sgd.lr = 0.5;
+    sgd.momentum = 1.0;
+    expect_hyper(sgd.step(&mut p, &good_grads()), "momentum");
+    assert_eq!(p, two_tensors());
+    sgd.momentum = 0.9;
+    sgd.step(&mut p, &good_grads()).unwrap();
+    // First step: v = g, p = p0 − lr g.
+    assert_eq!(p.values()[0], DMatrix::from_row_slice(1, 2, &[0.9, -1.8]));
+}
+
+#[test]
+fn non_finite_gradients_are_refused_before_any_update() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let opts: Vec<(&str, Boxed, Boxed)> = vec![
+            ("adam", Box::new(Adam::new(0.1)), Box::new(Adam::new(0.1))),
+            (
+                "sgd",
+                Box::new(Sgd::new(0.1, 0.9)),
+                Box::new(Sgd::new(0.1, 0.9)),
+            ),
+        ];
+        for (name, mut opt, mut fresh) in opts {
+            // One good step first, so the optimiser has state to keep.
+            let mut p = two_tensors();
+            opt.step(&mut p, &good_grads()).unwrap();
+            let mut q = two_tensors();
+            fresh.step(&mut q, &good_grads()).unwrap();
+            let before = p.clone();
+            // Tensor 0 is fine, tensor 1 has the bad entry at row 1, column 0.
+            let mut g = good_grads();
+            g[1][(1, 0)] = bad;
+            match opt.step(&mut p, &g) {
+                Err(Error::NonFiniteGradient {
+                    index,
+                    name: param,
+                    row,
+                    col,
+                    value,
+                }) => {
+                    assert_eq!((index, param.as_str(), row, col), (1, "b", 1, 0), "{name}");
+                    assert!(value.is_nan() == bad.is_nan(), "{name}");
+                }
+                other => panic!("{name}: expected NonFiniteGradient, got {other:?}"),
+            }
+            assert_eq!(p, before, "{name}: no tensor updated, not even tensor 0");
+            // The state is untouched: the next good step matches an optimiser that never
+            // saw the bad gradient.
+            opt.step(&mut p, &good_grads()).unwrap();
+            fresh.step(&mut q, &good_grads()).unwrap();
+            assert_eq!(p, q, "{name}");
+        }
+    }
+}
+
+#[test]
+fn overflowing_updates_are_refused() {
+    // SGD: finite gradient and learning rate whose product overflows the parameter.
+    let mut p = one_tensor(&[1.0, -2.0]);
+    let mut sgd = Sgd::new(1e10, 0.0);
+    let g = [DMatrix::from_row_slice(1, 2, &[1.0, 1e300])];
+    match sgd.step(&mut p, &g) {
+        Err(Error::NonFiniteUpdate {
+            quantity,
+            index,
+            row,
+            col,
+            ..
+        }) => assert_eq!((quantity, index, row, col), ("parameter", 0, 0, 1)),
+        other => panic!("expected NonFiniteUpdate, got {other:?}"),
+    }
+    assert_eq!(p, one_tensor(&[1.0, -2.0]));
+    // Adam: g² overflows the second moment (which would freeze the parameter silently).
+    let mut adam = Adam::new(0.1);
+    let g = [DMatrix::from_row_slice(1, 2, &[1e200, 1.0])];
+    match adam.step(&mut p, &g) {
+        Err(Error::NonFiniteUpdate {
+            quantity, row, col, ..
+        }) => assert_eq!((quantity, row, col), ("second moment", 0, 0)),
+        other => panic!("expected NonFiniteUpdate, got {other:?}"),
+    }
+    assert_eq!(p, one_tensor(&[1.0, -2.0]));
+    // Moderate gradients go through.
+    let g = [DMatrix::from_row_slice(1, 2, &[1e100, 1.0])];
+    adam.step(&mut p, &g).unwrap();
+    assert!((p.values()[0][0] - 0.9).abs() < 1e-12, "{}", p.values()[0]);
+}
+
+#[test]
+fn train_step_refuses_a_nan_gradient_and_keeps_the_parameters() {
+    let tape = Tape::new();
+    let mut p = two_tensors();
+    let mut opt = Adam::new(0.1);
+    // L = Σ (w ⊙ [NaN, 1]) + Σ b: the gradient of `w` has a NaN in column 0.
+    let r = train_step(&tape, &mut p, &mut opt, |tape, v| {
+        let c = tape.constant(DMatrix::from_row_slice(1, 2, &[f64::NAN, 1.0]));
+        Ok(tape.lin_comb(&[(1.0, v[0].mul(c)?.sum()), (1.0, v[1].sum())])?)
+    });
+    match r {
+        Err(Error::NonFiniteGradient {
+            index, name, col, ..
+        }) => assert_eq!((index, name.as_str(), col), (0, "w", 0)),
+        other => panic!("expected NonFiniteGradient, got {other:?}"),
+    }
+    assert_eq!(p, two_tensors());
+    // A NaN learning rate is refused by train_step as well.
+    let mut bad = Sgd::new(f64::NAN, 0.0);
+    let r = train_step(&tape, &mut p, &mut bad, |_, v| Ok(v[1].sum()));
+    expect_hyper(r, "lr");
+    assert_eq!(p, two_tensors());
+    // A finite loss then trains: L = Σ b moves every entry of b by −lr (first Adam step).
+    let l = train_step(&tape, &mut p, &mut opt, |_, v| Ok(v[1].sum())).unwrap();
+    assert_eq!(l, 0.5 + 0.25 - 0.75 + 2.0);
+    for (x, x0) in p.values()[1].iter().zip(two_tensors().values()[1].iter()) {
+        assert!((x - (x0 - 0.1)).abs() < 1e-6, "{x} vs {x0}");
+    }
+    assert_eq!(
+        p.values()[0],
+        two_tensors().values()[0],
+        "w has zero gradient"
+    );
+}
