@@ -28,20 +28,22 @@
 //! a log-log chart of peak heap against gradient error (default `target/checkpointing.svg`,
 //! `--svg PATH` to override).
 
+mod support;
+
 use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::heap::CountingAlloc;
 use costate::nn::problem::{layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec};
 use costate::nn::{Activation, Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::Options;
-use costate::report::{
+use costate::rand::{Rng, SeedableRng};
+use serde_json::json;
+use support::heap::CountingAlloc;
+use support::report::{
     bytes, median, svg_scatter_chart, Axis, Marker, Scale, ScatterPoint, ScatterSeries, Table,
 };
-use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
@@ -125,7 +127,7 @@ struct Workload {
 /// `tape_size`'s T = 100 problem, with its weights and h0.
 fn horizon() -> Result<Workload> {
     let func = OdeFunc::new(64, &[64, 64], Activation::Tanh)?.with_subtract_state();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
     let params = func.mlp.init_params(&mut rng);
     let h0 = DMatrix::from_fn(32, 64, |_, _| rng.random_range(-1.0..1.0));
     Ok(Workload {
@@ -169,7 +171,7 @@ fn seed(path: Option<&str>) -> Result<Workload> {
 fn synthetic_seed() -> Result<Problem> {
     let (dim, batch, npts) = (64, 32, 50);
     let func = OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
     let params = func.mlp.init_params(&mut rng);
     let h0 = DMatrix::from_fn(batch, dim, |_, _| standard_normal(&mut rng));
     let file = ProblemFile {

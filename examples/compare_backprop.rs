@@ -15,6 +15,8 @@
 //! file's `tight` reference gradients. With `--json` it prints one JSON object with an entry
 //! per mode, keyed by the mode's name as given, in the problem file's layout.
 
+mod support;
+
 use std::error::Error;
 use std::str::FromStr;
 use std::time::Instant;
@@ -25,9 +27,9 @@ use costate::nn::problem::{
     layer_specs, nested, GradientSet, LossSpec, ModelSpec, ProblemFile, SolverSpec,
 };
 use costate::nn::{Activation, NeuralOde, Problem, Strategy};
-use costate::report::{bytes, median, peak_rss_bytes, Table};
-use rand::{Rng, SeedableRng};
+use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::report::{bytes, median, peak_rss_bytes, Table};
 
 struct Args {
     problem: Option<String>,
@@ -88,7 +90,7 @@ fn parse_args() -> Result<Args, String> {
 fn synthetic() -> Result<Problem, Box<dyn Error>> {
     let (dim, batch, npts) = (64, 32, 50);
     let func = costate::nn::OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
     let params = func.mlp.init_params(&mut rng);
     let h0 = DMatrix::from_fn(batch, dim, |_, _| standard_normal(&mut rng));
     let file = ProblemFile {

@@ -7,6 +7,8 @@
 //! `OdeFunc` (2 → 50 → 2, tanh, applied to y³), loss = mean |pred − true|, Adam. Ends with a
 //! phase-plane plot of the true and learned trajectories (default `target/spiral.svg`).
 
+mod support;
+
 use std::error::Error;
 use std::time::Instant;
 
@@ -14,10 +16,10 @@ use costate::ad_core::nalgebra::{dmatrix, DMatrix};
 use costate::ad_core::{Result as TapeResult, Scalar, Tape, Var};
 use costate::nn::{train_step, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
 use costate::ode::{self, Dynamics, Options};
-use costate::report::{median, svg_line_chart, Series};
+use costate::rand::{Rng, SeedableRng};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::report::{median, svg_line_chart, Series};
 
 const DATA_SIZE: usize = 1000;
 const BATCH_TIME: usize = 10;
@@ -90,7 +92,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // ode_demo's network: weights ~ N(0, 0.1), biases 0.
     let func = OdeFunc::new(2, &[50], Activation::Tanh)?.with_input(Input::Cube);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
     let mut params = func.mlp.init_params(&mut rng);
     for (name, v) in params.names().to_vec().iter().zip(params.values_mut()) {
         *v = if name.ends_with("weight") {

@@ -15,15 +15,17 @@
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+mod support;
+
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::heap::CountingAlloc;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
-use costate::report::{
+use costate::rand::{Rng, SeedableRng};
+use serde_json::json;
+use support::heap::CountingAlloc;
+use support::report::{
     bytes, svg_scatter_chart, Axis, Marker, Scale, ScatterPoint, ScatterSeries, Table,
 };
-use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
@@ -129,7 +131,7 @@ fn run() -> Result<()> {
         .unwrap_or_else(|| "target/tape_size.svg".into());
 
     let func = OdeFunc::new(64, &[64, 64], Activation::Tanh)?.with_subtract_state();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
     let params = func.mlp.init_params(&mut rng);
     let h0 = DMatrix::from_fn(32, 64, |_, _| rng.random_range(-1.0..1.0));
 

@@ -8,7 +8,9 @@
 //! - [`ode`]: one Runge–Kutta engine; taped `odeint` and `odeint_adjoint` (one opaque node).
 //! - [`nn`]: layers, `OdeFunc`, `NeuralOde`, optimisers, problem files.
 //!
-//! [`heap`] and [`report`] serve the examples: a counting allocator, tables and SVG charts.
+//! The examples' shared support (a counting allocator, tables, SVG charts) lives with them
+//! in `examples/support/`, not in this API. `rand`, `nalgebra` and `num_dual` are
+//! re-exported in the versions the API's signatures use (no version traps).
 //!
 //! ```
 //! use costate::ad_core::Tape;
@@ -27,13 +29,12 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod heap;
-pub mod report;
-
 pub use ad_core;
 pub use ad_core::{nalgebra, num_dual};
 pub use nn;
 pub use ode;
+/// The `rand` the API's signatures use (`Mlp::init_params` takes its `RngCore`).
+pub use rand;
 
 /// The README's code sample, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]

@@ -20,9 +20,9 @@ fn problem(
     cotangents: bool,
     tol: f64,
 ) -> Problem {
-    use rand::{Rng, SeedableRng};
+    use costate::rand::{Rng, SeedableRng};
     let (cube, time_input, subtract) = flags;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(seed);
     let func = costate::nn::OdeFunc::new(dim, &[hidden], costate::nn::Activation::Tanh).unwrap();
     let func = if time_input {
         func.with_time_input()

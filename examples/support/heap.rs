@@ -2,7 +2,7 @@
 //! examples report (*peak heap* as `docs/design.md` defines it).
 //!
 //! Install it in a binary with
-//! `#[global_allocator] static HEAP: costate::heap::CountingAlloc = costate::heap::CountingAlloc::new();`.
+//! `#[global_allocator] static HEAP: CountingAlloc = CountingAlloc::new();`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

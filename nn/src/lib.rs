@@ -10,11 +10,11 @@
 //! ```
 //! use ad_core::{nalgebra::DMatrix, Tape};
 //! use nn::{train_step, Activation, Adam, NeuralOde, OdeFunc, Strategy};
-//! use rand::SeedableRng;
+//! use nn::rand::SeedableRng;
 //!
 //! // Learn h' = f(h) so that h(1) from h0 hits a target.
 //! let func = OdeFunc::new(2, &[16], Activation::Tanh)?;
-//! let mut params = func.mlp.init_params(&mut rand::rngs::StdRng::seed_from_u64(0));
+//! let mut params = func.mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
 //! let model = NeuralOde::new(func, Strategy::backsolve());
 //! let h0 = DMatrix::from_row_slice(2, 2, &[1.0, 0.0, 0.0, 1.0]);
 //! let target = DMatrix::from_row_slice(2, 2, &[0.5, 0.5, -0.5, 0.5]);
@@ -49,3 +49,5 @@ pub use odefunc::{Input, NeuralOde, OdeFunc};
 pub use optim::{train_step, Adam, Optimizer, Sgd};
 pub use params::ParamSet;
 pub use problem::{Loss, Problem, ProblemFile};
+/// The `rand` whose `RngCore` [`Mlp::init_params`] takes (no version trap).
+pub use rand;

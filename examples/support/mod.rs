@@ -1,0 +1,6 @@
+//! What the examples share: a counting allocator for peak-heap figures, tables and SVG
+//! charts. Not part of the published API; each example uses part of it.
+#![allow(dead_code)]
+
+pub mod heap;
+pub mod report;
