@@ -27,7 +27,7 @@ use costate::nn::problem::{
     layer_specs, nested, GradientSet, LossSpec, ModelSpec, ProblemFile, SolverSpec,
 };
 use costate::nn::{Activation, NeuralOde, Problem, Strategy};
-use costate::rand::{Rng, SeedableRng};
+use costate::rand::SeedableRng;
 use serde_json::json;
 use support::report::{bytes, median, peak_rss_bytes, Table};
 
@@ -92,7 +92,7 @@ fn synthetic() -> Result<Problem, Box<dyn Error>> {
     let func = costate::nn::OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
     let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
     let params = func.mlp.init_params(&mut rng);
-    let h0 = DMatrix::from_fn(batch, dim, |_, _| standard_normal(&mut rng));
+    let h0 = costate::nn::Mlp::normal(batch, dim, 0.0, 1.0, &mut rng)?;
     let file = ProblemFile {
         format: costate::nn::problem::PROBLEM_FORMAT.into(),
         description: "synthetic seed workload".into(),
@@ -116,13 +116,6 @@ fn synthetic() -> Result<Problem, Box<dyn Error>> {
         generator: None,
     };
     Ok(Problem::from_file(file)?)
-}
-
-fn standard_normal(rng: &mut impl Rng) -> f64 {
-    // Box–Muller.
-    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    let v: f64 = rng.random();
-    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
 /// What one mode produced.

@@ -70,12 +70,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn normal(rng: &mut impl Rng, std: f64) -> f64 {
-    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    let v: f64 = rng.random();
-    std * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-}
-
 fn main() -> Result<(), Box<dyn Error>> {
     let args = match parse_args() {
         Ok(a) => a,
@@ -96,7 +90,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut params = func.mlp.init_params(&mut rng);
     for (name, v) in params.names().to_vec().iter().zip(params.values_mut()) {
         *v = if name.ends_with("weight") {
-            v.map(|_| normal(&mut rng, 0.1))
+            costate::nn::Mlp::normal(v.nrows(), v.ncols(), 0.0, 0.1, &mut rng)?
         } else {
             v.map(|_| 0.0)
         };

@@ -132,6 +132,37 @@ impl Mlp {
         p
     }
 
+    /// A `rows × cols` matrix of independent normal samples with this mean and standard
+    /// deviation (rand_distr's `Normal`); a negative or non-finite `std` is an error.
+    ///
+    /// ```
+    /// use nn::rand::SeedableRng;
+    /// let mut rng = nn::rand::rngs::StdRng::seed_from_u64(0);
+    /// let h0 = nn::Mlp::normal(32, 64, 0.0, 1.0, &mut rng)?;
+    /// let mean = h0.mean();
+    /// assert!(mean.abs() < 0.1 && (h0.variance() - 1.0).abs() < 0.1);
+    /// assert!(nn::Mlp::normal(2, 2, 0.0, f64::NAN, &mut rng).is_err());
+    /// # Ok::<(), nn::Error>(())
+    /// ```
+    pub fn normal(
+        rows: usize,
+        cols: usize,
+        mean: f64,
+        std: f64,
+        rng: &mut dyn RngCore,
+    ) -> Result<DMatrix<f64>> {
+        if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
+            return Err(Error::Mismatch(format!(
+                "a normal distribution needs a finite mean and a finite std >= 0, not mean {mean}, std {std}"
+            )));
+        }
+        let normal = rand_distr::Normal::new(mean, std)
+            .map_err(|e| Error::Mismatch(format!("normal distribution: {e}")))?;
+        Ok(DMatrix::from_fn(rows, cols, |_, _| {
+            rand_distr::Distribution::sample(&normal, rng)
+        }))
+    }
+
     /// Check that `params` fits this architecture (two tensors per layer, right shapes).
     pub fn check_params(&self, params: &ParamSet) -> Result<()> {
         let shapes: Vec<(usize, usize)> = self

@@ -51,3 +51,5 @@ pub use params::ParamSet;
 pub use problem::{Loss, Problem, ProblemFile};
 /// The `rand` whose `RngCore` [`Mlp::init_params`] takes (no version trap).
 pub use rand;
+/// The `rand_distr` behind [`Mlp::normal`].
+pub use rand_distr;
