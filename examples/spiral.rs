@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::{dmatrix, DMatrix};
 use costate::ad_core::{Result as TapeResult, Scalar, Tape, Var};
-use costate::nn::{train_step, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
+use costate::nn::{train_step_ode, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
 use costate::ode::{self, Dynamics, Options};
 use costate::rand::{Rng, SeedableRng};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -109,7 +109,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let tape = Tape::<f64>::new();
-    let (mut losses, mut times, mut nfe_fwd) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let (mut nfe_fwd, mut nfe_bwd) = (Vec::new(), Vec::new());
     for _ in 0..args.iters {
         // 20 distinct start indices, as np.random.choice(..., replace=False).
         let mut starts: Vec<usize> = Vec::with_capacity(BATCH_SIZE);
@@ -124,15 +125,13 @@ fn main() -> Result<(), Box<dyn Error>> {
             .map(|k| DMatrix::from_fn(BATCH_SIZE, 2, |i, j| true_y[starts[i] + k][(0, j)]))
             .collect();
         let start = Instant::now();
-        let mut nfe = 0;
-        let loss = train_step(&tape, &mut params, &mut opt, |tape, p| {
+        let stats = train_step_ode(&tape, &mut params, &mut opt, |tape, p| {
             let sol = model.forward(
                 tape,
                 tape.constant(batch_y0.clone()),
                 tape.constant(batch_t.clone()),
                 p,
             )?;
-            nfe = sol.stats.nfe;
             let terms: Vec<(f64, Var<'_, f64>)> = sol
                 .outputs
                 .iter()
@@ -144,34 +143,19 @@ fn main() -> Result<(), Box<dyn Error>> {
                     ))
                 })
                 .collect::<TapeResult<_>>()?;
-            Ok(tape.lin_comb(&terms)?)
+            Ok((tape.lin_comb(&terms)?, sol))
         })?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        let loss = stats.loss;
         losses.push(loss);
-        nfe_fwd.push(nfe as f64);
+        nfe_fwd.push(stats.nfe_forward as f64);
+        nfe_bwd.push(stats.nfe_backward as f64);
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
     }
     bar.finish_and_clear();
 
-    // The adjoint's backward NFE (train_step hides the solution): one more gradient
-    // evaluation on a batch of the same shape.
-    let bwd_nfe = if !matches!(args.mode, Strategy::Taped) {
-        tape.reset()?;
-        let p = params.to_tape(&tape);
-        let sol = model.forward(
-            &tape,
-            tape.constant(DMatrix::from_fn(BATCH_SIZE, 2, |i, j| {
-                true_y[i * 40][(0, j)]
-            })),
-            tape.constant(batch_t.clone()),
-            &p,
-        )?;
-        let grads = tape.backward(sol.last().sum())?;
-        sol.backward_stats(&grads).map_or(0, |s| s.nfe)
-    } else {
-        0
-    };
+    let bwd_nfe = median(&nfe_bwd) as usize;
 
     // Learned trajectory over the whole interval, from the true y0.
     let (learned, _) = ode::solve(&model.func, &y0, &t, params.values(), &Options::default())?;

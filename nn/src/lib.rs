@@ -46,7 +46,7 @@ pub use layers::{Activation, Linear, Mlp};
 /// The gradient strategies of [`NeuralOde`], from the `ode` crate.
 pub use ode::{Backsolve, BackwardStats, Strategy, StrategyReport};
 pub use odefunc::{Input, NeuralOde, OdeFunc};
-pub use optim::{train_step, Adam, Optimizer, Sgd};
+pub use optim::{train_step, train_step_ode, Adam, Optimizer, Sgd, StepStats};
 pub use params::ParamSet;
 pub use problem::{Loss, Problem, ProblemFile};
 /// The `rand` whose `RngCore` [`Mlp::init_params`] takes (no version trap).

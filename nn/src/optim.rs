@@ -301,8 +301,75 @@ impl Optimizer for Adam {
     }
 }
 
+/// What one training step through an ODE solve did: the loss, the solve's NFE forward and
+/// backward, the bytes its tape held between forward and backward, and the gradient
+/// strategy that ran (see [`train_step_ode`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The loss value before the update.
+    pub loss: f64,
+    /// Evaluations of the vector field in the forward solve.
+    pub nfe_forward: usize,
+    /// Evaluations in the backward pass (0 for taped solves, whose backward is the tape's).
+    pub nfe_backward: usize,
+    /// Held bytes ([`ode::Solution::held_bytes`]) between forward and backward.
+    pub held_bytes: usize,
+    /// The strategy that ran (for `Auto`, the one it chose).
+    pub strategy: String,
+}
+
+/// One training step through an ODE solve, like [`train_step`], but `loss` returns the
+/// solution it built the loss from as well, and the step returns its [`StepStats`]: no
+/// second gradient evaluation to learn what the step cost.
+///
+/// ```
+/// use ad_core::{nalgebra::DMatrix, Tape};
+/// use nn::{train_step_ode, Activation, Adam, NeuralOde, OdeFunc, Strategy};
+/// use nn::rand::SeedableRng;
+///
+/// let func = OdeFunc::new(2, &[8], Activation::Tanh)?;
+/// let mut params = func.mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
+/// let model = NeuralOde::new(func, Strategy::StoreEveryStep);
+/// let (tape, mut opt) = (Tape::new(), Adam::new(0.01));
+/// let stats = train_step_ode(&tape, &mut params, &mut opt, |tape, p| {
+///     let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 1.0]));
+///     let sol = model.forward(tape, tape.constant(DMatrix::from_element(3, 2, 0.5)), t, p)?;
+///     Ok((sol.last().square().mean(), sol))
+/// })?;
+/// assert!(stats.nfe_forward > 0 && stats.nfe_backward > 0 && stats.held_bytes > 0);
+/// assert_eq!(stats.strategy, "aca");
+/// # Ok::<(), nn::Error>(())
+/// ```
+pub fn train_step_ode<O: Optimizer + ?Sized>(
+    tape: &Tape<f64>,
+    params: &mut ParamSet,
+    opt: &mut O,
+    loss: impl for<'t> FnOnce(
+        &'t Tape<f64>,
+        &[Var<'t, f64>],
+    ) -> Result<(Var<'t, f64>, ode::Solution<'t, f64>)>,
+) -> Result<StepStats> {
+    tape.reset()?;
+    let vars = params.to_tape(tape);
+    let (l, sol) = loss(tape, &vars)?;
+    let value = l.scalar_value()?;
+    let held_bytes = sol.held_bytes()?;
+    let mut grads = tape.backward(l)?;
+    let nfe_backward = sol.backward_stats(&grads).map_or(0, |b| b.nfe);
+    let g = params.grads(&mut grads, &vars)?;
+    opt.step(params, &g)?;
+    Ok(StepStats {
+        loss: value,
+        nfe_forward: sol.stats.nfe,
+        nfe_backward,
+        held_bytes,
+        strategy: sol.strategy.name.clone(),
+    })
+}
+
 /// One training step: reset `tape`, put `params` on it, build the loss with `loss`, run
-/// backward and update with `opt`. Returns the loss value.
+/// backward and update with `opt`. Returns the loss value ([`train_step_ode`] also returns
+/// what the solve cost).
 pub fn train_step<O: Optimizer + ?Sized>(
     tape: &Tape<f64>,
     params: &mut ParamSet,
