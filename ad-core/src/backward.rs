@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::ops::{Op, Report};
-use crate::scalar::Scalar;
+use crate::scalar::{all_finite, Scalar};
 use crate::tape::{Arena, NodeKey, Tape, Var};
 
 /// What a reverse sweep gathers: cotangents of the leaves, reports of custom nodes.
@@ -80,7 +80,10 @@ impl<T: Scalar> Gradients<T> {
 
 impl<T: Scalar> Tape<T> {
     /// Gradients of a 1×1 `loss` with respect to every gradient-requiring leaf.
+    ///
+    /// Not from inside a custom op's VJP on the same tape ([`Error::NestedBackward`]).
     pub fn backward(&self, loss: Var<'_, T>) -> Result<Gradients<T>> {
+        self.not_in_backward("backward")?;
         let shape = loss.shape()?;
         if shape != (1, 1) {
             return Err(Error::ShapeMismatch {
@@ -90,13 +93,23 @@ impl<T: Scalar> Tape<T> {
                 expected: "the loss must be 1x1; reduce it with sum() or mean(), or use vjp() with a cotangent",
             });
         }
-        self.vjp(loss, DMatrix::from_element(1, 1, T::one()))
+        let (grads, reports) = self.pullback(
+            "backward",
+            &[(loss, DMatrix::from_element(1, 1, T::one()))],
+            None,
+        )?;
+        Ok(Gradients {
+            tape: self.id(),
+            grads,
+            reports,
+        })
     }
 
     /// Vector-Jacobian product: the cotangent of `output` pulled back to every
-    /// gradient-requiring leaf.
+    /// gradient-requiring leaf. The cotangent must be finite
+    /// ([`Error::NonFiniteCotangent`]).
     pub fn vjp(&self, output: Var<'_, T>, cotangent: DMatrix<T>) -> Result<Gradients<T>> {
-        let (grads, reports) = self.pullback(&[(output, cotangent)], None)?;
+        let (grads, reports) = self.pullback("vjp", &[(output, cotangent)], None)?;
         Ok(Gradients {
             tape: self.id(),
             grads,
@@ -105,17 +118,22 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// Vector-Jacobian product restricted to `wrt`: only nodes that lead to one of these are
-    /// visited. Returns one cotangent per entry of `wrt` (zeros where there is no path).
+    /// visited. Returns one cotangent per entry of `wrt`: for a leaf, its gradient; for an
+    /// intermediate, the cotangent accumulated at its node (what backward would pull back
+    /// through it); zeros where there is no path, and for constants and values computed
+    /// from constants only (they are not differentiated). The seeds' cotangents add up and
+    /// must be finite ([`Error::NonFiniteCotangent`]).
     pub fn vjp_wrt(
         &self,
         seeds: &[(Var<'_, T>, DMatrix<T>)],
         wrt: &[Var<'_, T>],
     ) -> Result<Vec<DMatrix<T>>> {
+        self.not_in_backward("vjp_wrt")?;
         // A foreign Var's key could name a node of this tape: refuse it before looking it up.
         for v in wrt {
             self.check(v, "vjp_wrt")?;
         }
-        let (mut grads, _reports) = self.pullback(seeds, Some(wrt))?;
+        let (mut grads, _reports) = self.pullback("vjp_wrt", seeds, Some(wrt))?;
         wrt.iter()
             .enumerate()
             .map(|(i, v)| {
@@ -137,18 +155,21 @@ impl<T: Scalar> Tape<T> {
             .collect()
     }
 
+    /// The reverse sweep from `seeds`; with `wrt`, restricted to the nodes that lead to one
+    /// of them, and also returning the cotangents of the intermediates among them.
     fn pullback(
         &self,
+        name: &'static str,
         seeds: &[(Var<'_, T>, DMatrix<T>)],
         wrt: Option<&[Var<'_, T>]>,
     ) -> Result<Pulled<T>> {
-        const NAME: &str = "backward";
-        let arena = self.borrow(NAME)?;
+        let _running = self.enter_backward(name)?;
+        let arena = self.borrow(name)?;
         let mut pending: Vec<Option<DMatrix<T>>> = Vec::new();
         let mut end = 0;
-        for (v, g) in seeds {
-            self.check(v, NAME)?;
-            let node = arena.node(v.key, NAME)?;
+        for (i, (v, g)) in seeds.iter().enumerate() {
+            self.check(v, name)?;
+            let node = arena.node(v, name)?;
             if g.shape() != node.value.shape() {
                 return Err(Error::ShapeMismatch {
                     op: "vjp",
@@ -157,20 +178,29 @@ impl<T: Scalar> Tape<T> {
                     expected: "the cotangent must have the output's shape",
                 });
             }
+            if !all_finite(g) {
+                let at = g.iter().position(|x| !x.primal().is_finite()).unwrap_or(0);
+                return Err(Error::NonFiniteCotangent {
+                    op: name,
+                    seed: i,
+                    entry: (at % g.nrows().max(1), at / g.nrows().max(1)),
+                });
+            }
             end = end.max(node.pos + 1);
             if pending.len() < end {
                 pending.resize(end, None);
             }
             accumulate(&mut pending[node.pos], g.clone());
         }
-        let wanted = match wrt {
+        let reach = match wrt {
             Some(wrt) => Some(reach_mask(&arena, wrt, end)?),
             None => None,
         };
         let wants_node = |key: NodeKey, node_pos: usize| -> bool {
             let _ = key;
-            wanted.as_ref().is_none_or(|m| m[node_pos])
+            reach.as_ref().is_none_or(|r| r.reaches[node_pos])
         };
+        let is_target = |pos: usize| reach.as_ref().is_some_and(|r| r.target[pos]);
 
         let mut result = SecondaryMap::new();
         let mut reports = SecondaryMap::new();
@@ -183,7 +213,15 @@ impl<T: Scalar> Tape<T> {
             }
             match &node.op {
                 // An output's cotangent waits for its custom node, recorded just before it.
-                Op::CustomOutput => continue,
+                // Every consumer of a node comes after it, so its cotangent is complete here.
+                Op::CustomOutput => {
+                    if is_target(pos) {
+                        if let Some(g) = &pending[pos] {
+                            result.insert(key, g.clone());
+                        }
+                    }
+                    continue;
+                }
                 Op::Leaf => {
                     if let Some(g) = pending[pos].take() {
                         result.insert(key, g);
@@ -200,6 +238,20 @@ impl<T: Scalar> Tape<T> {
                     parent.requires_grad && wants_node(p, parent.pos)
                 })
                 .collect();
+            // An intermediate in `wrt`: its cotangent before it is pulled further back (moved
+            // out when nothing upstream is wanted).
+            if is_target(pos) {
+                if wants.iter().any(|&w| w) {
+                    if let Some(g) = &pending[pos] {
+                        result.insert(key, g.clone());
+                    }
+                } else {
+                    if let Some(g) = pending[pos].take() {
+                        result.insert(key, g);
+                    }
+                    continue;
+                }
+            }
             let inputs: SmallVec<[&DMatrix<T>; 4]> = node
                 .parents
                 .iter()
@@ -251,17 +303,25 @@ fn accumulate<T: Scalar>(slot: &mut Option<DMatrix<T>>, g: DMatrix<T>) {
     }
 }
 
-/// `mask[pos]`: whether the node at `pos` is one of `wrt` or depends on one of them.
-fn reach_mask<T: Scalar>(arena: &Arena<T>, wrt: &[Var<'_, T>], end: usize) -> Result<Vec<bool>> {
-    let mut mask = vec![false; end];
+/// Which nodes a restricted sweep visits, by position.
+struct Reach {
+    /// Whether the node is one of `wrt` or depends on one of them.
+    reaches: Vec<bool>,
+    /// Whether the node is one of `wrt`.
+    target: Vec<bool>,
+}
+
+fn reach_mask<T: Scalar>(arena: &Arena<T>, wrt: &[Var<'_, T>], end: usize) -> Result<Reach> {
+    let mut target = vec![false; end];
     let mut first = end;
     for v in wrt {
-        let node = arena.node(v.key, "vjp_wrt")?;
+        let node = arena.node(v, "vjp_wrt")?;
         if node.pos < end {
-            mask[node.pos] = true;
+            target[node.pos] = true;
             first = first.min(node.pos);
         }
     }
+    let mut mask = target.clone();
     for pos in first..end {
         if mask[pos] {
             continue;
@@ -269,5 +329,8 @@ fn reach_mask<T: Scalar>(arena: &Arena<T>, wrt: &[Var<'_, T>], end: usize) -> Re
         let node = &arena.nodes[arena.order[pos]];
         mask[pos] = node.parents.iter().any(|&p| mask[arena.nodes[p].pos]);
     }
-    Ok(mask)
+    Ok(Reach {
+        reaches: mask,
+        target,
+    })
 }

@@ -35,7 +35,7 @@ mod tape;
 
 pub use backward::Gradients;
 pub use error::{Error, Message, Result, Shape};
-pub use ops::{BoxError, CustomOp, Report, ReportedVjp};
+pub use ops::{BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
 pub use scalar::{all_finite, carries_derivatives, Scalar};
 pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};
 

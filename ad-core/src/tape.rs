@@ -40,14 +40,24 @@ pub(crate) struct Arena<T: Scalar> {
 }
 
 impl<T: Scalar> Arena<T> {
-    pub(crate) fn node(&self, key: NodeKey, op: &'static str) -> Result<&Node<T>> {
-        match self.nodes.get(key) {
+    /// The node of `v`, or the error that keeps `v` from naming one: the error it carries
+    /// (it could not be recorded), [`Error::StaleVar`] or [`Error::Released`].
+    pub(crate) fn node(&self, v: &Var<'_, T>, op: &'static str) -> Result<&Node<T>> {
+        if v.fault != 0 {
+            return Err(v.tape.fault(v.fault, op));
+        }
+        match self.nodes.get(v.key) {
             None => Err(Error::StaleVar { op }),
             Some(node) if node.released => Err(Error::Released { op }),
             Some(node) => Ok(node),
         }
     }
 }
+
+/// At most this many distinct errors are kept for Vars that could not be recorded (they are
+/// deduplicated, so only a program ignoring that many different errors reaches it); later
+/// ones are reported as [`Error::StaleVar`].
+const MAX_FAULTS: usize = 1 << 12;
 
 static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -71,6 +81,13 @@ pub struct Tape<T: Scalar> {
     id: u64,
     arena: RefCell<Arena<T>>,
     grad_enabled: Cell<bool>,
+    /// Bumped by every [`Tape::reset`], so marks taken before one are refused.
+    generation: Cell<u64>,
+    /// Whether a backward pass is running (a custom op's VJP may not start another).
+    in_backward: Cell<bool>,
+    /// The errors carried by Vars that could not be recorded (`Var::fault` indexes it).
+    /// Kept apart from the arena so it can be written while a callback holds the arena.
+    faults: RefCell<Vec<Error>>,
 }
 
 impl<T: Scalar> Default for Tape<T> {
@@ -90,10 +107,17 @@ impl<T: Scalar> std::fmt::Debug for Tape<T> {
 }
 
 /// A position on a tape, from [`Tape::mark`], to [`Tape::rewind`] to later.
+///
+/// A mark stays valid while the nodes before it do: after [`Tape::reset`], or a rewind to a
+/// point before it, using it is [`Error::StaleMark`]; on another tape, [`Error::ForeignMark`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mark {
     tape: u64,
+    generation: u64,
     len: usize,
+    /// The node just before the mark (null at position 0): if the tape was rewound past the
+    /// mark and recorded again, the node at that position is a different one.
+    last: NodeKey,
 }
 
 /// Restores gradient recording when dropped; returned by [`Tape::no_grad`].
@@ -133,22 +157,25 @@ impl<T: Scalar> Tape<T> {
                 order: Vec::new(),
             }),
             grad_enabled: Cell::new(true),
+            generation: Cell::new(0),
+            in_backward: Cell::new(false),
+            faults: RefCell::new(Vec::new()),
         }
     }
 
     /// A leaf that gradients are taken with respect to (a parameter or an input of interest).
     pub fn var(&self, value: DMatrix<T>) -> Var<'_, T> {
-        self.push_unchecked(value, Op::Leaf, Parents::new(), true)
+        self.push_leaf("var", value, Op::Leaf, true)
     }
 
     /// A leaf that is never differentiated (data, targets, fixed inputs).
     pub fn constant(&self, value: DMatrix<T>) -> Var<'_, T> {
-        self.push_unchecked(value, Op::Constant, Parents::new(), false)
+        self.push_leaf("constant", value, Op::Constant, false)
     }
 
     /// A 1x1 gradient-requiring leaf.
     pub fn scalar(&self, value: T) -> Var<'_, T> {
-        self.var(DMatrix::from_element(1, 1, value))
+        self.push_leaf("scalar", DMatrix::from_element(1, 1, value), Op::Leaf, true)
     }
 
     /// Number of nodes in the arena.
@@ -179,33 +206,56 @@ impl<T: Scalar> Tape<T> {
 
     /// The current end of the tape.
     pub fn mark(&self) -> Mark {
+        let (len, last) = match self.arena.try_borrow() {
+            Ok(arena) => (
+                arena.order.len(),
+                arena.order.last().copied().unwrap_or_default(),
+            ),
+            // Only while the tape inserts or drops nodes, which runs no user code: a mark
+            // past any end, refused by every use.
+            Err(_) => (usize::MAX, NodeKey::default()),
+        };
         Mark {
             tape: self.id,
-            len: self.len(),
+            generation: self.generation.get(),
+            len,
+            last,
         }
+    }
+
+    /// Error unless `mark` was taken on this tape and the nodes before it are still the ones
+    /// it saw.
+    fn check_mark(&self, arena: &Arena<T>, mark: Mark, op: &'static str) -> Result<()> {
+        if mark.tape != self.id {
+            return Err(Error::ForeignMark { op });
+        }
+        if mark.generation != self.generation.get() {
+            return Err(Error::StaleMark {
+                op,
+                reason: "the tape was reset",
+            });
+        }
+        let same_prefix = match mark.len {
+            0 => true,
+            len => arena.order.get(len - 1) == Some(&mark.last),
+        };
+        if !same_prefix {
+            return Err(Error::StaleMark {
+                op,
+                reason: "the tape was rewound to before this mark (and maybe recorded again)",
+            });
+        }
+        Ok(())
     }
 
     /// Drop every node recorded after `mark`; `Var`s from before the mark stay valid, later
     /// ones become stale (using them is [`Error::StaleVar`]). Capacity is kept for reuse.
+    /// A mark of another tape is [`Error::ForeignMark`]; one taken before a reset, or before
+    /// a rewind to an earlier point, is [`Error::StaleMark`].
     pub fn rewind(&self, mark: Mark) -> Result<()> {
-        if mark.tape != self.id {
-            return Err(Error::ForeignVar { op: "rewind" });
-        }
         let mut arena = self.borrow_mut("rewind")?;
-        if mark.len > arena.order.len() {
-            return Err(Error::InvalidArgument {
-                op: "rewind",
-                message: format!(
-                    "the mark is at position {} but the tape holds only {} nodes; it was rewound past this mark already",
-                    mark.len,
-                    arena.order.len()
-                ),
-            });
-        }
-        let Arena { nodes, order } = &mut *arena;
-        for key in order.drain(mark.len..) {
-            nodes.remove(key);
-        }
+        self.check_mark(&arena, mark, "rewind")?;
+        truncate(&mut arena, mark.len);
         Ok(())
     }
 
@@ -218,16 +268,11 @@ impl<T: Scalar> Tape<T> {
         let mut moved: Vec<Option<DMatrix<T>>> = Vec::with_capacity(keep.len());
         {
             let mut arena = self.borrow_mut(NAME)?;
-            if mark.tape != self.id || mark.len > arena.order.len() {
-                return Err(Error::InvalidArgument {
-                    op: NAME,
-                    message: "the mark is from another tape or past the tape's end".into(),
-                });
-            }
+            self.check_mark(&arena, mark, NAME)?;
             for v in keep {
                 // Validate every Var before moving anything out.
                 self.check(v, NAME)?;
-                arena.node(v.key, NAME)?;
+                arena.node(v, NAME)?;
             }
             for (i, v) in keep.iter().enumerate() {
                 // A Var listed twice is moved once and copied for its later entries.
@@ -264,15 +309,17 @@ impl<T: Scalar> Tape<T> {
     /// through, but reading them is [`Error::Released`]. Returns the bytes freed.
     pub fn release_unneeded(&self, from: Mark, keep: &[Var<'_, T>]) -> Result<usize> {
         const NAME: &str = "release_unneeded";
-        if from.tape != self.id {
-            return Err(Error::ForeignVar { op: NAME });
-        }
         let mut arena = self.borrow_mut(NAME)?;
+        self.check_mark(&arena, from, NAME)?;
         let Arena { nodes, order } = &mut *arena;
-        let start = from.len.min(order.len());
+        let start = from.len;
         let mut needed = vec![false; order.len() - start];
         for v in keep {
             self.check(v, NAME)?;
+            if v.fault != 0 {
+                return Err(self.fault(v.fault, NAME));
+            }
+            // A Var already gone or released has nothing left to keep.
             if let Some(node) = nodes.get(v.key) {
                 if node.pos >= start {
                     needed[node.pos - start] = true;
@@ -336,12 +383,13 @@ impl<T: Scalar> Tape<T> {
             .sum()
     }
 
-    /// Remove every node. All existing `Var`s of this tape become stale.
+    /// Remove every node. All existing `Var`s of this tape become stale, and so do its
+    /// marks (using one is [`Error::StaleMark`]).
     pub fn reset(&self) -> Result<()> {
-        self.rewind(Mark {
-            tape: self.id,
-            len: 0,
-        })
+        let mut arena = self.borrow_mut("reset")?;
+        self.generation.set(self.generation.get().wrapping_add(1));
+        truncate(&mut arena, 0);
+        Ok(())
     }
 
     /// Node counts, held bytes and per-op counts of what the tape holds now.
@@ -375,6 +423,60 @@ impl<T: Scalar> Tape<T> {
         self.arena.try_borrow_mut().map_err(|_| busy(op))
     }
 
+    /// Error unless no backward pass is running on this tape: a custom op's VJP must not
+    /// start another one (it could recurse forever through its own node).
+    pub(crate) fn not_in_backward(&self, op: &'static str) -> Result<()> {
+        if self.in_backward.get() {
+            Err(Error::NestedBackward { op })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Flag a backward pass as running until the guard drops.
+    pub(crate) fn enter_backward(&self, op: &'static str) -> Result<BackwardGuard<'_, T>> {
+        self.not_in_backward(op)?;
+        self.in_backward.set(true);
+        Ok(BackwardGuard { tape: self })
+    }
+
+    /// A Var that could not be recorded: it names no node and carries `error`, which its
+    /// first fallible use reports (see [`Var::infallible`]).
+    pub(crate) fn faulty(&self, error: Error) -> Var<'_, T> {
+        let fault = self.faults.try_borrow_mut().map_or(0, |mut faults| {
+            // Deduplicate, so that a loop failing the same way does not grow the list.
+            let key = format!("{error:?}");
+            match faults.iter().position(|e| format!("{e:?}") == key) {
+                Some(i) => i + 1,
+                None if faults.len() < MAX_FAULTS => {
+                    faults.push(error);
+                    faults.len()
+                }
+                None => 0,
+            }
+        });
+        Var {
+            tape: self,
+            key: NodeKey::default(),
+            fault: u32::try_from(fault).unwrap_or(0),
+        }
+    }
+
+    /// The error a faulty Var carries (`op` names the call that found it, if it is lost).
+    pub(crate) fn fault(&self, fault: u32, op: &'static str) -> Error {
+        self.faults
+            .try_borrow()
+            .ok()
+            .and_then(|faults| {
+                Some(
+                    faults
+                        .get(usize::try_from(fault).ok()?.checked_sub(1)?)?
+                        .replicate(),
+                )
+            })
+            .unwrap_or(Error::StaleVar { op })
+    }
+
     /// Check that `v` lives on this tape.
     pub(crate) fn check(&self, v: &Var<'_, T>, op: &'static str) -> Result<()> {
         if std::ptr::eq(v.tape, self) {
@@ -403,7 +505,7 @@ impl<T: Scalar> Tape<T> {
             let mut values: SmallVec<[&DMatrix<T>; 4]> = SmallVec::new();
             let mut requires_grad = false;
             for v in inputs {
-                let node = arena.node(v.key, name)?;
+                let node = arena.node(v, name)?;
                 requires_grad |= node.requires_grad;
                 values.push(&node.value);
             }
@@ -450,41 +552,59 @@ impl<T: Scalar> Tape<T> {
             released: false,
         });
         arena.order.push(key);
-        Var { tape: self, key }
+        Var {
+            tape: self,
+            key,
+            fault: 0,
+        }
     }
 
-    fn push_unchecked(
-        &self,
-        value: DMatrix<T>,
-        op: Op<T>,
-        parents: Parents,
-        rg: bool,
-    ) -> Var<'_, T> {
+    fn push_leaf(&self, name: &'static str, value: DMatrix<T>, op: Op<T>, rg: bool) -> Var<'_, T> {
         // Leaves only fail to record while a custom op's callback holds the tape; a leaf made
-        // then is returned stale, so its first use reports the problem instead of panicking.
+        // then carries [`Error::TapeBusy`], which its first use reports instead of panicking.
         match self.arena.try_borrow_mut() {
-            Ok(mut arena) => self.insert(&mut arena, value, op, parents, rg),
-            Err(_) => Var {
-                tape: self,
-                key: NodeKey::default(),
-            },
+            Ok(mut arena) => self.insert(&mut arena, value, op, Parents::new(), rg),
+            Err(_) => self.faulty(busy(name)),
         }
     }
 }
 
-fn busy(op: &'static str) -> Error {
-    Error::InvalidArgument {
-        op,
-        message: "the tape is busy: a custom op's callback tried to record on the tape it belongs to; record on a separate Tape inside custom ops".into(),
+/// Drop every node at position `len` and after.
+fn truncate<T: Scalar>(arena: &mut Arena<T>, len: usize) {
+    let Arena { nodes, order } = arena;
+    for key in order.drain(len.min(order.len())..) {
+        nodes.remove(key);
     }
+}
+
+/// Clears [`Tape`]'s backward flag when dropped (also when a VJP panics).
+pub(crate) struct BackwardGuard<'t, T: Scalar> {
+    tape: &'t Tape<T>,
+}
+
+impl<T: Scalar> Drop for BackwardGuard<'_, T> {
+    fn drop(&mut self) {
+        self.tape.in_backward.set(false);
+    }
+}
+
+fn busy(op: &'static str) -> Error {
+    Error::TapeBusy { op }
 }
 
 /// A handle to a node on a [`Tape`]: small, `Copy`, and valid until the tape is reset or
 /// rewound past it.
+///
+/// Ops that return a plain `Var` (unary maps, reductions, leaves, ...) cannot report an error
+/// on the spot; when they fail (a stale or released input, a busy tape, an empty `mean`),
+/// the `Var` they return names no node and carries the error, which its first fallible use
+/// (or that of anything computed from it) reports.
 #[derive(Clone, Copy)]
 pub struct Var<'t, T: Scalar> {
     pub(crate) tape: &'t Tape<T>,
     pub(crate) key: NodeKey,
+    /// 0, or 1 + the index in the tape's fault list of the error this Var carries.
+    pub(crate) fault: u32,
 }
 
 impl<T: Scalar> std::fmt::Debug for Var<'_, T> {
@@ -515,7 +635,7 @@ impl<'t, T: Scalar> Var<'t, T> {
         const NAME: &str = "take_value";
         self.tape.check(self, NAME)?;
         let mut arena = self.tape.borrow_mut(NAME)?;
-        arena.node(self.key, NAME)?;
+        arena.node(self, NAME)?;
         let node = arena
             .nodes
             .get_mut(self.key)
@@ -533,13 +653,13 @@ impl<'t, T: Scalar> Var<'t, T> {
     /// Run `f` on the value without copying it.
     pub fn with_value<R>(&self, f: impl FnOnce(&DMatrix<T>) -> R) -> Result<R> {
         let arena = self.tape.borrow("value")?;
-        Ok(f(&arena.node(self.key, "value")?.value))
+        Ok(f(&arena.node(self, "value")?.value))
     }
 
     /// The value of a 1x1 variable.
     pub fn scalar_value(&self) -> Result<T> {
         let arena = self.tape.borrow("scalar_value")?;
-        let v = &arena.node(self.key, "scalar_value")?.value;
+        let v = &arena.node(self, "scalar_value")?.value;
         if v.shape() != (1, 1) {
             return Err(Error::ShapeMismatch {
                 op: "scalar_value",
@@ -559,7 +679,7 @@ impl<'t, T: Scalar> Var<'t, T> {
     /// Whether backward will produce gradients through this variable.
     pub fn requires_grad(&self) -> Result<bool> {
         let arena = self.tape.borrow("requires_grad")?;
-        Ok(arena.node(self.key, "requires_grad")?.requires_grad)
+        Ok(arena.node(self, "requires_grad")?.requires_grad)
     }
 
     /// Run `f` on the values of several variables of one tape at once, without copying.
@@ -572,26 +692,26 @@ impl<'t, T: Scalar> Var<'t, T> {
         let mut values: SmallVec<[&DMatrix<T>; 8]> = SmallVec::with_capacity(vars.len());
         for v in vars {
             tape.check(v, "with_values")?;
-            values.push(&arena.node(v.key, "with_values")?.value);
+            values.push(&arena.node(v, "with_values")?.value);
         }
         Ok(f(&values))
     }
 
-    /// Ops that cannot fail on a live Var return a plain `Var`: on a stale one (or while the
-    /// tape is busy) the result is a stale Var, so the first fallible use reports the error
+    /// Ops that return a plain `Var`: on an error (a stale, released or faulty input, a busy
+    /// tape, ...) the result carries it, so its first fallible use reports the real cause
     /// instead of computing something wrong.
     pub(crate) fn infallible(self, r: Result<Var<'t, T>>) -> Var<'t, T> {
-        r.unwrap_or(Var {
-            tape: self.tape,
-            key: NodeKey::default(),
-        })
+        r.unwrap_or_else(|e| self.tape.faulty(e))
     }
 
-    /// Whether the variable's node still exists on its tape (not reset or rewound away).
+    /// Whether the variable's node still exists on its tape (not reset or rewound away, and
+    /// recorded at all: a `Var` carrying an error is not live).
     pub fn is_live(&self) -> bool {
-        self.tape
-            .arena
-            .try_borrow()
-            .is_ok_and(|a| a.nodes.contains_key(self.key))
+        self.fault == 0
+            && self
+                .tape
+                .arena
+                .try_borrow()
+                .is_ok_and(|a| a.nodes.contains_key(self.key))
     }
 }

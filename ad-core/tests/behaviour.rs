@@ -1,6 +1,9 @@
 //! Tape behaviour: `no_grad`, `mark` / `rewind`, `vjp_wrt`, gradient accumulation, statistics
 //! and constants.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use ad_core::nalgebra::{dmatrix, DMatrix};
 use ad_core::num_dual::Dual64;
 use ad_core::{BoxError, CustomOp, Result, Tape};
@@ -350,4 +353,91 @@ fn release_unneeded_keeps_dual_number_gradients_exact() {
         tape.backward(y).unwrap().get(x).unwrap().clone()
     };
     assert_eq!(grads_of(false), grads_of(true));
+}
+
+#[test]
+fn vjp_wrt_an_intermediate_is_the_cotangent_at_its_node() -> Result<()> {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(dmatrix![0.5, -1.0]);
+    let y = x.tanh();
+    // d Σy / dy = 1, whatever x is.
+    let g = tape.vjp_wrt(&[(y.sum(), dmatrix![1.0])], &[y])?;
+    assert_eq!(g, vec![dmatrix![1.0, 1.0]]);
+    // A seed on the intermediate itself is its cotangent.
+    let g = tape.vjp_wrt(&[(y, dmatrix![2.0, -3.0])], &[y])?;
+    assert_eq!(g, vec![dmatrix![2.0, -3.0]]);
+
+    // A leaf and intermediates together: L = Σ z + Σ x with z = y², y = tanh x.
+    // z̄ = 1, ȳ = 2y, x̄ = 2y (1 − y²) + 1.
+    let z = y.square();
+    let loss = z.sum().add(x.sum())?;
+    let g = tape.vjp_wrt(&[(loss, dmatrix![1.0])], &[z, x, y])?;
+    let yv = dmatrix![0.5f64, -1.0].map(f64::tanh);
+    assert_eq!(g[0], dmatrix![1.0, 1.0]);
+    assert_eq!(g[2], &yv * 2.0);
+    let xbar = yv.map(|y| 2.0 * y * (1.0 - y * y) + 1.0);
+    assert!((&g[1] - &xbar).amax() < 1e-15, "{}", g[1]);
+    // The leaf's entry agrees with a full backward.
+    assert_eq!(tape.backward(loss)?.get(x).unwrap(), &g[1]);
+
+    // A custom op's output counts as an intermediate too.
+    let d = tape.custom(Double(0), &[y])?[0];
+    let g = tape.vjp_wrt(&[(d.sum(), dmatrix![1.0])], &[d, y])?;
+    assert_eq!(g, vec![dmatrix![1.0, 1.0], dmatrix![2.0, 2.0]]);
+    Ok(())
+}
+
+/// `x ↦ x`, counting how often its VJP runs.
+struct Counted(Rc<Cell<usize>>);
+
+impl CustomOp<f64> for Counted {
+    fn name(&self) -> &str {
+        "counted"
+    }
+    fn forward(
+        &mut self,
+        inputs: &[&DMatrix<f64>],
+    ) -> std::result::Result<Vec<DMatrix<f64>>, BoxError> {
+        Ok(vec![inputs[0].clone()])
+    }
+    fn vjp(
+        &self,
+        _: &[&DMatrix<f64>],
+        _: &[&DMatrix<f64>],
+        cotangents: Vec<Option<DMatrix<f64>>>,
+        _: &[bool],
+    ) -> std::result::Result<Vec<Option<DMatrix<f64>>>, BoxError> {
+        self.0.set(self.0.get() + 1);
+        Ok(cotangents)
+    }
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+#[test]
+fn vjp_wrt_an_intermediate_visits_only_what_leads_to_it() -> Result<()> {
+    let tape = Tape::<f64>::new();
+    let runs = Rc::new(Cell::new(0));
+    let x = tape.var(dmatrix![1.0, 2.0]);
+    let w = tape.var(dmatrix![3.0, 4.0]);
+    // y sits above a counted node; a second counted node feeds the output beside y.
+    let below = tape.custom(Counted(Rc::clone(&runs)), &[x])?[0];
+    let y = below.square();
+    let side = tape.custom(Counted(Rc::clone(&runs)), &[w])?[0];
+    let out = y.add(side)?.sum();
+    // With respect to y only: neither counted VJP runs (nothing below y is wanted, and the
+    // side branch does not lead to y).
+    let g = tape.vjp_wrt(&[(out, dmatrix![1.0])], &[y])?;
+    assert_eq!(g, vec![dmatrix![1.0, 1.0]]);
+    assert_eq!(runs.get(), 0);
+    // With respect to y and x: only the node below y runs.
+    let g = tape.vjp_wrt(&[(out, dmatrix![1.0])], &[y, x])?;
+    assert_eq!(g, vec![dmatrix![1.0, 1.0], dmatrix![2.0, 4.0]]);
+    assert_eq!(runs.get(), 1);
+    // A full backward runs both.
+    let full = tape.backward(out)?;
+    assert_eq!(full.get(w).unwrap(), &dmatrix![1.0, 1.0]);
+    assert_eq!(runs.get(), 3);
+    Ok(())
 }

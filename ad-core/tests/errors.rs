@@ -278,26 +278,6 @@ fn invalid_argument_empty_concat_and_lin_comb() {
     assert_usable(&tape);
 }
 
-#[test]
-fn invalid_argument_rewind_past_the_end() {
-    let tape = Tape::<f64>::new();
-    let a = tape.var(m(1, 2));
-    let early = tape.mark();
-    let _ = a.square();
-    let _ = a.exp();
-    let late = tape.mark();
-    tape.rewind(early).unwrap();
-    let r = tape.rewind(late);
-    assert!(
-        matches!(r, Err(Error::InvalidArgument { op: "rewind", .. })),
-        "{r:?}"
-    );
-    // Nothing was dropped by the failed rewind.
-    assert_eq!(tape.len(), 1);
-    assert!(a.is_live());
-    assert_usable(&tape);
-}
-
 /// A custom op that tries to record on its own tape from inside its forward.
 struct RecordsInForward {
     tape: Rc<Tape<f64>>,
@@ -309,10 +289,6 @@ impl CustomOp<f64> for RecordsInForward {
     }
 
     fn forward(&mut self, inputs: &[&DMatrix<f64>]) -> Result<Vec<DMatrix<f64>>, BoxError> {
-        // A leaf made while the tape is busy comes back stale instead of panicking.
-        let leaf = self.tape.var(inputs[0].clone());
-        assert!(!leaf.is_live());
-        assert!(matches!(leaf.value(), Err(Error::StaleVar { .. })));
         // Changing the tape reports that it is busy.
         self.tape.rewind(self.tape.mark())?;
         Ok(vec![inputs[0].clone()])
@@ -379,7 +355,7 @@ fn inner(e: &Error) -> &Error {
 }
 
 #[test]
-fn invalid_argument_busy_tape_in_custom_forward() {
+fn tape_busy_in_custom_forward() {
     let tape = Rc::new(Tape::<f64>::new());
     let x = tape.var(m(2, 2));
     let before = tape.len();
@@ -395,26 +371,21 @@ fn invalid_argument_busy_tape_in_custom_forward() {
         "{err:?}"
     );
     let e = inner(&err);
-    assert!(
-        matches!(e, Error::InvalidArgument { op: "rewind", message } if message.contains("busy")),
-        "{e:?}"
-    );
+    assert!(matches!(e, Error::TapeBusy { op: "rewind" }), "{e:?}");
+    assert!(e.to_string().contains("separate Tape"), "{e}");
     assert_eq!(tape.len(), before);
     assert_usable(&tape);
 }
 
 #[test]
-fn invalid_argument_busy_tape_with_a_builtin_op_and_in_vjp() {
+fn tape_busy_with_a_builtin_op_and_in_vjp() {
     let tape: &'static Tape<f64> = Box::leak(Box::new(Tape::new()));
     let x = tape.var(m(2, 2));
     let err = tape
         .custom(RecordsWithVars { x, in_vjp: false }, &[x])
         .unwrap_err();
     let e = inner(&err);
-    assert!(
-        matches!(e, Error::InvalidArgument { op: "add", message } if message.contains("busy")),
-        "{e:?}"
-    );
+    assert!(matches!(e, Error::TapeBusy { op: "add" }), "{e:?}");
     assert_usable(tape);
 
     // Backward holds the tape too: a VJP that resets it is refused, and nothing is lost.
@@ -423,10 +394,7 @@ fn invalid_argument_busy_tape_with_a_builtin_op_and_in_vjp() {
         .unwrap()[0];
     let err = tape.backward(y.sum()).unwrap_err();
     let e = inner(&err);
-    assert!(
-        matches!(e, Error::InvalidArgument { op: "rewind", message } if message.contains("busy")),
-        "{e:?}"
-    );
+    assert!(matches!(e, Error::TapeBusy { op: "reset" }), "{e:?}");
     assert!(x.is_live() && y.is_live());
     assert_eq!(y.value().unwrap(), m(2, 2));
     assert_usable(tape);
@@ -472,7 +440,7 @@ fn foreign_var_in_ops() {
 }
 
 #[test]
-fn foreign_var_in_backward_vjp_and_rewind() {
+fn foreign_var_in_backward_and_vjp() {
     let t1 = Tape::<f64>::new();
     let t2 = Tape::<f64>::new();
     let a = t1.var(m(2, 2));
@@ -492,13 +460,6 @@ fn foreign_var_in_backward_vjp_and_rewind() {
             "{r:?}"
         );
     }
-    let _ = t2.var(m(1, 1));
-    let mark2 = t2.mark();
-    let r = t1.rewind(mark2);
-    assert!(
-        matches!(r, Err(Error::ForeignVar { op: "rewind" })),
-        "{r:?}"
-    );
     assert!(a.is_live() && la.is_live());
     assert_usable(&t1);
     assert_usable(&t2);
@@ -744,4 +705,535 @@ fn custom_vjp_errors() {
     let y = tape.custom(Faulty(Fault::None), &[x]).unwrap()[0];
     let g = tape.vjp(y, m(2, 3).scale(-1.0)).unwrap();
     assert_eq!(g.get(x).unwrap(), &m(2, 3).scale(-1.0));
+}
+
+// ---------------------------------------------------------------- Errors carried by a Var
+
+/// A custom op that creates leaves on its own (busy) tape in its forward and returns the
+/// error the first use of one reports.
+struct LeafInForward {
+    tape: Rc<Tape<f64>>,
+    constant: bool,
+}
+
+impl CustomOp<f64> for LeafInForward {
+    fn name(&self) -> &str {
+        "leaf_in_forward"
+    }
+
+    fn forward(&mut self, inputs: &[&DMatrix<f64>]) -> Result<Vec<DMatrix<f64>>, BoxError> {
+        let leaf = if self.constant {
+            self.tape.constant(inputs[0].clone())
+        } else {
+            self.tape.var(inputs[0].clone())
+        };
+        // Not recorded, and nothing computed from it is either.
+        assert!(!leaf.is_live() && !leaf.tanh().is_live());
+        // What is computed from the leaf reports the leaf's own error.
+        let derived = leaf.tanh().sum();
+        assert!(matches!(
+            derived.value(),
+            Err(Error::TapeBusy {
+                op: "var" | "constant"
+            })
+        ));
+        leaf.value()?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn vjp(
+        &self,
+        _: &[&DMatrix<f64>],
+        _: &[&DMatrix<f64>],
+        cotangents: Vec<Option<DMatrix<f64>>>,
+        _: &[bool],
+    ) -> Result<Vec<Option<DMatrix<f64>>>, BoxError> {
+        Ok(cotangents)
+    }
+
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+#[test]
+fn tape_busy_for_a_leaf_created_in_custom_forward() {
+    let tape = Rc::new(Tape::<f64>::new());
+    let x = tape.var(m(2, 2));
+    let before = tape.len();
+    for (constant, name) in [(false, "var"), (true, "constant")] {
+        let err = tape
+            .custom(
+                LeafInForward {
+                    tape: Rc::clone(&tape),
+                    constant,
+                },
+                &[x],
+            )
+            .unwrap_err();
+        let e = inner(&err);
+        // Not a StaleVar: the leaf names the busy tape and the op that made it.
+        assert!(matches!(e, Error::TapeBusy { op } if *op == name), "{e:?}");
+        assert!(e.to_string().contains("leaf"), "{e}");
+        assert_eq!(tape.len(), before);
+    }
+    // Outside the callback, the same leaf records normally.
+    let leaf = tape.var(m(2, 2));
+    assert!(leaf.is_live());
+    assert_eq!(leaf.tanh().value().unwrap(), m(2, 2).map(f64::tanh));
+    assert_usable(&tape);
+}
+
+/// A custom op (the identity) whose VJP runs a backward pass on its own tape.
+struct BackwardInVjp {
+    loss: Var<'static, f64>,
+    how: u8,
+}
+
+impl CustomOp<f64> for BackwardInVjp {
+    fn name(&self) -> &str {
+        "backward_in_vjp"
+    }
+
+    fn forward(&mut self, inputs: &[&DMatrix<f64>]) -> Result<Vec<DMatrix<f64>>, BoxError> {
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn vjp(
+        &self,
+        _: &[&DMatrix<f64>],
+        _: &[&DMatrix<f64>],
+        cotangents: Vec<Option<DMatrix<f64>>>,
+        _: &[bool],
+    ) -> Result<Vec<Option<DMatrix<f64>>>, BoxError> {
+        let tape = self.loss.tape();
+        match self.how {
+            // `loss` is live, recorded before the custom op.
+            0 => drop(tape.backward(self.loss)?),
+            1 => drop(tape.vjp(self.loss, dmatrix![1.0])?),
+            2 => drop(tape.vjp_wrt(&[(self.loss, dmatrix![1.0])], &[self.loss])?),
+            // A loss recorded inside the VJP (which the busy tape refuses) still reports the
+            // nested pass, the cause.
+            _ => drop(tape.backward(self.loss.square().sum())?),
+        }
+        Ok(cotangents)
+    }
+
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+#[test]
+fn nested_backward_in_custom_vjp() {
+    let tape: &'static Tape<f64> = Box::leak(Box::new(Tape::new()));
+    let x = tape.var(m(2, 2));
+    let loss = x.sum();
+    for (how, name) in [(0, "backward"), (1, "vjp"), (2, "vjp_wrt"), (3, "backward")] {
+        let y = tape.custom(BackwardInVjp { loss, how }, &[x]).unwrap()[0];
+        let err = tape.backward(y.sum()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Custom { op, .. } if op == "backward_in_vjp"),
+            "{err:?}"
+        );
+        let e = inner(&err);
+        assert!(
+            matches!(e, Error::NestedBackward { op } if *op == name),
+            "{how}: {e:?}"
+        );
+        assert!(e.to_string().contains("separate Tape"), "{e}");
+        assert!(x.is_live() && y.is_live() && loss.is_live());
+    }
+    // The pass the VJP tried is fine on its own, and the tape differentiates again.
+    let g = tape.backward(loss).unwrap();
+    assert_eq!(g.get(x).unwrap(), &DMatrix::from_element(2, 2, 1.0));
+    assert_usable(tape);
+}
+
+#[test]
+fn released_value_is_reported_through_ops_that_return_a_var() {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(dmatrix![0.5, -1.0]);
+    let mark = tape.mark();
+    // tanh's VJP reads its output, so the pre-activation is released.
+    let pre = x.scale(2.0);
+    let act = pre.tanh();
+    let out = act.sum();
+    assert_eq!(tape.release_unneeded(mark, &[out]).unwrap(), 16);
+    assert!(matches!(pre.value(), Err(Error::Released { op: "value" })));
+    // Results of plain-Var ops on the released value carry Released, not StaleVar, and name
+    // the op that could not read it.
+    for (name, r) in [
+        ("tanh", pre.tanh().value()),
+        ("exp", pre.exp().scale(3.0).value()),
+        ("sum", pre.sum().value()),
+        ("transpose", pre.transpose().value()),
+    ] {
+        assert!(
+            matches!(&r, Err(Error::Released { op }) if *op == name),
+            "{name}: {r:?}"
+        );
+    }
+    let r = tape.backward(pre.sum());
+    assert!(matches!(r, Err(Error::Released { op: "sum" })), "{r:?}");
+    let r = pre.mul(x);
+    assert!(matches!(r, Err(Error::Released { op: "mul" })), "{r:?}");
+    // Backward through the released node is unaffected: d Σ tanh(2x) = 2 (1 − tanh²(2x)).
+    let g = tape.backward(out).unwrap();
+    let expected = dmatrix![0.5, -1.0].map(|x: f64| 2.0 * (1.0 - (2.0 * x).tanh().powi(2)));
+    assert!((g.get(x).unwrap() - expected).amax() < 1e-15);
+    assert_usable(&tape);
+}
+
+// ---------------------------------------------------------------- Marks
+
+#[test]
+fn stale_mark_after_reset() {
+    let tape = Tape::<f64>::new();
+    let a = tape.var(m(1, 2));
+    let _ = a.square();
+    let before_reset = tape.mark();
+    tape.reset().unwrap();
+    // Even a mark of the empty tape goes stale at the next reset.
+    let empty_before_reset = tape.mark();
+    tape.reset().unwrap();
+    // Recorded after the reset: a rewind to the old mark would silently drop these.
+    let b = tape.var(m(1, 2));
+    let c = b.exp();
+    let d = c.sum();
+    for mark in [before_reset, empty_before_reset] {
+        let r = tape.rewind(mark);
+        assert!(
+            matches!(r, Err(Error::StaleMark { op: "rewind", reason }) if reason.contains("reset")),
+            "{r:?}"
+        );
+        let r = tape.rewind_keep(mark, &[c]);
+        assert!(
+            matches!(
+                r,
+                Err(Error::StaleMark {
+                    op: "rewind_keep",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = tape.release_unneeded(mark, &[d]);
+        assert!(
+            matches!(
+                r,
+                Err(Error::StaleMark {
+                    op: "release_unneeded",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    // Nothing was dropped or released by the refused calls.
+    assert_eq!(tape.len(), 3);
+    assert!(b.is_live() && c.is_live() && d.is_live());
+    assert_eq!(c.value().unwrap(), m(1, 2).map(f64::exp));
+    // A mark taken now works.
+    let now = tape.mark();
+    let _ = d.exp();
+    tape.rewind(now).unwrap();
+    assert_eq!(tape.len(), 3);
+    assert_usable(&tape);
+}
+
+#[test]
+fn stale_mark_after_rewinding_before_it() {
+    let tape = Tape::<f64>::new();
+    let a = tape.var(m(1, 2));
+    let early = tape.mark();
+    let _ = a.square();
+    let _ = a.exp();
+    let late = tape.mark();
+    tape.rewind(early).unwrap();
+    // Past the end now.
+    let r = tape.rewind(late);
+    assert!(
+        matches!(r, Err(Error::StaleMark { op: "rewind", reason }) if reason.contains("rewound")),
+        "{r:?}"
+    );
+    assert_eq!(tape.len(), 1);
+    // Recorded again up to the same length: the position exists, but holds other nodes.
+    let s = a.sin();
+    let c = s.cos();
+    assert_eq!(tape.len(), 3);
+    let r = tape.rewind(late);
+    assert!(
+        matches!(r, Err(Error::StaleMark { op: "rewind", .. })),
+        "{r:?}"
+    );
+    let r = tape.rewind_keep(late, &[c]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::StaleMark {
+                op: "rewind_keep",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(s.is_live() && c.is_live());
+    assert_eq!(tape.len(), 3);
+    // The early mark is still good.
+    tape.rewind(early).unwrap();
+    assert_eq!(tape.len(), 1);
+    assert!(a.is_live() && !s.is_live());
+    assert_usable(&tape);
+}
+
+#[test]
+fn foreign_mark_in_rewind_rewind_keep_and_release_unneeded() {
+    let t1 = Tape::<f64>::new();
+    let t2 = Tape::<f64>::new();
+    let a = t1.var(m(2, 2));
+    let la = a.square().sum();
+    let _ = t2.var(m(1, 1));
+    let mark2 = t2.mark();
+    let r = t1.rewind(mark2);
+    let e = r.unwrap_err();
+    assert!(matches!(e, Error::ForeignMark { op: "rewind" }), "{e:?}");
+    assert!(
+        e.to_string().contains("Mark was taken on a different tape"),
+        "{e}"
+    );
+    let r = t1.rewind_keep(mark2, &[la]);
+    assert!(
+        matches!(r, Err(Error::ForeignMark { op: "rewind_keep" })),
+        "{r:?}"
+    );
+    let r = t1.release_unneeded(mark2, &[la]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::ForeignMark {
+                op: "release_unneeded"
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(t1.len(), 3);
+    assert!(a.is_live() && la.is_live());
+    assert_eq!(t1.backward(la).unwrap().get(a).unwrap(), &(m(2, 2) * 2.0));
+    assert_usable(&t1);
+    assert_usable(&t2);
+}
+
+// ---------------------------------------------------------------- TooLarge
+
+#[track_caller]
+fn assert_too_large<V: std::fmt::Debug>(r: Result<V, Error>, name: &str, shape: (usize, usize)) {
+    match r {
+        Err(Error::TooLarge {
+            op,
+            rows,
+            cols,
+            limit,
+        }) => {
+            assert_eq!(op, name);
+            assert_eq!((rows, cols), shape, "{name}");
+            assert_eq!(limit, ad_core::MAX_ELEMENTS);
+        }
+        other => panic!("{name}: expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn too_large_results_are_refused_before_allocating() {
+    assert_eq!(ad_core::MAX_ELEMENTS, 1 << 32);
+    let tape = Tape::<f64>::new();
+    let x = tape.var(dmatrix![2.0]);
+    let before = tape.len();
+    // n + 1 overflows; 2⁴⁰ + 1 powers would be 8 TiB.
+    assert_too_large(x.powers(usize::MAX), "powers", (1, usize::MAX));
+    assert_too_large(x.powers(1 << 40), "powers", (1, (1 << 40) + 1));
+    // 2⁴⁰ entries; rows · cols overflows; over the limit with no entry at all.
+    assert_too_large(
+        x.broadcast(1 << 20, 1 << 20),
+        "broadcast",
+        (1 << 20, 1 << 20),
+    );
+    assert_too_large(x.broadcast(usize::MAX, 2), "broadcast", (usize::MAX, 2));
+    assert_too_large(x.broadcast(0, usize::MAX), "broadcast", (0, usize::MAX));
+    // Just over the limit; the limit itself may still be more than this machine has.
+    assert_too_large(
+        x.broadcast(1 << 16, (1 << 16) + 1),
+        "broadcast",
+        (1 << 16, (1 << 16) + 1),
+    );
+    // Sizes multiplied up from inputs that hold no entries (so they cost nothing here).
+    let tall = tape.var(DMatrix::zeros(1 << 20, 0));
+    let wide = tape.var(DMatrix::zeros(0, 1 << 20));
+    assert_too_large(tall.matmul(wide), "matmul", (1 << 20, 1 << 20));
+    assert_too_large(tall.matmul_t(tall), "matmul_t", (1 << 20, 1 << 20));
+    let bias = tape.var(DMatrix::zeros(1, 1 << 20));
+    assert_too_large(tall.linear(tall, bias), "linear", (1 << 20, 1 << 20));
+    let half = tape.var(DMatrix::zeros(0, 1 << 31));
+    assert_too_large(
+        tape.concat_cols(&[half, half, half]),
+        "concat_cols",
+        (0, 3 << 31),
+    );
+    // Reductions return a plain Var: it carries the error.
+    let huge = tape.var(DMatrix::zeros(0, (1 << 32) + 1));
+    assert_too_large(huge.sum_rows().value(), "sum_rows", (1, (1 << 32) + 1));
+    assert_too_large(
+        huge.transpose().sum_cols().shape(),
+        "sum_cols",
+        ((1 << 32) + 1, 1),
+    );
+    let leaves = 5; // tall, wide, bias, half, huge
+    assert_eq!(
+        tape.len(),
+        before + leaves + 1,
+        "only the leaves and the transpose were recorded"
+    );
+    // The same ops at sizes that fit.
+    assert_eq!(
+        x.powers(3).unwrap().value().unwrap(),
+        dmatrix![1.0, 2.0, 4.0, 8.0]
+    );
+    assert_eq!(
+        x.broadcast(2, 3).unwrap().value().unwrap(),
+        DMatrix::from_element(2, 3, 2.0)
+    );
+    assert_eq!(x.broadcast(0, 3).unwrap().shape().unwrap(), (0, 3));
+    assert_eq!(wide.matmul(tall).unwrap().shape().unwrap(), (0, 0));
+    let g = tape.backward(x.powers(3).unwrap().sum()).unwrap();
+    assert_eq!(g.get(x).unwrap(), &dmatrix![1.0 + 2.0 * 2.0 + 3.0 * 4.0]);
+    assert_usable(&tape);
+}
+
+// ---------------------------------------------------------------- EmptyInput
+
+#[test]
+fn empty_input_in_mean_and_mse() {
+    let tape = Tape::<f64>::new();
+    for shape in [(0, 3), (2, 0), (0, 0)] {
+        let e = tape.var(DMatrix::zeros(shape.0, shape.1));
+        let mean = e.mean();
+        let r = mean.scalar_value();
+        assert!(
+            matches!(r, Err(Error::EmptyInput { op: "mean", shape: s }) if s == shape),
+            "{shape:?}: {r:?}"
+        );
+        let r = tape.backward(mean);
+        assert!(
+            matches!(r, Err(Error::EmptyInput { op: "mean", .. })),
+            "{r:?}"
+        );
+        let r = e.mse(tape.constant(DMatrix::zeros(shape.0, shape.1)));
+        assert!(
+            matches!(r, Err(Error::EmptyInput { op: "mse", shape: s }) if s == shape),
+            "{shape:?}: {r:?}"
+        );
+        // A sum of nothing is 0, and differentiates to an empty gradient.
+        assert_eq!(e.sum().scalar_value().unwrap(), 0.0);
+        let g = tape.backward(e.sum()).unwrap();
+        assert_eq!(g.get(e).unwrap().shape(), shape);
+    }
+    // Non-empty inputs average as before.
+    let x = tape.var(dmatrix![1.0, 2.0, 3.0, 5.0]);
+    assert_eq!(x.mean().scalar_value().unwrap(), 2.75);
+    let l = x.mse(tape.constant(dmatrix![1.0, 1.0, 1.0, 1.0])).unwrap();
+    assert_eq!(l.scalar_value().unwrap(), 21.0 / 4.0);
+    assert_eq!(
+        tape.backward(l).unwrap().get(x).unwrap(),
+        &dmatrix![0.0, 0.5, 1.0, 2.0]
+    );
+    assert_usable(&tape);
+}
+
+// ---------------------------------------------------------------- NonFiniteCotangent
+
+#[test]
+fn non_finite_cotangent_in_vjp_and_vjp_wrt() {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(dmatrix![1.0, 2.0; 3.0, 4.0]);
+    let y = x.square();
+    let s = x.sum();
+    let r = tape.vjp(y, dmatrix![1.0, 1.0; 1.0, f64::NAN]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::NonFiniteCotangent {
+                op: "vjp",
+                seed: 0,
+                entry: (1, 1)
+            })
+        ),
+        "{r:?}"
+    );
+    let r = tape.vjp_wrt(
+        &[
+            (y, dmatrix![1.0, 1.0; 1.0, 1.0]),
+            (s, dmatrix![f64::NEG_INFINITY]),
+        ],
+        &[x],
+    );
+    let e = r.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::NonFiniteCotangent {
+                op: "vjp_wrt",
+                seed: 1,
+                entry: (0, 0)
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("cotangent of seed 1"), "{e}");
+    let r = tape.vjp(y, dmatrix![f64::INFINITY, 0.0; 0.0, 0.0]);
+    assert!(
+        matches!(r, Err(Error::NonFiniteCotangent { entry: (0, 0), .. })),
+        "{r:?}"
+    );
+    // Finite cotangents on the same outputs.
+    let g = tape
+        .vjp_wrt(
+            &[(y, dmatrix![1.0, 0.0; 0.0, -1.0]), (s, dmatrix![2.0])],
+            &[x],
+        )
+        .unwrap();
+    assert_eq!(g[0], dmatrix![4.0, 2.0; 2.0, -6.0]);
+    assert_eq!(
+        tape.vjp(y, dmatrix![1.0, 1.0; 1.0, 1.0])
+            .unwrap()
+            .get(x)
+            .unwrap(),
+        &dmatrix![2.0, 4.0; 6.0, 8.0]
+    );
+    assert_usable(&tape);
+}
+
+#[test]
+fn non_finite_cotangent_of_dual_numbers() {
+    use ad_core::num_dual::Dual64;
+    let tape = Tape::<Dual64>::new();
+    let x = tape.var(DMatrix::from_element(1, 2, Dual64::new(3.0, 1.0)));
+    let y = x.square();
+    let bad = DMatrix::from_row_slice(1, 2, &[Dual64::from(1.0), Dual64::new(f64::NAN, 0.0)]);
+    let r = tape.vjp(y, bad);
+    assert!(
+        matches!(
+            r,
+            Err(Error::NonFiniteCotangent {
+                seed: 0,
+                entry: (0, 1),
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let g = tape
+        .vjp(y, DMatrix::from_element(1, 2, Dual64::from(1.0)))
+        .unwrap();
+    // d(x²) = 2x, with the tangent: 2 (3 + ε).
+    assert_eq!(g.get(x).unwrap()[(0, 1)], Dual64::new(6.0, 2.0));
 }

@@ -377,3 +377,110 @@ fn linear_equals_matmul_t_then_add_row_in_value_and_gradient() {
         Err(ad_core::Error::ShapeMismatch { op: "linear", .. })
     ));
 }
+
+#[test]
+fn powi_gradient_at_extreme_exponents() -> Result<()> {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(dmatrix![2.0, -2.0, 1.0, -1.0, 0.5]);
+    // d xⁿ = n xⁿ⁻¹ with n − 1 = −2³¹ − 1 (which overflows an i32): −0 at 2 (not −∞), +0 at
+    // −2 (an odd power of a negative base), ∓2³¹ at ±1, −∞ at 0.5.
+    let y = x.powi(i32::MIN);
+    assert_eq!(y.value()?, dmatrix![0.0, 0.0, 1.0, 1.0, f64::INFINITY]);
+    let g = tape.backward(y.sum())?;
+    let g = g.get(x).unwrap();
+    let two31 = 2f64.powi(31);
+    assert_eq!(g[1], 0.0);
+    assert!(g[0] == 0.0 && g[0].is_sign_negative(), "{}", g[0]);
+    assert!(g[1].is_sign_positive(), "{}", g[1]);
+    assert_eq!(g[2], -two31);
+    assert_eq!(g[3], two31);
+    assert_eq!(g[4], f64::NEG_INFINITY);
+    // n = i32::MAX: n xⁿ⁻¹ = (2³¹ − 1) at ±1 (an even power).
+    let g = tape.backward(x.powi(i32::MAX).sum())?;
+    assert_eq!(
+        &g.get(x).unwrap().as_slice()[2..4],
+        &[two31 - 1.0, two31 - 1.0]
+    );
+
+    // x⁰ = 1 has derivative 0 everywhere, at 0 too (n xⁿ⁻¹ there would be 0 · ∞ = NaN).
+    let z = tape.var(dmatrix![0.0, 2.0, -3.0]);
+    let one = z.powi(0);
+    assert_eq!(one.value()?, dmatrix![1.0, 1.0, 1.0]);
+    assert_eq!(
+        tape.backward(one.sum())?.get(z).unwrap(),
+        &dmatrix![0.0, 0.0, 0.0]
+    );
+    // Ordinary exponents on the same tape: d x³ = 3x², d x⁻¹ = −x⁻².
+    assert_eq!(
+        tape.backward(z.powi(3).sum())?.get(z).unwrap(),
+        &dmatrix![0.0, 12.0, 27.0]
+    );
+    assert_eq!(
+        tape.backward(x.powi(-1).sum())?.get(x).unwrap(),
+        &dmatrix![-0.25, -0.25, -1.0, -1.0, -4.0]
+    );
+
+    // Dual numbers (forward over reverse) take the same exponents without overflowing:
+    // d/dε of n xⁿ⁻¹ at x = 1 + ε is n (n − 1).
+    let dt = Tape::<Dual64>::new();
+    let dx = dt.var(DMatrix::from_element(1, 1, Dual64::new(1.0, 1.0)));
+    let g = dt.backward(dx.powi(i32::MIN).sum())?.get(dx).unwrap()[(0, 0)];
+    assert_eq!(g.re, -two31);
+    assert_close(g.eps, -two31 * (-two31 - 1.0), 1e-15, 1.0);
+    let g = dt.backward(dx.powi(0).sum())?.get(dx).unwrap()[(0, 0)];
+    assert_eq!((g.re, g.eps), (0.0, 0.0));
+    let g = dt.backward(dx.powi(3).sum())?.get(dx).unwrap()[(0, 0)];
+    assert_eq!((g.re, g.eps), (3.0, 6.0));
+    Ok(())
+}
+
+#[test]
+fn relu_and_abs_propagate_nan() -> Result<()> {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(dmatrix![f64::NAN, -1.5, 0.0, 2.5]);
+    let r = x.relu().value()?;
+    assert!(r[0].is_nan());
+    assert_eq!(r.columns(1, 3), dmatrix![0.0, 0.0, 2.5]);
+    let g = tape.backward(x.relu().sum())?.get(x).unwrap().clone();
+    assert!(g[0].is_nan());
+    assert_eq!(g.columns(1, 3), dmatrix![0.0, 0.0, 1.0]);
+    let a = x.abs().value()?;
+    assert!(a[0].is_nan());
+    assert_eq!(a.columns(1, 3), dmatrix![1.5, 0.0, 2.5]);
+    let g = tape.backward(x.abs().sum())?.get(x).unwrap().clone();
+    assert!(g[0].is_nan());
+    assert_eq!(g.columns(1, 3), dmatrix![-1.0, 0.0, 1.0]);
+
+    // A layer with one NaN weight: the NaN reaches the output and its gradient instead of
+    // being cut off by the ReLU.
+    let input = tape.constant(dmatrix![1.0, 2.0]);
+    let w = tape.var(dmatrix![f64::NAN, 1.0; 0.5, -1.0]);
+    let b = tape.var(dmatrix![0.0, 0.0]);
+    let out = input.linear(w, b)?.relu().sum();
+    assert!(out.scalar_value()?.is_nan());
+    let g = tape.backward(out)?;
+    assert!(g.get(w).unwrap().row(0).iter().all(|v| v.is_nan()));
+    assert!(g.get(b).unwrap()[0].is_nan());
+
+    // |−0| is +0, and forward mode agrees with reverse mode at the kink (derivative 0).
+    let dt = Tape::<Dual64>::new();
+    let dx = dt.var(DMatrix::from_row_slice(
+        1,
+        2,
+        &[Dual64::new(-0.0, 1.0), Dual64::new(0.0, 1.0)],
+    ));
+    let v = dx.abs().value()?;
+    assert!(v
+        .iter()
+        .all(|d| d.re == 0.0 && d.re.is_sign_positive() && d.eps == 0.0));
+    let v = dx.relu().value()?;
+    assert!(v.iter().all(|d| d.re == 0.0 && d.eps == 0.0));
+
+    // Finite inputs on the same tape.
+    let y = tape.var(dmatrix![-2.0, 3.0]);
+    assert_eq!(
+        tape.backward(y.relu().add(y.abs())?.sum())?.get(y).unwrap(),
+        &dmatrix![-1.0, 2.0]
+    );
+    Ok(())
+}

@@ -446,7 +446,18 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
         wrt.push(h);
         wrt.extend_from_slice(self.params);
         wrt.push(t_local);
-        let grads = self.local.vjp_wrt(&[(out, neg_a)], &wrt)?;
+        let grads = if ad_core::all_finite(&neg_a) {
+            self.local.vjp_wrt(&[(out, neg_a)], &wrt)?
+        } else {
+            // A trial step whose adjoint went non-finite: hand the controller NaN stages,
+            // so it rejects the step and shrinks it (the tape refuses a NaN seed).
+            wrt.iter()
+                .map(|v| {
+                    let (r, c) = v.shape()?;
+                    Ok(DMatrix::from_element(r, c, T::cst(f64::NAN)))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
         let f_value = out.value()?;
         self.local.rewind(self.base)?;
         let mut k = Vec::with_capacity(y.len());

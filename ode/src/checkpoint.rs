@@ -430,6 +430,13 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             Ok(())
         })?;
         if end_seeded {
+            if !ad_core::all_finite(&self.a) {
+                // The gradient blew up in the steps after this one.
+                return Err(crate::error::Error::NonFinite {
+                    what: "adjoint (the gradient of a step's end state)",
+                    t: op.steps[k].t1,
+                });
+            }
             seeds.push((
                 acc.step.y1[0],
                 std::mem::replace(&mut self.a, DMatrix::zeros(0, 0)),

@@ -5,14 +5,15 @@ use nalgebra::DMatrix;
 
 use super::linalg::gemm;
 use super::reduce::sum_rows;
-use super::{Grads, Op};
+use super::{checked_len, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
 
 impl<'t, T: Scalar> Var<'t, T> {
     /// `self · weightᵀ + bias` for `self` r×in, `weight` out×in (PyTorch's layout) and `bias`
-    /// 1×out: a dense layer in one node. Equal to `self.matmul_t(weight)?.add_row(bias)?`.
+    /// 1×out: a dense layer in one node. Equal to `self.matmul_t(weight)?.add_row(bias)?`
+    /// (an r×out of more than [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`]).
     pub fn linear(self, weight: Var<'t, T>, bias: Var<'t, T>) -> Result<Var<'t, T>> {
         self.tape.apply("linear", &[self, weight, bias], |v| {
             let (x, w, b) = (v[0], v[1], v[2]);
@@ -33,6 +34,7 @@ impl<'t, T: Scalar> Var<'t, T> {
                     expected: "the bias must be 1 x out, out being the weight's rows",
                 });
             }
+            checked_len::<T>("linear", x.nrows(), w.nrows())?;
             let mut y = gemm(x, false, w, true);
             for (col, &bj) in y
                 .as_mut_slice()

@@ -173,7 +173,7 @@ impl<T: Scalar> Tape<T> {
             let mut values = Vec::with_capacity(inputs.len());
             let mut requires_grad = false;
             for v in inputs {
-                let node = arena.node(v.key, NAME)?;
+                let node = arena.node(v, NAME)?;
                 requires_grad |= node.requires_grad;
                 values.push(&node.value);
             }

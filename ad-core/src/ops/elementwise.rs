@@ -6,10 +6,26 @@ use nalgebra::DMatrix;
 use num_dual::DualNum;
 use smallvec::SmallVec;
 
-use super::{fast, same_shape, Grads, Op};
+use super::{buffer, fast, same_shape, Grads, Op};
 use crate::error::{Error, Result};
-use crate::scalar::Scalar;
+use crate::scalar::{carries_derivatives, Scalar};
 use crate::tape::Var;
+
+/// Whether the real part is NaN (piecewise ops must pass NaN on, not pick a branch for it).
+fn is_nan<T: Scalar>(x: T) -> bool {
+    x.primal().is_nan()
+}
+
+/// `xᵉ` for any integer exponent, without integer overflow: neither in `n − 1` (`e` is an
+/// `i64`) nor in num-dual's derivative coefficients (`n(n−1)(n−2)` in `i32`). `f64` uses
+/// `powi` for every `i32` exponent; dual numbers use it up to |e| = 1000 and beyond that
+/// `powf` with the exponent as an `f64` (exact: |e| ≤ 2³¹ + 1).
+fn ipow<T: Scalar>(x: T, e: i64) -> T {
+    match i32::try_from(e) {
+        Ok(n) if !carries_derivatives::<T>() || n.unsigned_abs() <= 1000 => DualNum::powi(&x, n),
+        _ => DualNum::powf(&x, e as f64),
+    }
+}
 
 fn sigmoid<T: Scalar>(x: T) -> T {
     // Split on the sign so that exp never overflows.
@@ -86,8 +102,10 @@ unary_ops! {
     Tanh tanh: |x| DualNum::tanh(&x), |x, y, g| g * (T::one() - y * y);
     /// Elementwise logistic sigmoid `1 / (1 + e^-x)`.
     Sigmoid sigmoid: |x| sigmoid(x), |x, y, g| g * y * (T::one() - y);
-    /// Elementwise `max(x, 0)`; its derivative at 0 is taken as 0.
-    Relu relu: |x| if x > T::zero() { x } else { T::zero() }, |x, y, g| if x > T::zero() { g } else { T::zero() };
+    /// Elementwise `max(x, 0)`; its derivative at 0 is taken as 0. NaN stays NaN (and so
+    /// does its gradient).
+    Relu relu: |x| if x > T::zero() || is_nan(x) { x } else { T::zero() },
+        |x, y, g| if x > T::zero() { g } else if is_nan(x) { g * x } else { T::zero() };
     /// Elementwise `ln(1 + e^x)`, computed without overflow.
     Softplus softplus: |x| if x > T::zero() { x + DualNum::ln_1p(&DualNum::exp(&-x)) } else { DualNum::ln_1p(&DualNum::exp(&x)) },
         |x, y, g| g * sigmoid(x);
@@ -99,8 +117,10 @@ unary_ops! {
     Sin sin: |x| DualNum::sin(&x), |x, y, g| g * DualNum::cos(&x);
     /// Elementwise cosine.
     Cos cos: |x| DualNum::cos(&x), |x, y, g| -g * DualNum::sin(&x);
-    /// Elementwise absolute value; its derivative at 0 is taken as 0.
-    Abs abs: |x| if x < T::zero() { -x } else { x }, |x, y, g| if x > T::zero() { g } else if x < T::zero() { -g } else { T::zero() };
+    /// Elementwise absolute value; its derivative at 0 is taken as 0 (forward mode too: |±0|
+    /// is +0 with no derivative part). NaN stays NaN (and so does its gradient).
+    Abs abs: |x| if x < T::zero() { -x } else if x > T::zero() || is_nan(x) { x } else { T::zero() },
+        |x, y, g| if x > T::zero() { g } else if x < T::zero() { -g } else if is_nan(x) { g * x } else { T::zero() };
     /// Elementwise square `x²`.
     Square square: |x| x * x, |x, y, g| g * (x + x);
     /// Elementwise square root (NaN for x < 0).
@@ -145,12 +165,13 @@ impl<'t, T: Scalar> Var<'t, T> {
     /// Elementwise integer power `xⁿ`.
     pub fn powi(self, n: i32) -> Var<'t, T> {
         self.infallible(self.tape.apply("powi", &[self], |x| {
-            Ok((x[0].map(|v| DualNum::powi(&v, n)), Op::Powi(n)))
+            Ok((x[0].map(|v| ipow(v, i64::from(n))), Op::Powi(n)))
         }))
     }
 
     /// The powers `[1, x, x², …, xⁿ]` (1×(n+1)) of a 1×1 variable: one node for a
     /// polynomial basis, e.g. `x.powers(n)?.matmul(coeffs)` evaluates polynomials in x.
+    /// More than [`crate::MAX_ELEMENTS`] powers is [`Error::TooLarge`].
     pub fn powers(self, n: usize) -> Result<Var<'t, T>> {
         self.tape.apply("powers", &[self], |x| {
             if x[0].shape() != (1, 1) {
@@ -162,13 +183,16 @@ impl<'t, T: Scalar> Var<'t, T> {
                 });
             }
             let base = x[0][(0, 0)];
+            // n + 1 overflows only for n = usize::MAX, far over the limit anyway.
+            let cols = n.saturating_add(1);
+            let mut data = buffer("powers", 1, cols)?;
             let mut p = T::one();
-            let y = DMatrix::from_fn(1, n + 1, |_, _| {
+            data.extend((0..cols).map(|_| {
                 let v = p;
                 p *= base;
                 v
-            });
-            Ok((y, Op::Powers))
+            }));
+            Ok((DMatrix::from_vec(1, cols, data), Op::Powers))
         })
     }
 
@@ -219,10 +243,18 @@ impl<'t, T: Scalar> Var<'t, T> {
     }
 }
 
+/// y = xⁿ:  x̄ = ȳ · n xⁿ⁻¹, with n − 1 taken in `i64` (n may be `i32::MIN`).
 pub(crate) fn powi_vjp<T: Scalar>(n: i32, x: &DMatrix<T>, mut g: DMatrix<T>) -> DMatrix<T> {
+    if n == 0 {
+        // x⁰ = 1 is constant: its derivative is 0 everywhere, also at x = 0, where
+        // n · xⁿ⁻¹ would be 0 · ∞ = NaN.
+        g.fill(T::zero());
+        return g;
+    }
     let nt = T::cst(f64::from(n));
+    let m = i64::from(n) - 1;
     for (g, &x) in g.iter_mut().zip(x.iter()) {
-        *g *= nt * DualNum::powi(&x, n - 1);
+        *g *= nt * ipow(x, m);
     }
     g
 }

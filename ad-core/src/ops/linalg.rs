@@ -5,7 +5,7 @@ use std::any::Any;
 
 use nalgebra::DMatrix;
 
-use super::{fast, Grads, Op};
+use super::{checked_len, fast, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
@@ -83,7 +83,8 @@ fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64>
 }
 
 impl<'t, T: Scalar> Var<'t, T> {
-    /// Matrix product `self · other` ((m×k)·(k×n) → m×n).
+    /// Matrix product `self · other` ((m×k)·(k×n) → m×n); an m×n of more than
+    /// [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
     pub fn matmul(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.tape.apply("matmul", &[self, other], |x| {
             if x[0].ncols() != x[1].nrows() {
@@ -94,12 +95,14 @@ impl<'t, T: Scalar> Var<'t, T> {
                     expected: "the left operand's columns must equal the right operand's rows",
                 });
             }
+            checked_len::<T>("matmul", x[0].nrows(), x[1].ncols())?;
             Ok((gemm(x[0], false, x[1], false), Op::MatMul))
         })
     }
 
     /// Product with the transpose `self · otherᵀ` ((m×k)·(n×k)ᵀ → m×n), the form of a
-    /// PyTorch-convention linear layer `x Wᵀ`; no transposed copy is made.
+    /// PyTorch-convention linear layer `x Wᵀ`; no transposed copy is made. An m×n of more
+    /// than [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
     pub fn matmul_t(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.tape.apply("matmul_t", &[self, other], |x| {
             if x[0].ncols() != x[1].ncols() {
@@ -110,6 +113,7 @@ impl<'t, T: Scalar> Var<'t, T> {
                     expected: "both operands must have the same number of columns (self · otherᵀ)",
                 });
             }
+            checked_len::<T>("matmul_t", x[0].nrows(), x[1].nrows())?;
             Ok((gemm(x[0], false, x[1], true), Op::MatMulT))
         })
     }

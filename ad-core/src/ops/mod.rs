@@ -155,6 +155,55 @@ fn one<T: Scalar>(g: DMatrix<T>) -> Grads<T> {
     v
 }
 
+/// The most entries one tensor may hold: ops whose result size comes from integers the
+/// caller passes (`broadcast`, `powers`) or from combining their inputs' dimensions
+/// (`matmul`, `matmul_t`, `linear`, `concat_cols`, `sum_rows`, `sum_cols`) refuse anything
+/// larger with [`Error::TooLarge`] before allocating. An empty dimension counts as 1, so a
+/// `0 × n` result may have at most this many columns too (its row sums would have `n`
+/// entries). 2³² entries (32 GiB of `f64`) on 64-bit targets, `usize::MAX` on smaller ones
+/// (where the address space is the limit).
+pub const MAX_ELEMENTS: usize = if usize::BITS >= 64 {
+    (1u64 << 32) as usize
+} else {
+    usize::MAX
+};
+
+/// The number of entries of a `rows × cols` result, or [`Error::TooLarge`] if it is over
+/// [`MAX_ELEMENTS`] (an empty dimension counting as 1) or its bytes would not fit in an
+/// allocation.
+pub(crate) fn checked_len<T: Scalar>(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
+    let too_large = Error::TooLarge {
+        op,
+        rows,
+        cols,
+        limit: MAX_ELEMENTS,
+    };
+    let fits = rows.max(1).checked_mul(cols.max(1)).is_some_and(|n| {
+        n <= MAX_ELEMENTS
+            && n.checked_mul(std::mem::size_of::<T>())
+                .is_some_and(|bytes| bytes <= isize::MAX as usize)
+    });
+    if fits {
+        Ok(rows * cols)
+    } else {
+        Err(too_large)
+    }
+}
+
+/// An empty buffer with room for a `rows × cols` result: [`Error::TooLarge`] over the limit
+/// or if the allocator cannot provide it (instead of aborting the process).
+pub(crate) fn buffer<T: Scalar>(op: &'static str, rows: usize, cols: usize) -> Result<Vec<T>> {
+    let len = checked_len::<T>(op, rows, cols)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len).map_err(|_| Error::TooLarge {
+        op,
+        rows,
+        cols,
+        limit: MAX_ELEMENTS,
+    })?;
+    Ok(data)
+}
+
 /// Error unless `a` and `b` have the same shape.
 pub(crate) fn same_shape(op: &'static str, a: Shape, b: Shape) -> Result<()> {
     if a == b {

@@ -2,8 +2,8 @@
 
 use nalgebra::DMatrix;
 
-use super::{same_shape, Grads, Op};
-use crate::error::Result;
+use super::{checked_len, same_shape, Grads, Op};
+use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
 
@@ -30,13 +30,22 @@ impl Reduce {
         }
     }
 
-    fn forward<T: Scalar>(self, x: &DMatrix<T>) -> DMatrix<T> {
-        match self {
+    fn forward<T: Scalar>(self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
+        Ok(match self {
             Reduce::Sum => DMatrix::from_element(1, 1, x.sum()),
-            Reduce::SumRows => sum_rows(x),
-            Reduce::SumCols => sum_cols(x),
-            Reduce::Mean => DMatrix::from_element(1, 1, x.sum() / T::cst(x.len().max(1) as f64)),
-        }
+            Reduce::SumRows => {
+                checked_len::<T>("sum_rows", 1, x.ncols())?;
+                sum_rows(x)
+            }
+            Reduce::SumCols => {
+                checked_len::<T>("sum_cols", x.nrows(), 1)?;
+                sum_cols(x)
+            }
+            Reduce::Mean => {
+                not_empty("mean", x)?;
+                DMatrix::from_element(1, 1, x.sum() / T::cst(x.len() as f64))
+            }
+        })
     }
 
     /// Every input entry receives the cotangent of the output entry it was summed into.
@@ -47,6 +56,18 @@ impl Reduce {
             Reduce::SumRows => DMatrix::from_fn(r, c, |_, j| g[(0, j)]),
             Reduce::SumCols => DMatrix::from_fn(r, c, |i, _| g[(i, 0)]),
         }
+    }
+}
+
+/// Error unless `x` has an entry: a mean of nothing is undefined (not 0).
+fn not_empty<T: Scalar>(op: &'static str, x: &DMatrix<T>) -> Result<()> {
+    if x.is_empty() {
+        Err(Error::EmptyInput {
+            op,
+            shape: x.shape(),
+        })
+    } else {
+        Ok(())
     }
 }
 
@@ -93,7 +114,7 @@ pub(crate) fn sum_cols<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
 impl<'t, T: Scalar> Var<'t, T> {
     fn reduce(self, op: Reduce) -> Var<'t, T> {
         self.infallible(self.tape.apply(op.name(), &[self], |x| {
-            Ok((op.forward(x[0]), Op::Reduce(op)))
+            Ok((op.forward(x[0])?, Op::Reduce(op)))
         }))
     }
 
@@ -112,16 +133,19 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.reduce(Reduce::SumCols)
     }
 
-    /// Mean of all entries (1×1).
+    /// Mean of all entries (1×1). Of an empty input it is undefined: the result then carries
+    /// [`Error::EmptyInput`], which its first fallible use reports.
     pub fn mean(self) -> Var<'t, T> {
         self.reduce(Reduce::Mean)
     }
 
     /// Mean squared error `mean((self − target)²)` (1×1); gradients flow to both sides.
+    /// Empty operands are [`Error::EmptyInput`].
     pub fn mse(self, target: Var<'t, T>) -> Result<Var<'t, T>> {
         self.tape.apply("mse", &[self, target], |x| {
             same_shape("mse", x[0].shape(), x[1].shape())?;
-            let n = T::cst(x[0].len().max(1) as f64);
+            not_empty("mse", x[0])?;
+            let n = T::cst(x[0].len() as f64);
             let sq: T = x[0]
                 .iter()
                 .zip(x[1].iter())

@@ -4,7 +4,7 @@ use nalgebra::DMatrix;
 use smallvec::SmallVec;
 
 use super::reduce::{sum_cols, sum_rows};
-use super::{Grads, Op};
+use super::{buffer, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
@@ -34,7 +34,8 @@ impl<'t, T: Scalar> Var<'t, T> {
         })
     }
 
-    /// Repeat a 1×1, 1×c or r×1 value to `rows × cols`.
+    /// Repeat a 1×1, 1×c or r×1 value to `rows × cols`. A result of more than
+    /// [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
     pub fn broadcast(self, rows: usize, cols: usize) -> Result<Var<'t, T>> {
         self.tape.apply("broadcast", &[self], |x| {
             let (r, c) = x[0].shape();
@@ -47,8 +48,15 @@ impl<'t, T: Scalar> Var<'t, T> {
                 });
             }
             let x = x[0];
-            let y = DMatrix::from_fn(rows, cols, |i, j| x[(i % r, j % c)]);
-            Ok((y, Op::Broadcast))
+            let mut data = buffer("broadcast", rows, cols)?;
+            // Column-major; `r` and `c` are 1 or the target, and nonzero whenever the result
+            // has an entry to fill.
+            if rows > 0 {
+                for j in 0..cols {
+                    data.extend((0..rows).map(|i| x[(i % r, j % c)]));
+                }
+            }
+            Ok((DMatrix::from_vec(rows, cols, data), Op::Broadcast))
         })
     }
 
@@ -73,7 +81,8 @@ impl<'t, T: Scalar> Var<'t, T> {
 }
 
 impl<T: Scalar> Tape<T> {
-    /// Place same-row-count variables side by side: `[x₁ | x₂ | …]`.
+    /// Place same-row-count variables side by side: `[x₁ | x₂ | …]`. A result of more than
+    /// [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
     pub fn concat_cols<'t>(&'t self, parts: &[Var<'t, T>]) -> Result<Var<'t, T>> {
         self.apply("concat_cols", parts, |x| {
             let Some(first) = x.first() else {
@@ -83,7 +92,7 @@ impl<T: Scalar> Tape<T> {
                 });
             };
             let rows = first.nrows();
-            let mut cols = 0;
+            let mut cols: usize = 0;
             for p in x {
                 if p.nrows() != rows {
                     return Err(Error::ShapeMismatch {
@@ -93,9 +102,10 @@ impl<T: Scalar> Tape<T> {
                         expected: "every part must have the same number of rows",
                     });
                 }
-                cols += p.ncols();
+                cols = cols.saturating_add(p.ncols());
             }
-            let mut data = Vec::with_capacity(rows * cols);
+            // (A saturated count is over the limit too.)
+            let mut data = buffer("concat_cols", rows, cols)?;
             for p in x {
                 // Column-major storage: concatenating along columns appends the buffers.
                 data.extend_from_slice(p.as_slice());
