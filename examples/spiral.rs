@@ -70,7 +70,15 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() {
+    // Errors print with Display: one line that says what went wrong and how to fix it.
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {

@@ -5,7 +5,15 @@
 use costate::ad_core::{Result, Tape};
 use costate::nalgebra::DMatrix;
 
-fn main() -> Result<()> {
+fn main() {
+    // Errors print with Display: one line that says what went wrong and how to fix it.
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     // A 2-layer tanh MLP, 4 → 8 → 2, on a batch of 3, regressing onto fixed targets.
     let init = |r: usize, c: usize, s: f64| {
         DMatrix::from_fn(r, c, |i, j| ((i * c + j) as f64 * s).sin() * 0.5)
