@@ -365,6 +365,19 @@ op_properties! {
     div: |d| [any(d.r, d.c), away(d.r, d.c, 0.5)] => |tape, x| x[0].div(x[1]);
     div_const_numerator: |d| [cst(any(d.r, d.c)), away(d.r, d.c, 0.5)] => |tape, x| x[0] / x[1];
     div_const_denominator: |d| [any(d.r, d.c), cst(away(d.r, d.c, 0.5))] => |tape, x| x[0] / x[1];
+    // Broadcast forms: a 1×1, 1×n (row) or n×1 (column) operand on either side, its
+    // cotangent summed back over the dimensions it was repeated along.
+    add_broadcast_scalar: |d| [any(d.r, d.c), any(1, 1)] => |tape, x| x[0].add(x[1]);
+    add_broadcast_row_left: |d| [any(1, d.c), any(d.r, d.c)] => |tape, x| x[0].add(x[1]);
+    sub_broadcast_column: |d| [any(d.r, d.c), any(d.r, 1)] => |tape, x| x[0].sub(x[1]);
+    sub_broadcast_scalar_left: |d| [any(1, 1), any(d.r, d.c)] => |tape, x| x[0].sub(x[1]);
+    mul_broadcast_scalar: |d| [any(1, 1), any(d.r, d.c)] => |tape, x| x[0].mul(x[1]);
+    mul_broadcast_row: |d| [any(d.r, d.c), any(1, d.c)] => |tape, x| x[0].mul(x[1]);
+    mul_broadcast_row_by_column: |d| [any(1, d.c), any(d.r, 1)] => |tape, x| x[0].mul(x[1]);
+    mul_broadcast_const_column: |d| [any(d.r, d.c), cst(any(d.r, 1))] => |tape, x| x[0] * x[1];
+    div_broadcast_scalar_denominator: |d| [any(d.r, d.c), away(1, 1, 0.5)] => |tape, x| x[0].div(x[1]);
+    div_broadcast_row_numerator: |d| [any(1, d.c), away(d.r, d.c, 0.5)] => |tape, x| x[0].div(x[1]);
+    div_broadcast_column_denominator: |d| [any(d.r, d.c), away(d.r, 1, 0.5)] => |tape, x| x[0].div(x[1]);
     scale: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].scale(T::cst(-1.3)));
     add_scalar: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].add_scalar(T::cst(0.7)).square());
     matmul: |d| [any(d.r, d.k), any(d.k, d.c)] => |tape, x| x[0].matmul(x[1]);

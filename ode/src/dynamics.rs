@@ -23,6 +23,39 @@ use ad_core::{Result, Scalar, Var};
 ///     }
 /// }
 /// ```
+///
+/// Lotka–Volterra with learnable α, β, γ, δ (each 1×1), on a batch of `[prey, predator]`
+/// rows: 1×1 parameters broadcast in elementwise ops, so no `broadcast` call is needed.
+///
+/// ```
+/// use ad_core::{nalgebra::DMatrix, Result, Scalar, Tape, Var};
+/// use ode::{odeint, Dynamics, Options};
+///
+/// #[derive(Clone)]
+/// struct LotkaVolterra;
+///
+/// impl<T: Scalar> Dynamics<T> for LotkaVolterra {
+///     fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+///         let (x, y) = (h.slice_cols(0, 1)?, h.slice_cols(1, 1)?);
+///         let xy = x.mul(y)?;
+///         let dx = x.mul(p[0])?.sub(xy.mul(p[1])?)?; // α x − β x y
+///         let dy = xy.mul(p[3])?.sub(y.mul(p[2])?)?; // δ x y − γ y
+///         h.tape().concat_cols(&[dx, dy])
+///     }
+/// }
+///
+/// let tape = Tape::<f64>::new();
+/// let params: Vec<_> = [1.5, 1.0, 3.0, 1.0]
+///     .iter()
+///     .map(|&v| tape.var(DMatrix::from_element(1, 1, v)))
+///     .collect();
+/// let h0 = tape.var(DMatrix::from_row_slice(2, 2, &[1.0, 1.0, 2.0, 0.5]));
+/// let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 1.0]));
+/// let sol = odeint(&tape, &LotkaVolterra, h0, t, &params, &Options::default())?;
+/// let g = tape.backward(sol.last().sum())?;
+/// assert!(params.iter().all(|p| g.get(*p).unwrap()[(0, 0)].is_finite()));
+/// # Ok::<(), ode::Error>(())
+/// ```
 pub trait Dynamics<T: Scalar> {
     /// Evaluate `f_θ(t, h)`; the result must have the shape of `h`.
     fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, params: &[Var<'t, T>]) -> Result<Var<'t, T>>;

@@ -18,8 +18,7 @@
 //! struct Decay;
 //! impl<T: Scalar> Dynamics<T> for Decay {
 //!     fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
-//!         let k = p[0].broadcast(h.shape()?.0, h.shape()?.1)?;
-//!         Ok(-(h.mul(k)?))
+//!         Ok(-(h.mul(p[0])?)) // the 1×1 k broadcasts
 //!     }
 //! }
 //!

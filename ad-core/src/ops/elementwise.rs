@@ -7,7 +7,7 @@ use num_dual::DualNum;
 use smallvec::SmallVec;
 
 use super::{buffer, fast, same_shape, Grads, Op};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Shape};
 use crate::scalar::{carries_derivatives, Scalar};
 use crate::tape::Var;
 
@@ -211,25 +211,41 @@ impl<'t, T: Scalar> Var<'t, T> {
         }))
     }
 
-    /// `self + other`, same shapes.
+    /// `self + other`, elementwise. Operands of the same shape, or one of them 1×1, 1×n
+    /// (a row, repeated over the rows) or n×1 (a column, repeated over the columns), as in
+    /// NumPy; the VJP sums the cotangent back over the repeated dimensions.
+    ///
+    /// ```
+    /// use ad_core::Tape;
+    /// use nalgebra::dmatrix;
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.var(dmatrix![1.0, 2.0; 3.0, 4.0]);
+    /// let b = tape.var(dmatrix![10.0, 20.0]); // 1×2: added to every row
+    /// let y = x.add(b)?;
+    /// assert_eq!(y.value()?, dmatrix![11.0, 22.0; 13.0, 24.0]);
+    /// let g = tape.backward(y.sum())?;
+    /// assert_eq!(g.get(b).unwrap(), &dmatrix![2.0, 2.0]); // summed over the 2 rows
+    /// # Ok::<(), ad_core::Error>(())
+    /// ```
     #[allow(clippy::should_implement_trait)] // `std::ops::Add` is implemented too, below
     pub fn add(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Add, other)
     }
 
-    /// `self - other`, same shapes.
+    /// `self - other`, elementwise, broadcasting as [`Var::add`] does.
     #[allow(clippy::should_implement_trait)] // `std::ops::Sub` is implemented too, below
     pub fn sub(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Sub, other)
     }
 
-    /// Elementwise (Hadamard) product, same shapes.
+    /// Elementwise (Hadamard) product, broadcasting as [`Var::add`] does (a 1×1 operand
+    /// scales, a 1×n one scales each column).
     #[allow(clippy::should_implement_trait)] // `std::ops::Mul` is implemented too, below
     pub fn mul(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Mul, other)
     }
 
-    /// Elementwise quotient, same shapes.
+    /// Elementwise quotient, broadcasting as [`Var::add`] does.
     #[allow(clippy::should_implement_trait)] // `std::ops::Div` is implemented too, below
     pub fn div(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.binary(Binary::Div, other)
@@ -237,8 +253,15 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     fn binary(self, b: Binary, other: Var<'t, T>) -> Result<Var<'t, T>> {
         self.tape.apply(b.name(), &[self, other], |x| {
-            same_shape(b.name(), x[0].shape(), x[1].shape())?;
-            Ok((b.forward(x[0], x[1]), Op::Binary(b)))
+            let (sa, sb) = (x[0].shape(), x[1].shape());
+            if sa == sb {
+                return Ok((b.forward(x[0], x[1]), Op::Binary(b)));
+            }
+            // A 1×1, 1×n or n×1 operand broadcasts over the other's rows / columns.
+            let out = broadcast_shape(b.name(), sa, sb)?;
+            crate::ops::checked_len::<T>(b.name(), out.0, out.1)?;
+            let (a, c) = (expand(x[0], out), expand(x[1], out));
+            Ok((b.forward(&a, &c), Op::BroadcastBinary(b, sa, sb)))
         })
     }
 }
@@ -271,6 +294,55 @@ pub(crate) fn powers_vjp<T: Scalar>(y: &DMatrix<T>, g: &DMatrix<T>) -> DMatrix<T
 pub(crate) fn scale_vjp<T: Scalar>(c: T, mut g: DMatrix<T>) -> DMatrix<T> {
     g *= c;
     g
+}
+
+/// The shape two operands broadcast to: each dimension equal, or 1 in one of them.
+fn broadcast_shape(op: &'static str, a: Shape, b: Shape) -> Result<Shape> {
+    let dim = |x: usize, y: usize| match (x, y) {
+        _ if x == y => Some(x),
+        (1, y) => Some(y),
+        (x, 1) => Some(x),
+        _ => None,
+    };
+    match (dim(a.0, b.0), dim(a.1, b.1)) {
+        (Some(r), Some(c)) => Ok((r, c)),
+        _ => Err(Error::ShapeMismatch {
+            op,
+            left: a,
+            right: b,
+            expected: "the same shape, or one operand 1x1, 1xn (a row, broadcast over rows) or nx1 (a column, broadcast over columns)",
+        }),
+    }
+}
+
+/// `m` repeated to `shape` along its dimensions of size 1.
+fn expand<T: Scalar>(m: &DMatrix<T>, shape: Shape) -> DMatrix<T> {
+    if m.shape() == shape {
+        return m.clone();
+    }
+    let (r1, c1) = (m.nrows() == 1, m.ncols() == 1);
+    DMatrix::from_fn(shape.0, shape.1, |i, j| {
+        m[(if r1 { 0 } else { i }, if c1 { 0 } else { j })]
+    })
+}
+
+/// The cotangent `g` of a broadcast result summed back to an operand of shape `to`.
+fn reduce_to<T: Scalar>(g: DMatrix<T>, to: Shape) -> DMatrix<T> {
+    // Sums over rows (→ 1×c) and over columns (→ r×1), as the operand was repeated.
+    let g = if to.0 == 1 && g.nrows() != 1 {
+        DMatrix::from_fn(1, g.ncols(), |_, j| {
+            g.column(j).iter().fold(T::zero(), |s, &x| s + x)
+        })
+    } else {
+        g
+    };
+    if to.1 == 1 && g.ncols() != 1 {
+        DMatrix::from_fn(g.nrows(), 1, |i, _| {
+            g.row(i).iter().fold(T::zero(), |s, &x| s + x)
+        })
+    } else {
+        g
+    }
 }
 
 /// Same-shape elementwise binary op kinds.
@@ -333,18 +405,46 @@ impl Binary {
     }
 }
 
+impl Binary {
+    /// The VJP of a broadcast binary op: the same-shape VJP on the expanded operands, each
+    /// cotangent summed back over the dimensions its operand was broadcast along.
+    pub(crate) fn broadcast_vjp<T: Scalar>(
+        self,
+        inputs: &[&DMatrix<T>],
+        (sa, sb): (Shape, Shape),
+        y: &DMatrix<T>,
+        g: DMatrix<T>,
+        wants: &[bool],
+    ) -> Grads<T> {
+        let out = g.shape();
+        // Add and Sub read no input (their values may have been released).
+        let (a, b) = match self {
+            Binary::Add | Binary::Sub => (DMatrix::zeros(0, 0), DMatrix::zeros(0, 0)),
+            Binary::Mul | Binary::Div => (expand(inputs[0], out), expand(inputs[1], out)),
+        };
+        let grads = self.vjp(&a, &b, y, g, wants);
+        let mut reduced = Grads::new();
+        for (g, s) in grads.into_iter().zip([sa, sb]) {
+            reduced.push(g.map(|g| reduce_to(g, s)));
+        }
+        reduced
+    }
+}
+
 macro_rules! binary_operators {
     ($($trait:ident $method:ident $op:ident;)*) => {$(
         impl<'t, T: Scalar> ops::$trait<Var<'t, T>> for Var<'t, T> {
             type Output = Result<Var<'t, T>>;
-            /// Elementwise; fails on a shape mismatch, a foreign or a stale Var.
+            /// Elementwise, broadcasting as [`Var::add`] does; fails on shapes that do not
+            /// broadcast, a foreign or a stale Var.
             fn $method(self, rhs: Var<'t, T>) -> Self::Output {
                 self.binary(Binary::$op, rhs)
             }
         }
         impl<'t, T: Scalar> ops::$trait<&Var<'t, T>> for &Var<'t, T> {
             type Output = Result<Var<'t, T>>;
-            /// Elementwise; fails on a shape mismatch, a foreign or a stale Var.
+            /// Elementwise, broadcasting as [`Var::add`] does; fails on shapes that do not
+            /// broadcast, a foreign or a stale Var.
             fn $method(self, rhs: &Var<'t, T>) -> Self::Output {
                 self.binary(Binary::$op, *rhs)
             }

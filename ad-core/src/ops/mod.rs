@@ -39,6 +39,8 @@ pub(crate) enum Op<T: Scalar> {
     AddScalar,
     WeightedSum,
     Binary(Binary),
+    /// A binary op whose operands of these shapes were broadcast to the output's.
+    BroadcastBinary(Binary, Shape, Shape),
     MatMul,
     MatMulT,
     Linear,
@@ -66,7 +68,7 @@ impl<T: Scalar> Op<T> {
             Op::Scale(_) => "scale",
             Op::AddScalar => "add_scalar",
             Op::WeightedSum => "weighted_sum",
-            Op::Binary(b) => b.name(),
+            Op::Binary(b) | Op::BroadcastBinary(b, ..) => b.name(),
             Op::MatMul => "matmul",
             Op::MatMulT => "matmul_t",
             Op::Linear => "linear",
@@ -95,9 +97,10 @@ impl<T: Scalar> Op<T> {
             Op::Scale(_) | Op::AddScalar | Op::Transpose | Op::AddRow | Op::LinComb(_) => {
                 (false, false)
             }
-            Op::Binary(Binary::Add | Binary::Sub) => (false, false),
-            Op::Binary(Binary::Mul) => (false, true),
-            Op::Binary(Binary::Div) => (true, true),
+            Op::Binary(Binary::Add | Binary::Sub)
+            | Op::BroadcastBinary(Binary::Add | Binary::Sub, ..) => (false, false),
+            Op::Binary(Binary::Mul) | Op::BroadcastBinary(Binary::Mul, ..) => (false, true),
+            Op::Binary(Binary::Div) | Op::BroadcastBinary(Binary::Div, ..) => (true, true),
             Op::MatMul | Op::MatMulT | Op::Linear | Op::Mse | Op::WeightedSum => (false, true),
             Op::Broadcast | Op::Reduce(_) | Op::Concat | Op::SliceCols(_) => (false, true),
             // A custom op's VJP gets its inputs and outputs (the output nodes' values).
@@ -133,6 +136,7 @@ impl<T: Scalar> Op<T> {
             Op::AddScalar => one(g),
             Op::WeightedSum => elementwise::weighted_sum_vjp(inputs, g, wants),
             Op::Binary(b) => b.vjp(inputs[0], inputs[1], out, g, wants),
+            Op::BroadcastBinary(b, sa, sb) => b.broadcast_vjp(inputs, (*sa, *sb), out, g, wants),
             Op::MatMul => linalg::matmul_vjp(inputs[0], inputs[1], &g, wants),
             Op::MatMulT => linalg::matmul_t_vjp(inputs[0], inputs[1], &g, wants),
             Op::Linear => affine::linear_vjp(inputs[0], inputs[1], &g, wants),
