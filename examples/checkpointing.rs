@@ -34,7 +34,6 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::nn::problem::{layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec};
 use costate::nn::{Activation, Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::Options;
@@ -146,7 +145,7 @@ fn horizon() -> Result<Workload> {
 fn seed(path: Option<&str>) -> Result<Workload> {
     let problem = match path {
         Some(path) => Problem::load(path)?,
-        None => synthetic_seed()?,
+        None => support::workloads::synthetic_seed()?,
     };
     let description = match path {
         Some(path) => format!("{path}: {}", problem.file.description),
@@ -165,38 +164,6 @@ fn seed(path: Option<&str>) -> Result<Workload> {
         options: problem.options,
         loss: problem.loss,
     })
-}
-
-/// The seed workload exactly as `compare_backprop` builds it.
-fn synthetic_seed() -> Result<Problem> {
-    let (dim, batch, npts) = (64, 32, 50);
-    let func = OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
-    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
-    let params = func.mlp.init_params(&mut rng);
-    let h0 = costate::nn::Mlp::normal(batch, dim, 0.0, 1.0, &mut rng)?;
-    let file = ProblemFile {
-        format: costate::nn::problem::PROBLEM_FORMAT.into(),
-        description: "synthetic seed workload".into(),
-        model: ModelSpec {
-            kind: "mlp".into(),
-            activation: "tanh".into(),
-            input: "h".into(),
-            subtract_state: false,
-            time_input: false,
-            layers: layer_specs(&params),
-        },
-        h0: nested(&h0),
-        t: (0..npts).map(|i| i as f64 / (npts - 1) as f64).collect(),
-        solver: SolverSpec {
-            method: "dopri5".into(),
-            rtol: 1e-7,
-            atol: 1e-9,
-        },
-        loss: LossSpec::SumFinal,
-        reference: None,
-        generator: None,
-    };
-    Ok(Problem::from_file(file)?)
 }
 
 /// dL/dh0 and dL/dθ of one run.

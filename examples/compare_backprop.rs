@@ -23,11 +23,8 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::nn::problem::{
-    layer_specs, nested, GradientSet, LossSpec, ModelSpec, ProblemFile, SolverSpec,
-};
-use costate::nn::{Activation, NeuralOde, Problem, Strategy};
-use costate::rand::SeedableRng;
+use costate::nn::problem::{nested, GradientSet};
+use costate::nn::{NeuralOde, Problem, Strategy};
 use serde_json::json;
 use support::report::{bytes, median, peak_rss_bytes, Table};
 
@@ -83,39 +80,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
-}
-
-/// The seed workload with fresh weights: dim 64, batch 32, 64→64→64→64 tanh MLP, 50 times in
-/// [0, 1], dopri5 at rtol 1e-7 / atol 1e-9, loss = sum of h(1).
-fn synthetic() -> Result<Problem, Box<dyn Error>> {
-    let (dim, batch, npts) = (64, 32, 50);
-    let func = costate::nn::OdeFunc::new(dim, &[64, 64], Activation::Tanh)?;
-    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
-    let params = func.mlp.init_params(&mut rng);
-    let h0 = costate::nn::Mlp::normal(batch, dim, 0.0, 1.0, &mut rng)?;
-    let file = ProblemFile {
-        format: costate::nn::problem::PROBLEM_FORMAT.into(),
-        description: "synthetic seed workload".into(),
-        model: ModelSpec {
-            kind: "mlp".into(),
-            activation: "tanh".into(),
-            input: "h".into(),
-            subtract_state: false,
-            time_input: false,
-            layers: layer_specs(&params),
-        },
-        h0: nested(&h0),
-        t: (0..npts).map(|i| i as f64 / (npts - 1) as f64).collect(),
-        solver: SolverSpec {
-            method: "dopri5".into(),
-            rtol: 1e-7,
-            atol: 1e-9,
-        },
-        loss: LossSpec::SumFinal,
-        reference: None,
-        generator: None,
-    };
-    Ok(Problem::from_file(file)?)
 }
 
 /// What one mode produced.
@@ -284,7 +248,7 @@ fn gaps(a: &Run, b: &Run) -> [f64; 3] {
 fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
     let problem = match &args.problem {
         Some(path) => Problem::load(path)?,
-        None => synthetic()?,
+        None => support::workloads::synthetic_seed()?,
     };
     let runs = args
         .modes

@@ -4,3 +4,4 @@
 
 pub mod heap;
 pub mod report;
+pub mod workloads;
