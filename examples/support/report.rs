@@ -131,18 +131,7 @@ pub fn svg_line_chart(title: &str, x_label: &str, y_label: &str, series: &[Serie
     let (y0, y1) = (y0 - pad, y1 + pad);
     let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        (left + w - right) / 2.0,
-        escape(title)
-    );
+    let mut s = svg_open(w, h, title, (left + w - right) / 2.0, 22.0);
     let _ = writeln!(
         s,
         r#"<rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="black"/>"#,
@@ -397,18 +386,7 @@ pub fn svg_scatter_chart(
         }
     };
     let (xt, yt) = (ticks(x0, x1, x.scale), ticks(y0, y1, y.scale));
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
-        (left + w - right) / 2.0,
-        escape(title)
-    );
+    let mut s = svg_open(w, h, title, (left + w - right) / 2.0, 24.0);
     for (v, label) in &xt {
         let xp = px(*v);
         let _ = writeln!(
@@ -671,4 +649,21 @@ fn mantissa_decade(m: f64, e: i32, plain: bool) -> String {
         0..=4 if plain => format!("{:.0}", m * 10f64.powi(e)),
         _ => format!("{m}e{e}"),
     }
+}
+
+/// The opening of an SVG chart: the root element, a white background and the title
+/// centred at `(title_x, title_y)`.
+fn svg_open(w: f64, h: f64, title: &str, title_x: f64, title_y: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{title_x}" y="{title_y}" text-anchor="middle" font-size="15">{}</text>"#,
+        escape(title)
+    );
+    s
 }

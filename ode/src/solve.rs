@@ -278,16 +278,7 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     opts: &Options,
     strategy: &Strategy,
 ) -> Result<Solution<'t, T>> {
-    opts.validate()?;
-    strategy.validate(opts)?;
-    check_tape(tape, "odeint_with", [&h0, &t].into_iter().chain(params))?;
-    let input = SolveInput {
-        tape,
-        h0,
-        t,
-        params,
-        opts,
-    };
+    let input = SolveInput::checked("odeint_with", strategy, tape, h0, t, params, opts)?;
     if let Some(sol) = input.without_steps(strategy)? {
         return Ok(sol);
     }
@@ -325,7 +316,30 @@ pub(crate) struct NodeInputs<'t, T: Scalar> {
     pub params: Vec<DMatrix<T>>,
 }
 
-impl<'t, T: Scalar> SolveInput<'_, 't, T> {
+impl<'a, 't, T: Scalar> SolveInput<'a, 't, T> {
+    /// Validate the options, then the strategy's settings, and refuse Vars of another tape
+    /// before anything is recorded (`op` names the entry point in the error).
+    pub fn checked(
+        op: &'static str,
+        strategy: &Strategy,
+        tape: &'t Tape<T>,
+        h0: Var<'t, T>,
+        t: Var<'t, T>,
+        params: &'a [Var<'t, T>],
+        opts: &'a Options,
+    ) -> Result<Self> {
+        opts.validate()?;
+        strategy.validate(opts)?;
+        check_tape(tape, op, [&h0, &t].into_iter().chain(params))?;
+        Ok(Self {
+            tape,
+            h0,
+            t,
+            params,
+            opts,
+        })
+    }
+
     /// The solution of a one-point grid, which asks for `h(t_0) = h0` only (torchdiffeq
     /// returns it too): no step, no node. `None` for longer grids.
     pub fn without_steps(&self, strategy: &Strategy) -> Result<Option<Solution<'t, T>>> {
@@ -486,15 +500,7 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
     params: &[Var<'t, T>],
     opts: &Options,
 ) -> Result<Solution<'t, T>> {
-    opts.validate()?;
-    check_tape(tape, "odeint", [&h0, &t].into_iter().chain(params))?;
-    let input = SolveInput {
-        tape,
-        h0,
-        t,
-        params,
-        opts,
-    };
+    let input = SolveInput::checked("odeint", &Strategy::Taped, tape, h0, t, params, opts)?;
     if let Some(sol) = input.without_steps(&Strategy::Taped)? {
         return Ok(sol);
     }
