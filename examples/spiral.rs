@@ -31,7 +31,7 @@ struct Spiral;
 
 impl<T: Scalar> Dynamics<T> for Spiral {
     fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
-        let a = dmatrix![-0.1, 2.0; -2.0, -0.1].map(T::cst);
+        let a = dmatrix![-0.1, 2.0; -2.0, -0.1].map(T::constant);
         h.powi(3).matmul(h.tape().constant(a))
     }
 }
@@ -151,7 +151,7 @@ fn run() -> Result<(), Box<dyn Error>> {
                     ))
                 })
                 .collect::<TapeResult<_>>()?;
-            Ok((tape.lin_comb(&terms)?, sol))
+            Ok((tape.fixed_weighted_sum(&terms)?, sol))
         })?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         let loss = stats.loss;

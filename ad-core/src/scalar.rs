@@ -15,7 +15,7 @@ pub trait Scalar: RealField + DualNum<Primitive = f64> + Copy {
 
     /// Lift an `f64` constant into this scalar type (all derivative parts zero).
     #[inline]
-    fn cst(x: f64) -> Self {
+    fn constant(x: f64) -> Self {
         <Self as From<f64>>::from(x)
     }
 }

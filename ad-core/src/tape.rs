@@ -18,7 +18,7 @@ new_key_type! {
 }
 
 /// Parent list of a node: three inline slots cover every built-in op (`linear` has three
-/// inputs) but the n-ary ones (`lin_comb`, `weighted_sum`, `concat_cols`, custom ops).
+/// inputs) but the n-ary ones (`fixed_weighted_sum`, `weighted_sum`, `concat_cols`, custom ops).
 pub(crate) type Parents = SmallVec<[NodeKey; 3]>;
 
 /// One recorded operation: its value, how to pull a cotangent back through it, and its inputs.
@@ -329,7 +329,8 @@ impl<T: Scalar> Tape<T> {
         for pos in start..order.len() {
             let node = &nodes[order[pos]];
             let (reads_output, reads_inputs) = if node.requires_grad {
-                node.op.reads()
+                let reads = node.op.vjp_reads();
+                (reads.output, reads.inputs)
             } else {
                 (false, false)
             };
@@ -700,7 +701,7 @@ impl<'t, T: Scalar> Var<'t, T> {
     /// Ops that return a plain `Var`: on an error (a stale, released or faulty input, a busy
     /// tape, ...) the result carries it, so its first fallible use reports the real cause
     /// instead of computing something wrong.
-    pub(crate) fn infallible(self, r: Result<Var<'t, T>>) -> Var<'t, T> {
+    pub(crate) fn or_faulty(self, r: Result<Var<'t, T>>) -> Var<'t, T> {
         r.unwrap_or_else(|e| self.tape.faulty(e))
     }
 

@@ -148,12 +148,12 @@ fn shape_mismatch_in_mse_concat_and_lin_comb() {
         ),
         "{r:?}"
     );
-    let r = tape.lin_comb(&[(1.0, a), (2.0, a), (3.0, b)]);
+    let r = tape.fixed_weighted_sum(&[(1.0, a), (2.0, a), (3.0, b)]);
     assert!(
         matches!(
             r,
             Err(Error::ShapeMismatch {
-                op: "lin_comb",
+                op: "fixed_weighted_sum",
                 left: (2, 3),
                 right: (3, 2),
                 ..
@@ -269,9 +269,15 @@ fn invalid_argument_empty_concat_and_lin_comb() {
         ),
         "{r:?}"
     );
-    let r = tape.lin_comb(&[]);
+    let r = tape.fixed_weighted_sum(&[]);
     assert!(
-        matches!(r, Err(Error::InvalidArgument { op: "lin_comb", .. })),
+        matches!(
+            r,
+            Err(Error::InvalidArgument {
+                op: "fixed_weighted_sum",
+                ..
+            })
+        ),
         "{r:?}"
     );
     assert_eq!(tape.len(), 0, "a failed op must not record a node");
@@ -425,9 +431,14 @@ fn foreign_var_in_ops() {
     // Recording a's partner on its own tape is fine; asking the wrong tape is not.
     let r = t2.concat_cols(&[b, b]);
     assert_eq!(r.unwrap().shape().unwrap(), (2, 4));
-    let r = t1.lin_comb(&[(1.0, a), (1.0, b)]);
+    let r = t1.fixed_weighted_sum(&[(1.0, a), (1.0, b)]);
     assert!(
-        matches!(r, Err(Error::ForeignVar { op: "lin_comb" })),
+        matches!(
+            r,
+            Err(Error::ForeignVar {
+                op: "fixed_weighted_sum"
+            })
+        ),
         "{r:?}"
     );
     let r = t1.custom(Identity, &[b]);

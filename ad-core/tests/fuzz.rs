@@ -97,26 +97,26 @@ fn apply<'t, T: Scalar>(
                 1 => x.sigmoid(),
                 2 => x.relu(),
                 3 => x.softplus(),
-                4 => x.exp().scale(T::cst(1e-3)),
-                5 => x.square().add_scalar(T::cst(1.0)).log(),
+                4 => x.exp().scale(T::constant(1e-3)),
+                5 => x.square().add_scalar(T::constant(1.0)).log(),
                 6 => x.sin(),
                 7 => x.cos(),
                 8 => x.abs(),
                 9 => x.square(),
-                10 => x.square().add_scalar(T::cst(0.5)).sqrt(),
+                10 => x.square().add_scalar(T::constant(0.5)).sqrt(),
                 _ => x.neg(),
             }
         }
         Step::Powi(n, a) => v(a).powi(n),
-        Step::Scale(c, a) => v(a).scale(T::cst(c)),
-        Step::AddScalar(c, a) => v(a).add_scalar(T::cst(c)),
+        Step::Scale(c, a) => v(a).scale(T::constant(c)),
+        Step::AddScalar(c, a) => v(a).add_scalar(T::constant(c)),
         Step::Binary(k, a, b) => {
             let (x, y) = (v(a), v(b));
             match k {
                 0 => x.add(y)?,
                 1 => x.sub(y)?,
                 2 => x.mul(y)?,
-                3 => x.div(y.square().add_scalar(T::cst(1.0)))?,
+                3 => x.div(y.square().add_scalar(T::constant(1.0)))?,
                 4 => x.matmul(y)?,
                 _ => x.matmul_t(y)?,
             }
@@ -169,7 +169,7 @@ fn run<T: Scalar>(leaves: &[DMatrix<T>], steps: &[Step]) -> Run<T> {
                     );
                 }
                 // The tape is still usable.
-                let probe = pool[0].add_scalar(T::cst(1.0)).sum();
+                let probe = pool[0].add_scalar(T::constant(1.0)).sum();
                 tape.backward(probe)
                     .expect("a tape stays usable after an error");
             }

@@ -328,7 +328,7 @@ fn lin_comb_values_and_gradients() -> Result<()> {
     let tape = Tape::<f64>::new();
     let a = tape.var(dmatrix![1.0, 2.0]);
     let b = tape.var(dmatrix![10.0, 20.0]);
-    let y = tape.lin_comb(&[(2.0, a), (-0.5, b), (3.0, a)])?;
+    let y = tape.fixed_weighted_sum(&[(2.0, a), (-0.5, b), (3.0, a)])?;
     assert_eq!(y.value()?, dmatrix![0.0, 0.0]);
     let g = tape.vjp(y, dmatrix![1.0, -1.0])?;
     // a appears twice: 2 + 3.

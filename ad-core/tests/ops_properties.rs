@@ -97,7 +97,7 @@ fn away(r: usize, c: usize, m: f64) -> Input {
     }
 }
 
-fn cst(input: Input) -> Input {
+fn constant(input: Input) -> Input {
     Input {
         constant: true,
         ..input
@@ -333,7 +333,7 @@ impl<T: Scalar> CustomOp<T> for CubeMul {
         let mut gb = DMatrix::zeros(b.nrows(), b.ncols());
         if let Some(g) = &cotangents[0] {
             // d(a³b) = 3a²b da + a³ db
-            ga += g.zip_zip_map(a, b, |g, a, b| g * T::cst(3.0) * a * a * b);
+            ga += g.zip_zip_map(a, b, |g, a, b| g * T::constant(3.0) * a * a * b);
             gb += g.zip_map(a, |g, a| g * a * a * a);
         }
         if let Some(g) = &cotangents[1] {
@@ -351,20 +351,20 @@ impl<T: Scalar> CustomOp<T> for CubeMul {
 
 op_properties! {
     add: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| x[0].add(x[1]);
-    add_const_left: |d| [cst(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0] + x[1];
+    add_const_left: |d| [constant(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0] + x[1];
     sub: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| x[0].sub(x[1]);
-    sub_const_left: |d| [cst(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0] - x[1];
+    sub_const_left: |d| [constant(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0] - x[1];
     /// Through the `&Var - &Var` operator.
     #[allow(clippy::op_ref)]
-    sub_const_right: |d| [any(d.r, d.c), cst(any(d.r, d.c))] => |tape, x| &x[0] - &x[1];
+    sub_const_right: |d| [any(d.r, d.c), constant(any(d.r, d.c))] => |tape, x| &x[0] - &x[1];
     neg: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].neg());
     neg_operator: |d| [any(d.r, d.c)] => |tape, x| Ok(-x[0]);
     mul: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| x[0].mul(x[1]);
-    mul_const_left: |d| [cst(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0] * x[1];
-    mul_const_right: |d| [any(d.r, d.c), cst(any(d.r, d.c))] => |tape, x| x[0] * x[1];
+    mul_const_left: |d| [constant(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0] * x[1];
+    mul_const_right: |d| [any(d.r, d.c), constant(any(d.r, d.c))] => |tape, x| x[0] * x[1];
     div: |d| [any(d.r, d.c), away(d.r, d.c, 0.5)] => |tape, x| x[0].div(x[1]);
-    div_const_numerator: |d| [cst(any(d.r, d.c)), away(d.r, d.c, 0.5)] => |tape, x| x[0] / x[1];
-    div_const_denominator: |d| [any(d.r, d.c), cst(away(d.r, d.c, 0.5))] => |tape, x| x[0] / x[1];
+    div_const_numerator: |d| [constant(any(d.r, d.c)), away(d.r, d.c, 0.5)] => |tape, x| x[0] / x[1];
+    div_const_denominator: |d| [any(d.r, d.c), constant(away(d.r, d.c, 0.5))] => |tape, x| x[0] / x[1];
     // Broadcast forms: a 1×1, 1×n (row) or n×1 (column) operand on either side, its
     // cotangent summed back over the dimensions it was repeated along.
     add_broadcast_scalar: |d| [any(d.r, d.c), any(1, 1)] => |tape, x| x[0].add(x[1]);
@@ -374,25 +374,25 @@ op_properties! {
     mul_broadcast_scalar: |d| [any(1, 1), any(d.r, d.c)] => |tape, x| x[0].mul(x[1]);
     mul_broadcast_row: |d| [any(d.r, d.c), any(1, d.c)] => |tape, x| x[0].mul(x[1]);
     mul_broadcast_row_by_column: |d| [any(1, d.c), any(d.r, 1)] => |tape, x| x[0].mul(x[1]);
-    mul_broadcast_const_column: |d| [any(d.r, d.c), cst(any(d.r, 1))] => |tape, x| x[0] * x[1];
+    mul_broadcast_const_column: |d| [any(d.r, d.c), constant(any(d.r, 1))] => |tape, x| x[0] * x[1];
     div_broadcast_scalar_denominator: |d| [any(d.r, d.c), away(1, 1, 0.5)] => |tape, x| x[0].div(x[1]);
     div_broadcast_row_numerator: |d| [any(1, d.c), away(d.r, d.c, 0.5)] => |tape, x| x[0].div(x[1]);
     div_broadcast_column_denominator: |d| [any(d.r, d.c), away(d.r, 1, 0.5)] => |tape, x| x[0].div(x[1]);
-    scale: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].scale(T::cst(-1.3)));
-    add_scalar: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].add_scalar(T::cst(0.7)).square());
+    scale: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].scale(T::constant(-1.3)));
+    add_scalar: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].add_scalar(T::constant(0.7)).square());
     matmul: |d| [any(d.r, d.k), any(d.k, d.c)] => |tape, x| x[0].matmul(x[1]);
-    matmul_const_left: |d| [cst(any(d.r, d.k)), any(d.k, d.c)] => |tape, x| x[0].matmul(x[1]);
-    matmul_const_right: |d| [any(d.r, d.k), cst(any(d.k, d.c))] => |tape, x| x[0].matmul(x[1]);
+    matmul_const_left: |d| [constant(any(d.r, d.k)), any(d.k, d.c)] => |tape, x| x[0].matmul(x[1]);
+    matmul_const_right: |d| [any(d.r, d.k), constant(any(d.k, d.c))] => |tape, x| x[0].matmul(x[1]);
     matmul_t: |d| [any(d.r, d.k), any(d.c, d.k)] => |tape, x| x[0].matmul_t(x[1]);
-    matmul_t_const_left: |d| [cst(any(d.r, d.k)), any(d.c, d.k)] => |tape, x| x[0].matmul_t(x[1]);
-    matmul_t_const_right: |d| [any(d.r, d.k), cst(any(d.c, d.k))] => |tape, x| x[0].matmul_t(x[1]);
+    matmul_t_const_left: |d| [constant(any(d.r, d.k)), any(d.c, d.k)] => |tape, x| x[0].matmul_t(x[1]);
+    matmul_t_const_right: |d| [any(d.r, d.k), constant(any(d.c, d.k))] => |tape, x| x[0].matmul_t(x[1]);
     powers: |d| [any(1, 1)] => |tape, x| x[0].powers(4);
     linear: |d| [any(d.r, d.k), any(d.c, d.k), any(1, d.c)] => |tape, x| x[0].linear(x[1], x[2]);
-    linear_const_input: |d| [cst(any(d.r, d.k)), any(d.c, d.k), any(1, d.c)] => |tape, x| x[0].linear(x[1], x[2]);
+    linear_const_input: |d| [constant(any(d.r, d.k)), any(d.c, d.k), any(1, d.c)] => |tape, x| x[0].linear(x[1], x[2]);
     transpose: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].transpose());
     add_row: |d| [any(d.r, d.c), any(1, d.c)] => |tape, x| x[0].add_row(x[1]);
-    add_row_const_bias: |d| [any(d.r, d.c), cst(any(1, d.c))] => |tape, x| x[0].add_row(x[1]);
-    add_row_const_input: |d| [cst(any(d.r, d.c)), any(1, d.c)] => |tape, x| x[0].add_row(x[1]);
+    add_row_const_bias: |d| [any(d.r, d.c), constant(any(1, d.c))] => |tape, x| x[0].add_row(x[1]);
+    add_row_const_input: |d| [constant(any(d.r, d.c)), any(1, d.c)] => |tape, x| x[0].add_row(x[1]);
     broadcast_scalar: |d| [any(1, 1)] => |tape, x| x[0].broadcast(d.r, d.c);
     broadcast_row: |d| [any(1, d.c)] => |tape, x| x[0].broadcast(d.r, d.c);
     broadcast_column: |d| [any(d.r, 1)] => |tape, x| x[0].broadcast(d.r, d.c);
@@ -416,26 +416,26 @@ op_properties! {
     powi_one: |d| [any(d.r, d.c)] => |tape, x| Ok(x[0].powi(1));
     powi_negative: |d| [positive(d.r, d.c)] => |tape, x| Ok(x[0].powi(-2));
     concat_cols: |d| [any(d.r, d.c), any(d.r, d.k), any(d.r, 1)] => |tape, x| tape.concat_cols(x);
-    concat_cols_const_middle: |d| [any(d.r, d.c), cst(any(d.r, d.k)), any(d.r, 1)] => |tape, x| tape.concat_cols(x);
+    concat_cols_const_middle: |d| [any(d.r, d.c), constant(any(d.r, d.k)), any(d.r, 1)] => |tape, x| tape.concat_cols(x);
     concat_cols_single: |d| [any(d.r, d.c)] => |tape, x| tape.concat_cols(x);
     slice_cols_tail: |d| [any(d.r, d.c + d.k)] => |tape, x| x[0].slice_cols(d.k, d.c);
     slice_cols_head: |d| [any(d.r, d.c + d.k)] => |tape, x| x[0].slice_cols(0, d.k);
     mse: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| x[0].mse(x[1]);
-    mse_const_target: |d| [any(d.r, d.c), cst(any(d.r, d.c))] => |tape, x| x[0].mse(x[1]);
-    mse_const_prediction: |d| [cst(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0].mse(x[1]);
-    lin_comb: |d| [any(d.r, d.c), any(d.r, d.c), any(d.r, d.c)] => |tape, x| {
-        tape.lin_comb(&[(T::cst(0.7), x[0]), (T::cst(-1.3), x[1]), (T::cst(2.0), x[2])])
+    mse_const_target: |d| [any(d.r, d.c), constant(any(d.r, d.c))] => |tape, x| x[0].mse(x[1]);
+    mse_const_prediction: |d| [constant(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| x[0].mse(x[1]);
+    fixed_weighted_sum: |d| [any(d.r, d.c), any(d.r, d.c), any(d.r, d.c)] => |tape, x| {
+        tape.fixed_weighted_sum(&[(T::constant(0.7), x[0]), (T::constant(-1.3), x[1]), (T::constant(2.0), x[2])])
     };
-    lin_comb_repeated_and_const: |d| [any(d.r, d.c), cst(any(d.r, d.c))] => |tape, x| {
-        tape.lin_comb(&[(T::cst(0.7), x[0]), (T::cst(-1.3), x[1]), (T::cst(2.0), x[0])])
+    lin_comb_repeated_and_const: |d| [any(d.r, d.c), constant(any(d.r, d.c))] => |tape, x| {
+        tape.fixed_weighted_sum(&[(T::constant(0.7), x[0]), (T::constant(-1.3), x[1]), (T::constant(2.0), x[0])])
     };
     weighted_sum: |d| [any(1, 3), any(d.r, d.c), any(d.r, d.c), any(d.r, d.c)] => |tape, x| {
         tape.weighted_sum(x[0], &x[1..])
     };
-    weighted_sum_const_weights: |d| [cst(any(1, 2)), any(d.r, d.c), any(d.r, d.c)] => |tape, x| {
+    weighted_sum_const_weights: |d| [constant(any(1, 2)), any(d.r, d.c), any(d.r, d.c)] => |tape, x| {
         tape.weighted_sum(x[0], &x[1..])
     };
-    weighted_sum_const_term_and_repeated: |d| [any(1, 3), any(d.r, d.c), cst(any(d.r, d.c))] => |tape, x| {
+    weighted_sum_const_term_and_repeated: |d| [any(1, 3), any(d.r, d.c), constant(any(d.r, d.c))] => |tape, x| {
         tape.weighted_sum(x[0], &[x[1], x[2], x[1]])
     };
     custom_both_outputs: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| {
@@ -444,7 +444,7 @@ op_properties! {
     };
     custom_first_output: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| Ok(tape.custom(CubeMul, x)?[0]);
     custom_second_output: |d| [any(d.r, d.c), any(d.r, d.c)] => |tape, x| Ok(tape.custom(CubeMul, x)?[1]);
-    custom_const_input: |d| [cst(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| {
+    custom_const_input: |d| [constant(any(d.r, d.c)), any(d.r, d.c)] => |tape, x| {
         let outs = tape.custom(CubeMul, x)?;
         tape.concat_cols(&outs)
     };

@@ -153,7 +153,7 @@ impl Loss {
                     terms.push(hi.mul(tape.constant(vi.clone()))?.sum());
                 }
                 let ones = vec![1.0; terms.len()];
-                Ok(tape.lin_comb(&ones.into_iter().zip(terms).collect::<Vec<_>>())?)
+                Ok(tape.fixed_weighted_sum(&ones.into_iter().zip(terms).collect::<Vec<_>>())?)
             }
         }
     }

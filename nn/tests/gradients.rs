@@ -67,10 +67,15 @@ fn loss<'t, T: Scalar>(
     let mut terms: Vec<(T, Var<'t, T>)> = outputs
         .iter()
         .zip(v)
-        .map(|(h, v)| (T::one(), h.mul(tape.constant(v.map(T::cst))).unwrap().sum()))
+        .map(|(h, v)| {
+            (
+                T::one(),
+                h.mul(tape.constant(v.map(T::constant))).unwrap().sum(),
+            )
+        })
         .collect();
-    terms.push((T::cst(0.5), outputs[outputs.len() - 1].square().sum()));
-    tape.lin_comb(&terms).unwrap()
+    terms.push((T::constant(0.5), outputs[outputs.len() - 1].square().sum()));
+    tape.fixed_weighted_sum(&terms).unwrap()
 }
 
 struct Grads {

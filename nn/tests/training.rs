@@ -363,7 +363,7 @@ fn train_step_refuses_a_nan_gradient_and_keeps_the_parameters() {
     // L = Σ (w ⊙ [NaN, 1]) + Σ b: the gradient of `w` has a NaN in column 0.
     let r = train_step(&tape, &mut p, &mut opt, |tape, v| {
         let c = tape.constant(DMatrix::from_row_slice(1, 2, &[f64::NAN, 1.0]));
-        Ok(tape.lin_comb(&[(1.0, v[0].mul(c)?.sum()), (1.0, v[1].sum())])?)
+        Ok(tape.fixed_weighted_sum(&[(1.0, v[0].mul(c)?.sum()), (1.0, v[1].sum())])?)
     });
     match r {
         Err(Error::NonFiniteGradient {

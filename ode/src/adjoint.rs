@@ -288,7 +288,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
         let time_of = |stop: &Stop| -> T {
             match stop.output {
                 Some(i) => inputs[1][i],
-                None => inputs[1][0] + T::cst(stop.t - self.grid[0]),
+                None => inputs[1][0] + T::constant(stop.t - self.grid[0]),
             }
         };
         let scratch = Tape::new();
@@ -357,7 +357,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             // whose value part is exactly 0 (so for f64 there is nothing to do).
             if ad_core::carries_derivatives::<T>() {
                 let span = time_of(&to) - time_of(&from);
-                let shift = span - T::cst(span.primal());
+                let shift = span - T::constant(span.primal());
                 let k = stepper.first_stage_after(&mut end)?;
                 for (v, kc) in values.iter_mut().zip(&k) {
                     kc.with_value(|k| *v += k * shift)?;
@@ -454,7 +454,7 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
             wrt.iter()
                 .map(|v| {
                     let (r, c) = v.shape()?;
-                    Ok(DMatrix::from_element(r, c, T::cst(f64::NAN)))
+                    Ok(DMatrix::from_element(r, c, T::constant(f64::NAN)))
                 })
                 .collect::<Result<Vec<_>>>()?
         };

@@ -104,7 +104,7 @@ impl Controller {
         }
     }
 
-    /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖` with the error estimate `err = h Σ e_i k_i`
+    /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖` with the error estimate `err = dt Σ e_i k_i`
     /// (numbers only: step control is not differentiated); accept the step when ≤ 1. One
     /// pass over each component, no temporary tensors (except for a custom norm).
     pub(crate) fn error_ratio<T: Scalar>(
@@ -213,7 +213,11 @@ impl Controller {
         }
         let mark = tape.mark();
         let y1 = combine(tape, y0, dir * h0, &[1.0], &[f0.to_vec()])?;
-        let f1 = sys.eval(t0.at + dir * h0, t0.var.add_scalar(T::cst(dir * h0)), &y1)?;
+        let f1 = sys.eval(
+            t0.at + dir * h0,
+            t0.var.add_scalar(T::constant(dir * h0)),
+            &y1,
+        )?;
         let f1p: Vec<DMatrix<f64>> = f1.iter().map(primal).collect::<Result<_>>()?;
         tape.rewind(mark)?;
         let d2 = self.norm(

@@ -64,7 +64,7 @@ pub(crate) fn counted(mask: Option<&[bool]>, c: usize) -> bool {
     mask.is_none_or(|m| m.get(c).copied().unwrap_or(true))
 }
 
-/// `y + dt Σ_j w_j k_j` per component, one `lin_comb` node per component; zero weights skipped.
+/// `y + dt Σ_j w_j k_j` per component, one `fixed_weighted_sum` node per component; zero weights skipped.
 pub(crate) fn combine<'t, T: Scalar>(
     tape: &'t Tape<T>,
     y: &[Var<'t, T>],
@@ -92,14 +92,14 @@ fn combine_where<'t, T: Scalar>(
         if wanted(c) {
             for (&wj, kj) in w.iter().zip(k) {
                 if wj != 0.0 {
-                    terms.push((T::cst(dt * wj), kj[c]));
+                    terms.push((T::constant(dt * wj), kj[c]));
                 }
             }
         }
         out.push(if terms.len() == 1 {
             yc
         } else {
-            tape.lin_comb(&terms)?
+            tape.fixed_weighted_sum(&terms)?
         });
     }
     Ok(out)
@@ -184,7 +184,7 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
             last_input = Some(yi);
             break;
         }
-        let ti = t.var.add_scalar(T::cst(tab.c[i] * dt));
+        let ti = t.var.add_scalar(T::constant(tab.c[i] * dt));
         let ki = sys.eval(t.at + tab.c[i] * dt, ti, &yi)?;
         add_stage(i, &ki)?;
         k.push(ki);
@@ -246,7 +246,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
             c[(0, 0)] = T::one();
             for (i, row) in p.iter().enumerate() {
                 for (k, &v) in row.iter().enumerate() {
-                    c[(k + 1, i + 1)] = T::cst(dt * v);
+                    c[(k + 1, i + 1)] = T::constant(dt * v);
                 }
             }
             let mut terms: Vec<&State<'t, T>> = Vec::with_capacity(p.len() + 1);
@@ -262,7 +262,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
                 0.0,       dt,          0.0,      0.0,
                 -3.0,      -2.0 * dt,   3.0,      -dt,
                 2.0,       dt,          -2.0,     dt,
-            ]).map(T::cst);
+            ]).map(T::constant);
             (c, vec![&step.y0, &step.k[0], &step.y1, f1])
         }
         (None, None) => unreachable_interp()?,
@@ -273,7 +273,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
         .collect();
     let coeffs = coeffs.select_columns(&used);
     let terms: Vec<&State<'t, T>> = used.iter().map(|&j| terms[j]).collect();
-    let theta = t_out.sub(t_n)?.scale(T::cst(1.0 / dt));
+    let theta = t_out.sub(t_n)?.scale(T::constant(1.0 / dt));
     let weights = theta
         .powers(coeffs.nrows() - 1)?
         .matmul(tape.constant(coeffs))?;

@@ -357,7 +357,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                     let k = self.first_stage_after(acc)?;
                     let shift = t_out_var
                         .sub(self.t_base)?
-                        .add_scalar(T::cst(-(t1 - self.t0)));
+                        .add_scalar(T::constant(-(t1 - self.t0)));
                     let one = self.tape.constant(DMatrix::from_element(1, 1, T::one()));
                     let weights = self.tape.concat_cols(&[one, shift])?;
                     acc.step
@@ -427,7 +427,7 @@ fn time_var<'t, T: Scalar>(t_base: Var<'t, T>, t0: f64, t: f64) -> Var<'t, T> {
     if t == t0 {
         t_base
     } else {
-        t_base.add_scalar(T::cst(t - t0))
+        t_base.add_scalar(T::constant(t - t0))
     }
 }
 

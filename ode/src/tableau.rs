@@ -2,8 +2,8 @@
 
 /// An explicit Runge–Kutta method as data.
 ///
-/// Stages: `k_i = f(t + c_i h, y + h Σ_{j<i} a_i[j] k_j)`; solution `y₁ = y + h Σ b_i k_i`;
-/// error estimate `h Σ e_i k_i` with `e = b_error` (the difference between the propagated
+/// Stages: `k_i = f(t + c_i dt, y + dt Σ_{j<i} a_i[j] k_j)`; solution `y₁ = y + dt Σ b_i k_i`;
+/// error estimate `dt Σ e_i k_i` with `e = b_error` (the difference between the propagated
 /// solution's weights and the embedded solution's weights).
 #[derive(Debug)]
 pub struct Tableau {
@@ -21,12 +21,12 @@ pub struct Tableau {
     pub b: &'static [f64],
     /// Error weights `e = b − b̂` (`None` for fixed-step methods).
     pub b_error: Option<&'static [f64]>,
-    /// First-same-as-last: the last stage is evaluated at `(t + h, y₁)`, so it is the next
+    /// First-same-as-last: the last stage is evaluated at `(t + dt, y₁)`, so it is the next
     /// step's first stage.
     pub fsal: bool,
     /// The method's own continuous extension, if it has one: `interpolant[i][k]` is the
-    /// coefficient of `θ^(k+1)` in `b_i(θ)`, and `y(t + θh) = y + h Σ_i b_i(θ) k_i`.
-    /// `None`: cubic Hermite interpolation on `(y, f(t, y), y₁, f(t + h, y₁))`.
+    /// coefficient of `θ^(k+1)` in `b_i(θ)`, and `y(t + θ dt) = y + dt Σ_i b_i(θ) k_i`.
+    /// `None`: cubic Hermite interpolation on `(y, f(t, y), y₁, f(t + dt, y₁))`.
     pub interpolant: Option<&'static [&'static [f64]]>,
 }
 

@@ -261,7 +261,7 @@ struct Poisoned {
 impl<T: Scalar> Dynamics<T> for Poisoned {
     fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
         if t.scalar_value()?.primal() > self.at {
-            Ok(h.scale(T::cst(self.value)))
+            Ok(h.scale(T::constant(self.value)))
         } else {
             Ok(-h)
         }
@@ -428,7 +428,7 @@ impl<T: Scalar> Dynamics<T> for FailsLater {
     fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
         self.calls.set(self.calls.get() + 1);
         if self.calls.get() > self.poison_after {
-            Ok(h.scale(T::cst(f64::NAN)))
+            Ok(h.scale(T::constant(f64::NAN)))
         } else {
             Ok(-h)
         }

@@ -46,8 +46,8 @@ macro_rules! unary_ops {
         pub(crate) enum Unary { $($variant,)* }
 
         impl Unary {
-            /// What the VJP reads: `(output y, input x)`.
-            pub(crate) fn reads(self) -> (bool, bool) {
+            /// What the VJP reads: `(output y, input x)`, as [`Op::vjp_reads`] reports it.
+            pub(crate) fn vjp_reads(self) -> (bool, bool) {
                 match self {
                     Unary::Neg => (false, false),
                     Unary::Tanh | Unary::Sigmoid | Unary::Exp | Unary::Sqrt => (true, false),
@@ -156,7 +156,7 @@ impl Unary {
 
 impl<'t, T: Scalar> Var<'t, T> {
     fn unary(self, u: Unary) -> Var<'t, T> {
-        self.infallible(
+        self.or_faulty(
             self.tape
                 .apply(u.name(), &[self], |x| Ok((u.forward(x[0]), Op::Unary(u)))),
         )
@@ -164,7 +164,7 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     /// Elementwise integer power `xⁿ`.
     pub fn powi(self, n: i32) -> Var<'t, T> {
-        self.infallible(self.tape.apply("powi", &[self], |x| {
+        self.or_faulty(self.tape.apply("powi", &[self], |x| {
             Ok((x[0].map(|v| ipow(v, i64::from(n))), Op::Powi(n)))
         }))
     }
@@ -198,7 +198,7 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     /// Multiply every entry by the constant `c` (no gradient flows to `c`).
     pub fn scale(self, c: T) -> Var<'t, T> {
-        self.infallible(
+        self.or_faulty(
             self.tape
                 .apply("scale", &[self], |x| Ok((x[0] * c, Op::Scale(c)))),
         )
@@ -206,7 +206,7 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     /// Add the constant `c` to every entry (no gradient flows to `c`).
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
-        self.infallible(self.tape.apply("add_scalar", &[self], |x| {
+        self.or_faulty(self.tape.apply("add_scalar", &[self], |x| {
             Ok((x[0].add_scalar(c), Op::AddScalar))
         }))
     }
@@ -274,7 +274,7 @@ pub(crate) fn powi_vjp<T: Scalar>(n: i32, x: &DMatrix<T>, mut g: DMatrix<T>) -> 
         g.fill(T::zero());
         return g;
     }
-    let nt = T::cst(f64::from(n));
+    let nt = T::constant(f64::from(n));
     let m = i64::from(n) - 1;
     for (g, &x) in g.iter_mut().zip(x.iter()) {
         *g *= nt * ipow(x, m);
@@ -286,7 +286,7 @@ pub(crate) fn powi_vjp<T: Scalar>(n: i32, x: &DMatrix<T>, mut g: DMatrix<T>) -> 
 pub(crate) fn powers_vjp<T: Scalar>(y: &DMatrix<T>, g: &DMatrix<T>) -> DMatrix<T> {
     let mut xbar = T::zero();
     for j in 1..y.ncols() {
-        xbar += g[(0, j)] * T::cst(j as f64) * y[(0, j - 1)];
+        xbar += g[(0, j)] * T::constant(j as f64) * y[(0, j - 1)];
     }
     DMatrix::from_element(1, 1, xbar)
 }
@@ -476,21 +476,21 @@ impl<'t, T: Scalar> ops::Neg for &Var<'t, T> {
 impl<T: Scalar> crate::tape::Tape<T> {
     /// The linear combination `Σ cᵢ xᵢ` of same-shape variables, as one node (one output
     /// tensor instead of one per term).
-    pub fn lin_comb<'t>(&'t self, terms: &[(T, Var<'t, T>)]) -> Result<Var<'t, T>> {
+    pub fn fixed_weighted_sum<'t>(&'t self, terms: &[(T, Var<'t, T>)]) -> Result<Var<'t, T>> {
         let vars: SmallVec<[Var<'t, T>; 8]> = terms.iter().map(|t| t.1).collect();
-        self.apply("lin_comb", &vars, |x| {
+        self.apply("fixed_weighted_sum", &vars, |x| {
             let Some(first) = x.first() else {
                 return Err(Error::InvalidArgument {
-                    op: "lin_comb",
+                    op: "fixed_weighted_sum",
                     message: "needs at least one term".into(),
                 });
             };
             for xi in x {
-                same_shape("lin_comb", first.shape(), xi.shape())?;
+                same_shape("fixed_weighted_sum", first.shape(), xi.shape())?;
             }
             let coeffs: SmallVec<[T; 8]> = terms.iter().map(|t| t.0).collect();
             let y = combination(&coeffs, x);
-            Ok((y, Op::LinComb(terms.iter().map(|t| t.0).collect())))
+            Ok((y, Op::FixedWeightedSum(terms.iter().map(|t| t.0).collect())))
         })
     }
 }
@@ -584,7 +584,11 @@ fn axpy2<T: Scalar>(y: &mut DMatrix<T>, c: T, a: &DMatrix<T>, d: T, b: &DMatrix<
     }
 }
 
-pub(crate) fn lin_comb_vjp<T: Scalar>(c: &[T], g: DMatrix<T>, wants: &[bool]) -> Grads<T> {
+pub(crate) fn fixed_weighted_sum_vjp<T: Scalar>(
+    c: &[T],
+    g: DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
     c.iter()
         .zip(wants)
         .map(|(&c, &w)| w.then(|| &g * c))

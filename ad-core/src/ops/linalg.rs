@@ -120,7 +120,7 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     /// The transpose.
     pub fn transpose(self) -> Var<'t, T> {
-        self.infallible(self.tape.apply("transpose", &[self], |x| {
+        self.or_faulty(self.tape.apply("transpose", &[self], |x| {
             Ok((x[0].transpose(), Op::Transpose))
         }))
     }

@@ -51,7 +51,7 @@ pub(crate) enum Op<T: Scalar> {
     Mse,
     Concat,
     SliceCols(usize),
-    LinComb(SmallVec<[T; 4]>),
+    FixedWeightedSum(SmallVec<[T; 4]>),
     Custom(Box<CustomNode<T>>),
     CustomOutput,
 }
@@ -79,22 +79,22 @@ impl<T: Scalar> Op<T> {
             Op::Mse => "mse",
             Op::Concat => "concat",
             Op::SliceCols(_) => "slice_cols",
-            Op::LinComb(_) => "lin_comb",
+            Op::FixedWeightedSum(_) => "fixed_weighted_sum",
             Op::Custom(c) => c.op.name(),
             Op::CustomOutput => "custom_output",
         }
     }
 
-    /// What this op's VJP reads: `(its own output, its inputs)`. Values nothing reads may be
-    /// released after recording (shapes count as reads: broadcast, reductions, slices and
-    /// concatenation need their inputs' shapes).
-    pub(crate) fn reads(&self) -> (bool, bool) {
-        match self {
+    /// What this op's VJP reads. Values nothing reads may be released after recording
+    /// (shapes count as reads: broadcast, reductions, slices and concatenation need their
+    /// inputs' shapes).
+    pub(crate) fn vjp_reads(&self) -> VjpReads {
+        let (output, inputs) = match self {
             Op::Leaf | Op::Constant => (false, false),
-            Op::Unary(u) => u.reads(),
+            Op::Unary(u) => u.vjp_reads(),
             Op::Powi(_) => (false, true),
             Op::Powers => (true, false),
-            Op::Scale(_) | Op::AddScalar | Op::Transpose | Op::AddRow | Op::LinComb(_) => {
+            Op::Scale(_) | Op::AddScalar | Op::Transpose | Op::AddRow | Op::FixedWeightedSum(_) => {
                 (false, false)
             }
             Op::Binary(Binary::Add | Binary::Sub)
@@ -106,7 +106,8 @@ impl<T: Scalar> Op<T> {
             // A custom op's VJP gets its inputs and outputs (the output nodes' values).
             Op::Custom(_) => (false, true),
             Op::CustomOutput => (true, false),
-        }
+        };
+        VjpReads { output, inputs }
     }
 
     /// Bytes held for backward beyond the node's own value.
@@ -147,7 +148,7 @@ impl<T: Scalar> Op<T> {
             Op::Mse => reduce::mse_vjp(inputs[0], inputs[1], &g, wants),
             Op::Concat => shape::concat_vjp(inputs, &g, wants),
             Op::SliceCols(start) => one(shape::slice_cols_vjp(inputs[0].shape(), *start, g)),
-            Op::LinComb(c) => elementwise::lin_comb_vjp(c, g, wants),
+            Op::FixedWeightedSum(c) => elementwise::fixed_weighted_sum_vjp(c, g, wants),
             Op::CustomOutput => one(g),
         }
     }
@@ -220,4 +221,13 @@ pub(crate) fn same_shape(op: &'static str, a: Shape, b: Shape) -> Result<()> {
             expected: "both operands must have the same shape",
         })
     }
+}
+
+/// What an op's VJP reads besides the cotangent, so values nothing reads can be released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct VjpReads {
+    /// The op's own output value.
+    pub output: bool,
+    /// The values of its inputs.
+    pub inputs: bool,
 }

@@ -43,7 +43,7 @@ impl Reduce {
             }
             Reduce::Mean => {
                 not_empty("mean", x)?;
-                DMatrix::from_element(1, 1, x.sum() / T::cst(x.len() as f64))
+                DMatrix::from_element(1, 1, x.sum() / T::constant(x.len() as f64))
             }
         })
     }
@@ -52,7 +52,9 @@ impl Reduce {
     pub(crate) fn vjp<T: Scalar>(self, (r, c): (usize, usize), g: DMatrix<T>) -> DMatrix<T> {
         match self {
             Reduce::Sum => DMatrix::from_element(r, c, g[(0, 0)]),
-            Reduce::Mean => DMatrix::from_element(r, c, g[(0, 0)] / T::cst((r * c).max(1) as f64)),
+            Reduce::Mean => {
+                DMatrix::from_element(r, c, g[(0, 0)] / T::constant((r * c).max(1) as f64))
+            }
             Reduce::SumRows => DMatrix::from_fn(r, c, |_, j| g[(0, j)]),
             Reduce::SumCols => DMatrix::from_fn(r, c, |i, _| g[(i, 0)]),
         }
@@ -113,7 +115,7 @@ pub(crate) fn sum_cols<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
 
 impl<'t, T: Scalar> Var<'t, T> {
     fn reduce(self, op: Reduce) -> Var<'t, T> {
-        self.infallible(self.tape.apply(op.name(), &[self], |x| {
+        self.or_faulty(self.tape.apply(op.name(), &[self], |x| {
             Ok((op.forward(x[0])?, Op::Reduce(op)))
         }))
     }
@@ -145,7 +147,7 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.tape.apply("mse", &[self, target], |x| {
             same_shape("mse", x[0].shape(), x[1].shape())?;
             not_empty("mse", x[0])?;
-            let n = T::cst(x[0].len() as f64);
+            let n = T::constant(x[0].len() as f64);
             let sq: T = x[0]
                 .iter()
                 .zip(x[1].iter())
@@ -163,7 +165,7 @@ pub(crate) fn mse_vjp<T: Scalar>(
     g: &DMatrix<T>,
     wants: &[bool],
 ) -> Grads<T> {
-    let k = g[(0, 0)] * T::cst(2.0) / T::cst(p.len().max(1) as f64);
+    let k = g[(0, 0)] * T::constant(2.0) / T::constant(p.len().max(1) as f64);
     let gp = (p - t) * k;
     let gt = wants[1].then(|| -&gp);
     let mut out = Grads::new();

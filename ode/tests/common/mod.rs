@@ -152,7 +152,7 @@ impl<T: Scalar> Dynamics<T> for TimeField {
     fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
         let (r, c) = h.shape()?;
         let coef = match self {
-            TimeField::Gaussian => t.scale(T::cst(-2.0)),
+            TimeField::Gaussian => t.scale(T::constant(-2.0)),
             TimeField::CosGrowth => t.cos(),
         };
         h.mul(coef.broadcast(r, c)?)
@@ -168,7 +168,7 @@ pub fn dot_loss<'t, T: Scalar>(
     let mut terms = Vec::new();
     for (h, v) in outputs.iter().zip(cots) {
         if let Some(v) = v {
-            terms.push(h.mul(tape.constant(v.map(T::cst)))?.sum());
+            terms.push(h.mul(tape.constant(v.map(T::constant)))?.sum());
         }
     }
     let mut loss = terms[0];
