@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::nn::problem::{nested, GradientSet};
+use costate::nn::json::nested;
+use costate::nn::problem::GradientSet;
 use costate::nn::{NeuralOde, Problem, Strategy};
 use serde_json::json;
 use support::report::{bytes, median, peak_rss_bytes, Table};
@@ -164,7 +165,7 @@ type QuantityError = (String, f64, f64);
 /// Max abs and relative (max abs / max |ref|) error of a run against a reference set.
 fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<QuantityError>, Box<dyn Error>> {
     let mut out = Vec::new();
-    let h0 = costate::nn::problem::matrix(&reference.grad_h0, "reference.grad_h0")?;
+    let h0 = costate::nn::json::matrix(&reference.grad_h0, "reference.grad_h0")?;
     out.push((
         "dL/dh0".into(),
         (&run.grad_h0 - &h0).abs().max(),
@@ -173,8 +174,8 @@ fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<QuantityError>, Bo
     let mut layers_abs: f64 = 0.0;
     let mut layers_max: f64 = 0.0;
     for (i, l) in reference.grad_layers.iter().enumerate() {
-        let w = costate::nn::problem::matrix(&l.weight, "reference.grad_layers.weight")?;
-        let b = costate::nn::problem::row(&l.bias, "reference.grad_layers.bias")?;
+        let w = costate::nn::json::matrix(&l.weight, "reference.grad_layers.weight")?;
+        let b = costate::nn::json::row(&l.bias, "reference.grad_layers.bias")?;
         layers_abs = layers_abs
             .max((&run.grad_params[2 * i] - &w).abs().max())
             .max((&run.grad_params[2 * i + 1] - &b).abs().max());
@@ -350,8 +351,8 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
             ("torchdiffeq odeint", &reference.odeint),
             ("torchdiffeq adjoint", &reference.odeint_adjoint),
         ] {
-            let h0 = costate::nn::problem::matrix(&g.grad_h0, "reference")?;
-            let th = costate::nn::problem::matrix(&reference.tight.grad_h0, "reference")?;
+            let h0 = costate::nn::json::matrix(&g.grad_h0, "reference")?;
+            let th = costate::nn::json::matrix(&reference.tight.grad_h0, "reference")?;
             t.row(vec![
                 name.into(),
                 "dL/dh0".into(),

@@ -5,7 +5,8 @@
 
 use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
-use costate::nn::problem::{matrix, row, GradientSet, ProblemFile};
+use costate::nn::json::{matrix, row};
+use costate::nn::problem::{GradientSet, ProblemFile};
 use costate::nn::{Loss, NeuralOde, Problem, Strategy};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/problems/");

@@ -4,8 +4,9 @@
 
 use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
+use costate::nn::json::nested;
 use costate::nn::problem::{
-    layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec, PROBLEM_FORMAT,
+    layer_specs, LossSpec, ModelSpec, ProblemFile, SolverSpec, PROBLEM_FORMAT,
 };
 use costate::nn::{NeuralOde, Problem, Strategy};
 use proptest::prelude::*;

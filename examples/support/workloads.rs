@@ -1,6 +1,7 @@
 //! The workloads several examples share.
 
-use costate::nn::problem::{layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec};
+use costate::nn::json::nested;
+use costate::nn::problem::{layer_specs, LossSpec, ModelSpec, ProblemFile, SolverSpec};
 use costate::nn::{Activation, Mlp, OdeFunc, Problem};
 use costate::rand::SeedableRng;
 

@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod json;
 mod layers;
 mod odefunc;
 mod optim;
