@@ -42,7 +42,11 @@ mod params;
 pub mod problem;
 pub mod weights;
 
-pub use error::{Error, Result};
+/// The `nalgebra` of every matrix in the API (from `ad-core`, no version trap).
+pub use ad_core::nalgebra;
+/// The `num-dual` whose numbers run on a [`ad_core::Tape`] (forward mode, HVPs).
+pub use ad_core::num_dual;
+pub use error::{Error, ModelPart, Result};
 pub use layers::{Activation, Linear, Mlp};
 /// The gradient strategies of [`NeuralOde`], from the `ode` crate.
 pub use ode::{Backsolve, BackwardStats, Strategy, StrategyReport};

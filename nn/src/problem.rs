@@ -8,9 +8,9 @@ use ad_core::{Tape, Var};
 use ode::Options;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelPart, Result};
 use crate::json::{matrix, nested, parse_json, row};
-use crate::layers::{Activation, Linear, Mlp};
+use crate::layers::{Activation, Mlp};
 use crate::odefunc::{Input, OdeFunc};
 use crate::params::ParamSet;
 
@@ -211,58 +211,26 @@ impl Problem {
                 format!("is {:?}; only \"mlp\" is supported", m.kind),
             ));
         }
-        let activation = Activation::from_name(&m.activation).ok_or_else(|| {
-            Error::format(
-                "model.activation",
-                format!("unknown activation {:?}", m.activation),
-            )
-        })?;
-        let input = match m.input.as_str() {
-            "h" => Input::State,
-            "cube" => Input::Cube,
-            other => {
-                return Err(Error::format(
-                    "model.input",
-                    format!("is {other:?}, expected \"h\" or \"cube\""),
-                ))
-            }
-        };
-        if m.layers.is_empty() {
-            return Err(Error::format("model.layers", "has no layer"));
-        }
+        // The model's constructors are the one validator of names, shapes and chaining;
+        // their errors are mapped to the keys the offending values came from.
+        let activation: Activation = m.activation.parse().map_err(at_model_key)?;
+        let input: Input = m.input.parse().map_err(at_model_key)?;
         let mut params = ParamSet::new();
-        let mut layers = Vec::with_capacity(m.layers.len());
         for (i, l) in m.layers.iter().enumerate() {
-            let w = matrix(&l.weight, &format!("model.layers[{i}].weight"))?;
-            let b = row(&l.bias, &format!("model.layers[{i}].bias"))?;
-            if b.ncols() != w.nrows() {
-                return Err(Error::format(
-                    format!("model.layers[{i}].bias"),
-                    format!(
-                        "has {} entries but the weight has {} rows",
-                        b.ncols(),
-                        w.nrows()
-                    ),
-                ));
-            }
-            if let Some(prev) = layers.last().map(|l: &Linear| l.out_features) {
-                if w.ncols() != prev {
-                    return Err(Error::format(
-                        format!("model.layers[{i}].weight"),
-                        format!(
-                            "has {} columns but the previous layer outputs {prev}",
-                            w.ncols()
-                        ),
-                    ));
-                }
-            }
-            layers.push(Linear::new(w.ncols(), w.nrows()));
-            params.push(format!("layers.{i}.weight"), w);
-            params.push(format!("layers.{i}.bias"), b);
+            params.push(
+                format!("layers.{i}.weight"),
+                matrix(&l.weight, &format!("model.layers[{i}].weight"))?,
+            );
+            params.push(
+                format!("layers.{i}.bias"),
+                row(&l.bias, &format!("model.layers[{i}].bias"))?,
+            );
         }
-        let mlp = Mlp { layers, activation };
+        let mlp = Mlp::from_params(&params, activation).map_err(at_model_key)?;
+        let func =
+            OdeFunc::from_mlp(mlp, input, m.time_input, m.subtract_state).map_err(at_model_key)?;
         let h0 = matrix(&file.h0, "h0")?;
-        let dim = mlp.out_features();
+        let dim = func.dim();
         if h0.ncols() != dim {
             return Err(Error::format(
                 "h0",
@@ -272,22 +240,6 @@ impl Problem {
                 ),
             ));
         }
-        let expected_in = dim + usize::from(m.time_input);
-        if mlp.in_features() != expected_in {
-            return Err(Error::format(
-                "model.layers[0].weight",
-                format!(
-                    "has {} columns, expected {expected_in} (state dim{})",
-                    mlp.in_features(),
-                    if m.time_input {
-                        " + 1 for time_input"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        let func = OdeFunc::from_mlp(mlp, input, m.time_input, m.subtract_state)?;
         let t = file.t.clone();
         if let Some(i) = t.iter().position(|x| !x.is_finite()) {
             return Err(Error::format(format!("t[{i}]"), "is not finite"));
@@ -308,9 +260,12 @@ impl Problem {
             atol: file.solver.atol,
             ..Options::default()
         };
-        options
-            .validate()
-            .map_err(|e| Error::format("solver", e.to_string()))?;
+        options.validate().map_err(|e| match e {
+            ode::Error::BadOption { name, .. } if matches!(name, "rtol" | "atol") => {
+                Error::format(format!("solver.{name}"), e.to_string())
+            }
+            other => Error::format("solver", other.to_string()),
+        })?;
         let loss = match &file.loss {
             LossSpec::SumFinal => Loss::SumFinal,
             LossSpec::Cotangents { cotangents } => {
@@ -388,6 +343,24 @@ impl Problem {
             path: path.display().to_string(),
             source,
         })
+    }
+}
+
+/// An [`Error::Model`] from the model's constructors, at the problem file's key of the part
+/// it names (e.g. `model.layers[1].weight`); other errors unchanged.
+fn at_model_key(e: Error) -> Error {
+    match e {
+        Error::Model { part, message } => {
+            let key = match part {
+                ModelPart::Layers => "model.layers".to_owned(),
+                ModelPart::Weight(i) => format!("model.layers[{i}].weight"),
+                ModelPart::Bias(i) => format!("model.layers[{i}].bias"),
+                ModelPart::Activation => "model.activation".to_owned(),
+                ModelPart::Input => "model.input".to_owned(),
+            };
+            Error::format(key, message)
+        }
+        other => other,
     }
 }
 

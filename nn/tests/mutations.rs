@@ -156,6 +156,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Format { .. } => "Format",
         Error::Io { .. } => "Io",
         Error::Mismatch(_) => "Mismatch",
+        Error::Model { .. } => "Model",
         Error::Json { .. } => "Json",
         Error::NonFiniteSave { .. } => "NonFiniteSave",
         Error::Hyperparameter { .. } => "Hyperparameter",
