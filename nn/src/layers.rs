@@ -34,6 +34,17 @@ impl Activation {
         }
     }
 
+    /// Its name, as [`Activation::from_name`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Softplus => "softplus",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Identity => "identity",
+        }
+    }
+
     /// The activation called `name` (`"tanh"`, `"relu"`, `"softplus"`, `"sigmoid"`, `"identity"`).
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {

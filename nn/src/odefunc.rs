@@ -16,6 +16,16 @@ pub enum Input {
     Cube,
 }
 
+impl Input {
+    /// Its name, as [`Input`]'s `FromStr` reads it (`"h"` or `"cube"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::State => "h",
+            Input::Cube => "cube",
+        }
+    }
+}
+
 impl std::str::FromStr for Input {
     type Err = Error;
 

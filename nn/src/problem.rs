@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Tape, Var};
+use ad_core::{Scalar, Tape, Var};
 use ode::Options;
 use serde::{Deserialize, Serialize};
 
@@ -134,8 +134,12 @@ pub enum Loss {
 }
 
 impl Loss {
-    /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape.
-    pub fn apply<'t>(&self, tape: &'t Tape<f64>, outputs: &[Var<'t, f64>]) -> Result<Var<'t, f64>> {
+    /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape, for any scalar.
+    pub fn apply<'t, T: Scalar>(
+        &self,
+        tape: &'t Tape<T>,
+        outputs: &[Var<'t, T>],
+    ) -> Result<Var<'t, T>> {
         let Some(last) = outputs.last() else {
             return Err(Error::Mismatch("the loss needs at least one output".into()));
         };
@@ -151,10 +155,9 @@ impl Loss {
                 }
                 let mut terms = Vec::with_capacity(v.len());
                 for (vi, hi) in v.iter().zip(outputs) {
-                    terms.push(hi.mul(tape.constant(vi.clone()))?.sum());
+                    terms.push((T::one(), hi.mul(tape.constant(vi.map(T::constant)))?.sum()));
                 }
-                let ones = vec![1.0; terms.len()];
-                Ok(tape.fixed_weighted_sum(&ones.into_iter().zip(terms).collect::<Vec<_>>())?)
+                Ok(tape.fixed_weighted_sum(&terms)?)
             }
         }
     }
@@ -180,6 +183,68 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem built in code, validated exactly as a file is (it goes through
+    /// [`Problem::from_file`], so it also saves and loads back). `params` must fit `func`
+    /// ([`crate::Mlp::check_params`]); `options` are kept whole (a file carries only the
+    /// method, which must be a named one, and the tolerances).
+    ///
+    /// ```
+    /// use nn::nalgebra::DMatrix;
+    /// use nn::rand::SeedableRng;
+    /// use nn::{Activation, Loss, OdeFunc, Problem, Strategy};
+    /// let func = OdeFunc::new(2, &[8], Activation::Tanh)?;
+    /// let params = func.mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
+    /// let h0 = DMatrix::from_row_slice(1, 2, &[1.0, 0.0]);
+    /// let problem = Problem::new(func, params, h0, vec![0.0, 1.0], Default::default(), Loss::SumFinal)?;
+    /// let g = problem.gradients(&Strategy::backsolve())?;
+    /// assert_eq!(g.h0.shape(), (1, 2));
+    /// assert_eq!(Problem::from_json(&problem.to_json()?)?.params, problem.params);
+    /// # Ok::<(), nn::Error>(())
+    /// ```
+    pub fn new(
+        func: OdeFunc,
+        params: ParamSet,
+        h0: DMatrix<f64>,
+        t: Vec<f64>,
+        options: Options,
+        loss: Loss,
+    ) -> Result<Self> {
+        func.mlp.check_params(&params)?;
+        options.validate()?;
+        let file = ProblemFile {
+            format: PROBLEM_FORMAT.into(),
+            description: String::new(),
+            model: ModelSpec {
+                kind: "mlp".into(),
+                activation: func.mlp.activation.name().into(),
+                input: func.input.name().into(),
+                subtract_state: func.subtract_state,
+                time_input: func.time_input,
+                layers: layer_specs(&params),
+            },
+            h0: nested(&h0),
+            t,
+            solver: SolverSpec {
+                method: options.method.name.into(),
+                rtol: options.rtol,
+                atol: options.atol,
+            },
+            loss: match &loss {
+                Loss::SumFinal => LossSpec::SumFinal,
+                Loss::Cotangents(v) => LossSpec::Cotangents {
+                    cotangents: v.iter().map(nested).collect(),
+                },
+            },
+            reference: None,
+            generator: None,
+        };
+        Ok(Self {
+            params,
+            options,
+            ..Self::from_file(file)?
+        })
+    }
+
     /// Read and validate a problem file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
