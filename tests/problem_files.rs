@@ -3,10 +3,10 @@
 //! step sequence and reach the file's `tight` gradients at least about as well as
 //! torchdiffeq does at the same tolerances.
 
-use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
-use costate::nn::problem::{matrix, row, GradientSet, ProblemFile};
-use costate::nn::{Loss, NeuralOde, Problem, Strategy};
+use costate::nn::json::{matrix, row};
+use costate::nn::problem::{GradientSet, ProblemFile};
+use costate::nn::{Loss, Problem, Strategy};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/problems/");
 
@@ -48,25 +48,16 @@ fn from_reference(g: &GradientSet) -> Grads {
     }
 }
 
+/// One mode through the pipeline, in the reference's layout.
 fn run(p: &Problem, mode: Strategy) -> Grads {
-    let model = NeuralOde {
-        options: p.options.clone(),
-        ..NeuralOde::new(p.func.clone(), mode)
-    };
-    let tape = Tape::<f64>::new();
-    let vars = p.params.to_tape(&tape);
-    let h0 = tape.var(p.h0.clone());
-    let t = tape.var(DMatrix::from_row_slice(1, p.t.len(), &p.t));
-    let sol = model.forward(&tape, h0, t, &vars).unwrap();
-    let loss = p.loss.apply(&tape, &sol.outputs).unwrap();
-    let mut g = tape.backward(loss).unwrap();
+    let g = p.gradients(&mode).unwrap();
     Grads {
-        loss: loss.scalar_value().unwrap(),
-        h0: g.take_or_zeros(h0).unwrap(),
-        theta: p.params.grads(&mut g, &vars).unwrap(),
-        t: g.take_or_zeros(t).unwrap(),
-        nfe_forward: sol.stats.nfe,
-        nfe_backward: sol.backward_stats(&g).map_or(0, |s| s.nfe),
+        loss: g.loss,
+        h0: g.h0,
+        theta: g.params,
+        t: g.t,
+        nfe_forward: g.forward.nfe,
+        nfe_backward: g.backward.map_or(0, |s| s.nfe),
     }
 }
 

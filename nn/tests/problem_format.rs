@@ -590,7 +590,10 @@ fn odefunc_rejects_an_mlp_whose_layers_do_not_chain() {
     };
     assert!(matches!(
         nn::OdeFunc::from_mlp(mlp, nn::Input::State, false, false),
-        Err(nn::Error::Mismatch(_))
+        Err(nn::Error::Model {
+            part: nn::ModelPart::Weight(1),
+            ..
+        })
     ));
     let empty = nn::Mlp {
         layers: vec![],
@@ -598,7 +601,10 @@ fn odefunc_rejects_an_mlp_whose_layers_do_not_chain() {
     };
     assert!(matches!(
         nn::OdeFunc::from_mlp(empty, nn::Input::State, false, false),
-        Err(nn::Error::Mismatch(_))
+        Err(nn::Error::Model {
+            part: nn::ModelPart::Layers,
+            ..
+        })
     ));
 }
 
