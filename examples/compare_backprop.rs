@@ -138,31 +138,29 @@ type QuantityError = (String, f64, f64);
 
 /// Max abs and relative (max abs / max |ref|) error of a run against a reference set.
 fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<QuantityError>, Box<dyn Error>> {
-    let mut out = Vec::new();
-    let h0 = costate::nn::json::matrix(&reference.grad_h0, "reference.grad_h0")?;
-    out.push((
-        "dL/dh0".into(),
-        (&run.g.h0 - &h0).abs().max(),
-        h0.abs().max(),
-    ));
-    let mut layers_abs: f64 = 0.0;
-    let mut layers_max: f64 = 0.0;
-    for (i, l) in reference.grad_layers.iter().enumerate() {
-        let w = costate::nn::json::matrix(&l.weight, "reference.grad_layers.weight")?;
-        let b = costate::nn::json::row(&l.bias, "reference.grad_layers.bias")?;
-        layers_abs = layers_abs
-            .max((&run.g.params[2 * i] - &w).abs().max())
-            .max((&run.g.params[2 * i + 1] - &b).abs().max());
-        layers_max = layers_max.max(w.abs().max()).max(b.abs().max());
-    }
-    out.push(("dL/dθ".into(), layers_abs, layers_max));
-    if let Some(gt) = &reference.grad_t {
-        let gt = DMatrix::from_row_slice(1, gt.len(), gt);
-        out.push(("dL/dt".into(), (&run.g.t - &gt).abs().max(), gt.abs().max()));
+    let reference = reference.tensors()?;
+    let worst_and_scale = |a: &[DMatrix<f64>], b: &[DMatrix<f64>]| {
+        let abs = a.iter().zip(b).map(|(x, y)| (x - y).abs().max());
+        let scale = b.iter().map(|y| y.abs().max());
+        (abs.fold(0.0, f64::max), scale.fold(0.0, f64::max))
+    };
+    let mut out = vec![(
+        "dL/dh0",
+        worst_and_scale(
+            std::slice::from_ref(&run.g.h0),
+            std::slice::from_ref(&reference.h0),
+        ),
+    )];
+    out.push(("dL/dθ", worst_and_scale(&run.g.params, &reference.params)));
+    if let Some(gt) = &reference.t {
+        out.push((
+            "dL/dt",
+            worst_and_scale(std::slice::from_ref(&run.g.t), std::slice::from_ref(gt)),
+        ));
     }
     Ok(out
         .into_iter()
-        .map(|(n, a, m)| (n, a, if m > 0.0 { a / m } else { a }))
+        .map(|(n, (a, m))| (n.to_owned(), a, if m > 0.0 { a / m } else { a }))
         .collect())
 }
 

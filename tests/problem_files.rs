@@ -4,7 +4,6 @@
 //! torchdiffeq does at the same tolerances.
 
 use costate::nalgebra::DMatrix;
-use costate::nn::json::{matrix, row};
 use costate::nn::problem::{GradientSet, ProblemFile};
 use costate::nn::{Loss, Problem, Strategy};
 
@@ -27,12 +26,7 @@ struct Grads {
 }
 
 fn from_reference(g: &GradientSet) -> Grads {
-    let mut theta = Vec::new();
-    for (i, l) in g.grad_layers.iter().enumerate() {
-        theta.push(matrix(&l.weight, &format!("grad_layers[{i}].weight")).unwrap());
-        theta.push(row(&l.bias, &format!("grad_layers[{i}].bias")).unwrap());
-    }
-    let t = g.grad_t.as_ref().expect("reference has grad_t");
+    let tensors = g.tensors().unwrap();
     let nfe = |k: &str| g.extra.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
     Grads {
         loss: g
@@ -40,9 +34,9 @@ fn from_reference(g: &GradientSet) -> Grads {
             .get("loss")
             .and_then(|v| v.as_f64())
             .unwrap_or(f64::NAN),
-        h0: matrix(&g.grad_h0, "grad_h0").unwrap(),
-        theta,
-        t: DMatrix::from_row_slice(1, t.len(), t),
+        h0: tensors.h0,
+        theta: tensors.params,
+        t: tensors.t.expect("reference has grad_t"),
         nfe_forward: nfe("nfe_forward"),
         nfe_backward: nfe("nfe_backward"),
     }

@@ -57,7 +57,7 @@ pub use odefunc::{Input, NeuralOde, OdeFunc};
 pub use optim::{train_step, train_step_ode, Adam, Optimizer, Sgd, StepStats};
 pub use params::ParamSet;
 pub use pipeline::{Footprint, Forward, Leaf, ProblemGradients, Recorded};
-pub use problem::{Loss, Problem, ProblemFile};
+pub use problem::{GradientTensors, Loss, Problem, ProblemFile};
 /// The `rand` whose `RngCore` [`Mlp::init_params`] takes (no version trap).
 pub use rand;
 /// The `rand_distr` behind [`Mlp::normal`].

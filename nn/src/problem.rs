@@ -124,6 +124,39 @@ pub struct GradientSet {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl GradientSet {
+    /// The gradients as tensors, in the layout the pipeline returns them
+    /// ([`crate::ProblemGradients`]): dL/dh0, dL/dθ in [`ParamSet`] order (each layer's
+    /// weight, then its bias) and dL/dt as a 1×n row when the set has it. A ragged list is
+    /// [`Error::Format`] naming its key.
+    pub fn tensors(&self) -> Result<GradientTensors> {
+        let mut params = Vec::with_capacity(2 * self.grad_layers.len());
+        for (i, l) in self.grad_layers.iter().enumerate() {
+            params.push(matrix(&l.weight, &format!("grad_layers[{i}].weight"))?);
+            params.push(row(&l.bias, &format!("grad_layers[{i}].bias"))?);
+        }
+        Ok(GradientTensors {
+            h0: matrix(&self.grad_h0, "grad_h0")?,
+            params,
+            t: self
+                .grad_t
+                .as_deref()
+                .map(|t| DMatrix::from_row_slice(1, t.len(), t)),
+        })
+    }
+}
+
+/// A [`GradientSet`] as tensors (see [`GradientSet::tensors`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradientTensors {
+    /// dL/dh0, batch × dim.
+    pub h0: DMatrix<f64>,
+    /// dL/dθ in [`ParamSet`] order.
+    pub params: Vec<DMatrix<f64>>,
+    /// dL/dt as a 1×n row, if the set has it.
+    pub t: Option<DMatrix<f64>>,
+}
+
 /// The loss of a loaded problem.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Loss {
@@ -134,6 +167,16 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// The loss as a problem file stores it.
+    pub fn spec(&self) -> LossSpec {
+        match self {
+            Loss::SumFinal => LossSpec::SumFinal,
+            Loss::Cotangents(v) => LossSpec::Cotangents {
+                cotangents: v.iter().map(nested).collect(),
+            },
+        }
+    }
+
     /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape, for any scalar.
     pub fn apply<'t, T: Scalar>(
         &self,
@@ -229,12 +272,7 @@ impl Problem {
                 rtol: options.rtol,
                 atol: options.atol,
             },
-            loss: match &loss {
-                Loss::SumFinal => LossSpec::SumFinal,
-                Loss::Cotangents(v) => LossSpec::Cotangents {
-                    cotangents: v.iter().map(nested).collect(),
-                },
-            },
+            loss: loss.spec(),
             reference: None,
             generator: None,
         };
@@ -373,12 +411,19 @@ impl Problem {
         })
     }
 
-    /// The file with this problem's current weights, h0 and grid (reference kept).
+    /// The file with this problem's current weights, h0, grid, loss and solver method and
+    /// tolerances (the reference and description kept as read).
     pub fn to_file(&self) -> ProblemFile {
         let mut file = self.file.clone();
         file.model.layers = layer_specs(&self.params);
         file.h0 = nested(&self.h0);
         file.t = self.t.clone();
+        file.loss = self.loss.spec();
+        file.solver = SolverSpec {
+            method: self.options.method.name.into(),
+            rtol: self.options.rtol,
+            atol: self.options.atol,
+        };
         file
     }
 
