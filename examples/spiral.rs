@@ -12,7 +12,8 @@ mod support;
 use std::error::Error;
 use std::time::Instant;
 
-use costate::ad_core::nalgebra::{dmatrix, DMatrix};
+// `dmatrix!` expands to paths through `nalgebra::`: the re-export under that name serves it.
+use costate::ad_core::nalgebra::{self, dmatrix, DMatrix};
 use costate::ad_core::{Result as TapeResult, Scalar, Tape, Var};
 use costate::nn::{train_step_ode, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
 use costate::ode::{self, Dynamics, Options};
