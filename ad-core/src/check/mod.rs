@@ -172,7 +172,7 @@ impl Tolerance {
 }
 
 /// Which evaluation of a check failed, for [`CheckError`].
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Run {
     /// The run on `Tape<f64>` whose reverse pass is under test (for a custom op: its forward
     /// on the tape and the VJPs through it).
