@@ -10,9 +10,9 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::compare::{largest_magnitude, ComparisonTables, Table};
-use super::gradcheck::random_matrix;
 use super::{
-    central_step, validate_inputs, CheckError, Comparison, Entry, Evaluations, Run, Tolerance,
+    central_step, random_matrix, validate_inputs, CheckError, Comparison, Entry, Evaluations, Run,
+    Tolerance,
 };
 use crate::ops::CustomOp;
 use crate::tape::{Tape, Var};
@@ -377,17 +377,15 @@ where
     let outputs = op
         .forward(&refs)
         .map_err(|source| CheckError::Function { run, source })?;
-    for k in 0..shapes.len().max(outputs.len()) {
-        let expected = shapes.get(k).copied().unwrap_or((0, 0));
-        let found = outputs.get(k).map_or((0, 0), DMatrix::shape);
-        if found != expected || k >= outputs.len() || k >= shapes.len() {
-            return Err(CheckError::OutputShapeChanged {
-                output: k,
-                expected,
-                found,
-                run,
-            });
-        }
+    let found: Vec<(usize, usize)> = outputs.iter().map(DMatrix::shape).collect();
+    // A missing output reads as (0, 0) in the error.
+    if let Some(k) = (0..shapes.len().max(found.len())).find(|&k| shapes.get(k) != found.get(k)) {
+        return Err(CheckError::OutputShapeChanged {
+            output: k,
+            expected: shapes.get(k).copied().unwrap_or((0, 0)),
+            found: found.get(k).copied().unwrap_or((0, 0)),
+            run,
+        });
     }
     Ok(outputs)
 }

@@ -6,12 +6,12 @@ use std::fmt;
 use nalgebra::DMatrix;
 use num_dual::Dual64;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
 use super::compare::{largest_magnitude, number, text, ComparisonTables};
 use super::{
-    central_step, validate_inputs, CheckError, Comparison, Entry, Run, TapeFunction,
+    central_step, random_matrix, validate_inputs, CheckError, Comparison, Entry, Run, TapeFunction,
     TapeFunctionF64, Tolerance,
 };
 use crate::scalar::Scalar;
@@ -356,11 +356,6 @@ fn project(w: &DMatrix<f64>, value: &DMatrix<f64>, run: Run) -> Result<f64, Chec
     Ok(w.dot(value))
 }
 
-/// Uniform entries in `[-1, 1)`.
-pub(super) fn random_matrix(rng: &mut StdRng, (rows, cols): (usize, usize)) -> DMatrix<f64> {
-    DMatrix::from_fn(rows, cols, |_, _| rng.random_range(-1.0..1.0))
-}
-
 /// The gradient under test: one run on `Tape<f64>` and one reverse pass.
 struct Reverse {
     value: f64,
@@ -423,6 +418,41 @@ fn selected(entries: Entries, len: usize, rng: &mut StdRng) -> Vec<usize> {
     }
 }
 
+/// The reference runs of one check: each returns the checked scalar's derivative (`Dual64`)
+/// or value (shifted `f64` runs), and is counted.
+struct Runs<'a, F> {
+    fun: &'a F,
+    /// The output cotangent that makes the output a scalar.
+    w: &'a DMatrix<f64>,
+    dual: Option<&'a DualRun<'a>>,
+    fd_tape: Tape<f64>,
+    evaluations: Evaluations,
+}
+
+impl<F: TapeFunctionF64> Runs<'_, F> {
+    /// `⟨w, ε part of the output⟩` of a `Dual64` run by `run_dual` (this check's `dual`).
+    fn dual(
+        &mut self,
+        run_dual: &DualRun<'_>,
+        values: Vec<DMatrix<Dual64>>,
+        run: Run,
+    ) -> Result<f64, CheckError> {
+        let out = run_dual(values, run)?;
+        self.evaluations.dual += 1;
+        project(self.w, &out.map(|d| d.eps), run)
+    }
+
+    /// `⟨w, output⟩` of an `f64` run at shifted inputs.
+    fn shifted(&mut self, values: Vec<DMatrix<f64>>, run: Run) -> Result<f64, CheckError> {
+        let fun = self.fun;
+        let value = run_on(&self.fd_tape, values, run, |tape, vars| {
+            fun.eval_f64(tape, vars)
+        })?;
+        self.evaluations.finite_difference += 1;
+        project(self.w, &value, run)
+    }
+}
+
 /// The shared body of [`gradcheck`] and [`gradcheck_fd`]; `dual` runs the function on
 /// `Dual64` numbers when there is a generic version of it.
 fn check<F: TapeFunctionF64>(
@@ -435,156 +465,169 @@ fn check<F: TapeFunctionF64>(
     validate_inputs(inputs)?;
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let base = reverse(fun, inputs, settings.output, &mut rng)?;
-    let mut evaluations = Evaluations {
-        reverse: 1,
-        ..Evaluations::default()
+    let mut runs = Runs {
+        fun,
+        w: &base.cotangent,
+        dual: dual.filter(|_| settings.dual),
+        fd_tape: Tape::new(),
+        evaluations: Evaluations {
+            reverse: 1,
+            ..Evaluations::default()
+        },
     };
-    let w = &base.cotangent;
-    let dual = dual.filter(|_| settings.dual);
-    let fd_tape = Tape::<f64>::new();
-    let shifted = |values: Vec<DMatrix<f64>>, run: Run| -> Result<f64, CheckError> {
-        let value = run_on(&fd_tape, values, run, |tape, vars| fun.eval_f64(tape, vars))?;
-        project(w, &value, run)
-    };
-    let lifted =
-        || -> Vec<DMatrix<Dual64>> { inputs.iter().map(|x| x.map(Dual64::from)).collect() };
-
     let mut reports = Vec::with_capacity(inputs.len());
-    for (input, (x, g)) in inputs.iter().zip(&base.gradients).enumerate() {
-        let picked = selected(settings.entries, x.len(), &mut rng);
-        let rows = x.nrows();
-        let entry = |k: usize| Entry {
-            row: k % rows,
-            col: k / rows,
-        };
-        let dual_refs = match dual {
-            Some(run_dual) => {
-                let mut refs = Vec::with_capacity(picked.len());
-                for &k in &picked {
-                    let Entry { row, col } = entry(k);
-                    let run = Run::DualEntry { input, row, col };
-                    let mut values = lifted();
-                    values[input][k].eps = 1.0;
-                    let out = run_dual(values, run)?;
-                    evaluations.dual += 1;
-                    refs.push(project(w, &out.map(|d| d.eps), run)?);
-                }
-                Some(refs)
-            }
-            None => None,
-        };
-        let fd_refs = if settings.finite_differences {
+    for (input, g) in base.gradients.iter().enumerate() {
+        let picked = selected(settings.entries, g.len(), &mut rng);
+        reports.push(input_report(
+            &mut runs, inputs, input, g, &picked, settings,
+        )?);
+    }
+    let directions = match settings.directions {
+        0 => None,
+        _ => Some(direction_report(
+            &mut runs,
+            inputs,
+            &base.gradients,
+            settings,
+            &mut rng,
+        )?),
+    };
+    Ok(GradcheckReport {
+        value: base.value,
+        output_shape: base.output_shape,
+        inputs: reports,
+        directions,
+        evaluations: runs.evaluations,
+        settings: settings.clone(),
+    })
+}
+
+/// Input `input`'s gradient `g` at the `picked` entries (column-major indices) against each
+/// reference.
+fn input_report<F: TapeFunctionF64>(
+    runs: &mut Runs<'_, F>,
+    inputs: &[DMatrix<f64>],
+    input: usize,
+    g: &DMatrix<f64>,
+    picked: &[usize],
+    settings: &GradcheckSettings,
+) -> Result<InputReport, CheckError> {
+    let x = &inputs[input];
+    let rows = x.nrows();
+    let entry = |k: usize| Entry {
+        row: k % rows,
+        col: k / rows,
+    };
+    let dual_refs = match runs.dual {
+        Some(run_dual) => {
+            let lifted: Vec<DMatrix<Dual64>> = inputs.iter().map(|x| x.map(Dual64::from)).collect();
             let mut refs = Vec::with_capacity(picked.len());
-            for &k in &picked {
+            for &k in picked {
+                let Entry { row, col } = entry(k);
+                let mut values = lifted.clone();
+                values[input][k].eps = 1.0;
+                refs.push(runs.dual(run_dual, values, Run::DualEntry { input, row, col })?);
+            }
+            Some(refs)
+        }
+        None => None,
+    };
+    let fd_refs = match settings.finite_differences {
+        true => {
+            let mut refs = Vec::with_capacity(picked.len());
+            for &k in picked {
                 let Entry { row, col } = entry(k);
                 let h = central_step(x[k].abs());
                 let (up, down) = (x[k] + h, x[k] - h);
-                let mut at = |shifted_value: f64, step: f64| {
+                let mut at = |value: f64, step: f64| {
                     let mut values = inputs.to_vec();
-                    values[input][k] = shifted_value;
-                    evaluations.finite_difference += 1;
-                    shifted(
-                        values,
-                        Run::ShiftedEntry {
-                            input,
-                            row,
-                            col,
-                            step,
-                        },
-                    )
+                    values[input][k] = value;
+                    let run = Run::ShiftedEntry {
+                        input,
+                        row,
+                        col,
+                        step,
+                    };
+                    runs.shifted(values, run)
                 };
                 let (f_up, f_down) = (at(up, h)?, at(down, -h)?);
                 // Divide by the step actually taken: `up − down` is exact, `2h` may not be.
                 refs.push((f_up - f_down) / (up - down));
             }
             Some(refs)
-        } else {
-            None
-        };
-        let compare = |refs: Option<Vec<f64>>, tolerance: Tolerance| {
-            refs.map(|refs| {
-                let scale = largest_magnitude(g.iter().copied().chain(refs.iter().copied()));
-                Comparison::new(
-                    picked
-                        .iter()
-                        .zip(refs)
-                        .map(|(&k, r)| (entry(k), g[k], r, scale)),
-                    tolerance,
-                    settings.worst,
-                )
-            })
-        };
-        reports.push(InputReport {
-            input,
-            shape: x.shape(),
-            dual: compare(dual_refs, settings.dual_tolerance),
-            finite_differences: compare(fd_refs, settings.fd_tolerance),
-        });
-    }
-
-    let directions = (settings.directions > 0)
-        .then(|| -> Result<DirectionReport, CheckError> {
-            let scale = largest_magnitude(inputs.iter().flat_map(|x| x.iter().copied()));
-            let h = central_step(scale);
-            let mut dual_items = Vec::new();
-            let mut fd_items = Vec::new();
-            for index in 0..settings.directions {
-                let v: Vec<DMatrix<f64>> = inputs
-                    .iter()
-                    .map(|x| random_matrix(&mut rng, x.shape()))
-                    .collect();
-                let reverse: f64 = base.gradients.iter().zip(&v).map(|(g, v)| g.dot(v)).sum();
-                let magnitude: f64 = base
-                    .gradients
-                    .iter()
-                    .zip(&v)
-                    .map(|(g, v)| g.zip_map(v, |a, b| (a * b).abs()).sum())
-                    .sum();
-                if let Some(run_dual) = dual {
-                    let run = Run::DualDirection { index, input: None };
-                    let values = inputs
-                        .iter()
-                        .zip(&v)
-                        .map(|(x, v)| x.zip_map(v, Dual64::new))
-                        .collect();
-                    let out = run_dual(values, run)?;
-                    evaluations.dual += 1;
-                    let reference = project(w, &out.map(|d| d.eps), run)?;
-                    dual_items.push((index, reverse, reference, magnitude));
-                }
-                if settings.finite_differences {
-                    let mut at = |step: f64| {
-                        evaluations.finite_difference += 1;
-                        let values = inputs.iter().zip(&v).map(|(x, v)| x + v * step).collect();
-                        shifted(
-                            values,
-                            Run::ShiftedDirection {
-                                index,
-                                input: None,
-                                step,
-                            },
-                        )
-                    };
-                    let reference = (at(h)? - at(-h)?) / (2.0 * h);
-                    fd_items.push((index, reverse, reference, magnitude));
-                }
-            }
-            Ok(DirectionReport {
-                dual: dual
-                    .map(|_| Comparison::new(dual_items, settings.dual_tolerance, settings.worst)),
-                finite_differences: settings
-                    .finite_differences
-                    .then(|| Comparison::new(fd_items, settings.fd_tolerance, settings.worst)),
-            })
+        }
+        false => None,
+    };
+    let compare = |refs: Option<Vec<f64>>, tolerance: Tolerance| {
+        refs.map(|refs| {
+            let scale = largest_magnitude(g.iter().chain(&refs).copied());
+            let items = picked
+                .iter()
+                .zip(refs)
+                .map(|(&k, r)| (entry(k), g[k], r, scale));
+            Comparison::new(items, tolerance, settings.worst)
         })
-        .transpose()?;
+    };
+    Ok(InputReport {
+        input,
+        shape: x.shape(),
+        dual: compare(dual_refs, settings.dual_tolerance),
+        finite_differences: compare(fd_refs, settings.fd_tolerance),
+    })
+}
 
-    Ok(GradcheckReport {
-        value: base.value,
-        output_shape: base.output_shape,
-        inputs: reports,
-        directions,
-        evaluations,
-        settings: settings.clone(),
+/// `⟨∇f, v⟩` along `settings.directions` random directions against each reference.
+fn direction_report<F: TapeFunctionF64>(
+    runs: &mut Runs<'_, F>,
+    inputs: &[DMatrix<f64>],
+    gradients: &[DMatrix<f64>],
+    settings: &GradcheckSettings,
+    rng: &mut StdRng,
+) -> Result<DirectionReport, CheckError> {
+    let h = central_step(largest_magnitude(inputs.iter().flatten().copied()));
+    let mut dual_items = Vec::new();
+    let mut fd_items = Vec::new();
+    for index in 0..settings.directions {
+        let v: Vec<DMatrix<f64>> = inputs
+            .iter()
+            .map(|x| random_matrix(rng, x.shape()))
+            .collect();
+        let reverse: f64 = gradients.iter().zip(&v).map(|(g, v)| g.dot(v)).sum();
+        let magnitude: f64 = gradients
+            .iter()
+            .zip(&v)
+            .map(|(g, v)| g.zip_map(v, |a, b| (a * b).abs()).sum())
+            .sum();
+        if let Some(run_dual) = runs.dual {
+            let values = inputs
+                .iter()
+                .zip(&v)
+                .map(|(x, v)| x.zip_map(v, Dual64::new))
+                .collect();
+            let run = Run::DualDirection { index, input: None };
+            let reference = runs.dual(run_dual, values, run)?;
+            dual_items.push((index, reverse, reference, magnitude));
+        }
+        if settings.finite_differences {
+            let mut at = |step: f64| {
+                let values = inputs.iter().zip(&v).map(|(x, v)| x + v * step).collect();
+                let run = Run::ShiftedDirection {
+                    index,
+                    input: None,
+                    step,
+                };
+                runs.shifted(values, run)
+            };
+            let reference = (at(h)? - at(-h)?) / (2.0 * h);
+            fd_items.push((index, reverse, reference, magnitude));
+        }
+    }
+    Ok(DirectionReport {
+        dual: runs
+            .dual
+            .map(|_| Comparison::new(dual_items, settings.dual_tolerance, settings.worst)),
+        finite_differences: settings
+            .finite_differences
+            .then(|| Comparison::new(fd_items, settings.fd_tolerance, settings.worst)),
     })
 }

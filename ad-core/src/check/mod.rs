@@ -346,3 +346,12 @@ fn validate_inputs(inputs: &[nalgebra::DMatrix<f64>]) -> Result<(), CheckError> 
 fn central_step(scale: f64) -> f64 {
     f64::EPSILON.cbrt() * scale.max(1.0)
 }
+
+/// A matrix of entries uniform in `[-1, 1)`: directions, cotangents and pairs.
+fn random_matrix(
+    rng: &mut rand::rngs::StdRng,
+    (rows, cols): (usize, usize),
+) -> nalgebra::DMatrix<f64> {
+    use rand::Rng;
+    nalgebra::DMatrix::from_fn(rows, cols, |_, _| rng.random_range(-1.0..1.0))
+}
