@@ -11,9 +11,16 @@
 //!     not noise. It costs one forward run per checked entry: `n` runs for `n` entries.
 //!   - **Central finite differences** on `Tape<f64>`: `(f(x + h) − f(x − h)) / (2h)` per entry
 //!     with `h = ε_mach^(1/3) · max(1, |x|)` (the step that balances the `O(h²)` truncation
-//!     against the `O(ε_mach / h)` rounding). This also covers code that cannot run on dual
+//!     against the `O(ε_mach / h)` rounding; the quotient divides by the rounded points'
+//!     difference, the step actually taken). This also covers code that cannot run on dual
 //!     numbers ([`gradcheck_fd`] with a [`TapeFunctionF64`]), at two runs per entry and an
 //!     accuracy of about 1e-8 relative, so its default tolerance is 1e-5.
+//!
+//!   Both references differentiate the computation as run, so a reverse pass that is exact
+//!   by construction (a taped ODE solve: adaptive step-size control compares real parts, so
+//!   `Dual64` takes the same steps) matches `Dual64` to rounding, while one that is approximate
+//!   by design (a backsolve adjoint, within its solver tolerances) needs a `dual_tolerance`
+//!   loosened to match.
 //!
 //!   For large inputs, [`Entries::Sample`] checks a seeded random subset of entries and
 //!   [`GradcheckSettings::directions`] adds random directions `v`: `⟨∇f, v⟩` against one
