@@ -14,7 +14,9 @@
 //!
 //! ```
 //! use costate::ad_core::Tape;
-//! use costate::nalgebra::dmatrix;
+//! // `dmatrix!` expands to `nalgebra::` paths: importing the re-export under that name
+//! // serves it, so no direct (possibly different) nalgebra dependency is needed.
+//! use costate::nalgebra::{self, dmatrix};
 //!
 //! let tape = Tape::<f64>::new();
 //! let x = tape.var(dmatrix![0.5, -1.0]);

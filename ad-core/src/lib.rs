@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use ad_core::Tape;
-//! use ad_core::nalgebra::dmatrix;
+//! use ad_core::nalgebra::{self, dmatrix};
 //!
 //! // A one-layer network: loss = mean(tanh(x Wᵀ + b)²).
 //! let tape = Tape::<f64>::new();

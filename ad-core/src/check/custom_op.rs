@@ -168,7 +168,7 @@ impl fmt::Display for CustomOpReport {
 /// The `x ↦ x³` op of [`CustomOp`]'s docs, written once for every scalar:
 ///
 /// ```
-/// use ad_core::nalgebra::{dmatrix, DMatrix};
+/// use ad_core::nalgebra::{self, dmatrix, DMatrix};
 /// use ad_core::{check_custom_op, BoxError, CustomOp, CustomOpSettings, Scalar};
 ///
 /// struct Cube;

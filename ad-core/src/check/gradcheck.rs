@@ -222,7 +222,7 @@ impl fmt::Display for GradcheckReport {
 /// A small tanh MLP, `loss = mean((tanh(x W1ᵀ + b1) W2ᵀ − y)²)`, checked in its weights:
 ///
 /// ```
-/// use ad_core::nalgebra::{dmatrix, DMatrix};
+/// use ad_core::nalgebra::{self, dmatrix, DMatrix};
 /// use ad_core::{gradcheck, GradcheckSettings, Scalar, Tape, TapeFunction, Var};
 ///
 /// struct Mlp {
@@ -276,7 +276,7 @@ pub fn gradcheck<F: TapeFunction>(
 /// must be on).
 ///
 /// ```
-/// use ad_core::nalgebra::dmatrix;
+/// use ad_core::nalgebra::{self, dmatrix};
 /// use ad_core::{gradcheck_fd, GradcheckSettings, Tape, TapeFunctionF64, Var};
 ///
 /// /// f(x) = Σ exp(x) · x, written for f64 only.
