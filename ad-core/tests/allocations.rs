@@ -103,7 +103,7 @@ fn gemm_scratch(m: usize, k: usize, n: usize) -> usize {
     let mut c = vec![0.0; m * n];
     // The first product sets up matrixmultiply's thread pool (once per process, kept for its
     // life); run one outside the measurement so only per-product scratch is counted.
-    let mut product = |c: &mut [f64]| {
+    let product = |c: &mut [f64]| {
         // SAFETY: a is m×k, b is k×n and c is m×n, column-major and contiguous.
         unsafe {
             matrixmultiply::dgemm(
