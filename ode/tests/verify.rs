@@ -583,3 +583,42 @@ proptest! {
         prop_assert!(residual.is_consistent(1e-11), "{residual}");
     }
 }
+
+/// With a finite-difference step the study also measures every gradient against central
+/// differences; those errors are the reference errors up to the differences' own error.
+#[test]
+fn tolerance_study_against_finite_differences() {
+    let study = StudyOptions {
+        finite_difference_step: Some(1e-5),
+        ..StudyOptions::default()
+    };
+    let strategies = [Strategy::Taped, Strategy::backsolve()];
+    let report = tolerance_study(
+        &lotka_volterra_problem(),
+        &strategies,
+        &[1e-5, 1e-7],
+        &study,
+    )
+    .unwrap();
+    let floor = report.fd_vs_reference.unwrap();
+    assert!(floor > 0.0 && floor < 1e-7, "FD vs reference {floor:e}");
+    for row in &report.rows {
+        let fd = row.fd_rel_err.unwrap();
+        assert!(
+            (fd - row.grad_rel_err).abs() <= 2.0 * floor + 1e-3 * row.grad_rel_err,
+            "{}: fd {fd:e}, reference {:e}",
+            row.strategy,
+            row.grad_rel_err
+        );
+    }
+    assert!(format!("{report}").contains("err vs FD"));
+    // Without a step there is no FD column.
+    let plain = tolerance_study(
+        &lotka_volterra_problem(),
+        &strategies,
+        &[1e-5],
+        &StudyOptions::default(),
+    )
+    .unwrap();
+    assert!(plain.fd_vs_reference.is_none() && plain.rows.iter().all(|r| r.fd_rel_err.is_none()));
+}

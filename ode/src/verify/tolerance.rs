@@ -74,6 +74,11 @@ pub struct StudyOptions {
     /// strategy's: the slope fit skips them (default 1e-11, ten times the default
     /// reference's rtol).
     pub rounding_floor: f64,
+    /// With `Some(step)`, also compare every gradient with central finite differences of
+    /// the loss ([`GradientProblem::finite_difference_gradient`] with this step, solved
+    /// with the reference's method and tolerances, or dopri8 at rtol 1e-12 for a given
+    /// reference). Costs two solves per input entry, once. Default `None`.
+    pub finite_difference_step: Option<f64>,
 }
 
 impl Default for StudyOptions {
@@ -84,6 +89,7 @@ impl Default for StudyOptions {
             reference: Reference::default(),
             include_times: true,
             rounding_floor: 1e-11,
+            finite_difference_step: None,
         }
     }
 }
@@ -103,6 +109,9 @@ pub struct StudyRow {
     /// The gradient's relative error against the taped gradient at the same tolerances:
     /// rounding level for the exact strategies at every tolerance.
     pub taped_rel_err: f64,
+    /// The gradient's relative error against central finite differences (with
+    /// [`StudyOptions::finite_difference_step`]).
+    pub fd_rel_err: Option<f64>,
     /// Evaluations of f in the forward solve.
     pub forward_nfe: usize,
     /// Evaluations in the backward pass (`None` for taped, which has no solve node).
@@ -126,6 +135,9 @@ pub struct StudySlope {
 pub struct ToleranceReport {
     /// How the reference was obtained.
     pub reference: String,
+    /// The finite-difference gradient's own relative error against the reference: the
+    /// floor under every `fd_rel_err`.
+    pub fd_vs_reference: Option<f64>,
     /// One row per strategy and tolerance, strategy by strategy.
     pub rows: Vec<StudyRow>,
     /// One slope per strategy, in the order given.
@@ -145,6 +157,9 @@ impl ToleranceReport {
 impl fmt::Display for ToleranceReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "reference: {}", self.reference)?;
+        if let Some(e) = self.fd_vs_reference {
+            writeln!(f, "finite differences vs reference: {e:.2e}")?;
+        }
         let rows: Vec<Vec<String>> = self
             .rows
             .iter()
@@ -155,6 +170,7 @@ impl fmt::Display for ToleranceReport {
                     sci(Some(r.atol)),
                     sci(Some(r.grad_rel_err)),
                     sci(Some(r.taped_rel_err)),
+                    sci(r.fd_rel_err),
                     r.forward_nfe.to_string(),
                     r.backward_nfe.map_or("-".into(), |n| n.to_string()),
                 ]
@@ -167,6 +183,7 @@ impl fmt::Display for ToleranceReport {
                 "atol",
                 "err vs reference",
                 "err vs taped",
+                "err vs FD",
                 "fwd NFE",
                 "bwd NFE",
             ],
@@ -258,17 +275,14 @@ where
         }
     };
     let (reference, described) = match &study.reference {
-        Reference::Taped { method, rtol, atol } => {
-            let opts = Options {
-                method,
-                ..study.base.clone()
-            }
-            .tolerances(*rtol, *atol);
+        Reference::Taped { .. } => {
+            let opts = reference_options(&study.reference, &study.base);
             let g = problem.gradient(&opts, &Strategy::Taped)?;
-            (
-                g,
-                format!("taped {} at rtol {rtol:e}, atol {atol:e}", method.name),
-            )
+            let described = format!(
+                "taped {} at rtol {:e}, atol {:e}",
+                opts.method.name, opts.rtol, opts.atol
+            );
+            (g, described)
         }
         Reference::Given(g) => {
             problem.check_vector(g)?;
@@ -276,6 +290,13 @@ where
         }
     };
     let reference = trim(reference);
+    let fd = match study.finite_difference_step {
+        Some(step) => {
+            let opts = reference_options(&study.reference, &study.base);
+            Some(trim(problem.finite_difference_gradient(&opts, step)?))
+        }
+        None => None,
+    };
 
     let mut rows = Vec::with_capacity(strategies.len() * rtols.len());
     let mut taped = Vec::with_capacity(rtols.len());
@@ -296,6 +317,7 @@ where
                 atol: opts.atol,
                 grad_rel_err: g.relative_error(&reference),
                 taped_rel_err: g.relative_error(taped_gradient),
+                fd_rel_err: fd.as_ref().map(|fd| g.relative_error(fd)),
                 forward_nfe,
                 backward_nfe,
             });
@@ -319,10 +341,24 @@ where
         })
         .collect();
     Ok(ToleranceReport {
+        fd_vs_reference: fd.as_ref().map(|fd| fd.relative_error(&reference)),
         reference: described,
         rows,
         slopes,
     })
+}
+
+/// The options of a taped reference solve (for a given reference: those of the default
+/// reference), on top of `base`.
+fn reference_options(reference: &Reference, base: &Options) -> Options {
+    match reference {
+        Reference::Taped { method, rtol, atol } => Options {
+            method,
+            ..base.clone()
+        }
+        .tolerances(*rtol, *atol),
+        Reference::Given(_) => reference_options(&Reference::default(), base),
+    }
 }
 
 fn positive(what: &'static str, index: usize, value: f64) -> Result<()> {
