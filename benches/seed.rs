@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::nn::{NeuralOde, Problem, Strategy};
+use costate::nn::{Problem, Strategy};
 use costate::ode::Dynamics;
 
 fn seed_problem() -> Problem {
@@ -17,22 +17,16 @@ fn seed_problem() -> Problem {
     Problem::load(path).unwrap_or_else(|e| panic!("the seed benchmark needs {path}: {e}"))
 }
 
+/// Record the problem on the reset tape and run backward: the timed region is forward +
+/// backward only (no gradient extraction, no footprint walk over the tape).
 fn fwd_bwd(problem: &Problem, strategy: &Strategy, tape: &Tape<f64>) -> (usize, usize) {
-    let model = NeuralOde {
-        func: problem.func.clone(),
-        strategy: strategy.clone(),
-        options: problem.options.clone(),
-    };
     tape.reset().expect("reset");
-    let p = problem.params.to_tape(tape);
-    let h0 = tape.var(problem.h0.clone());
-    let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
-    let sol = model.forward(tape, h0, t, &p).expect("solve");
-    let loss = problem.loss.apply(tape, &sol.outputs).expect("loss");
-    let grads = tape.backward(loss).expect("backward");
+    let recorded = problem.record(tape, strategy).expect("record");
+    let grads = tape.backward(recorded.loss).expect("backward");
+    let solution = &recorded.forward.solution;
     (
-        sol.stats.nfe,
-        sol.backward_stats(&grads).map_or(0, |s| s.nfe),
+        solution.stats.nfe,
+        solution.backward_stats(&grads).map_or(0, |s| s.nfe),
     )
 }
 
@@ -65,12 +59,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("seed/forward_taped", |b| {
         b.iter(|| {
             tape.reset().expect("reset");
-            let p = problem.params.to_tape(&tape);
-            let h0 = tape.var(problem.h0.clone());
-            let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
-            let sol = costate::ode::odeint(&tape, &problem.func, h0, t, &p, &problem.options)
-                .expect("solve");
-            sol.stats.nfe
+            let forward = problem.forward(&tape, &Strategy::Taped).expect("solve");
+            forward.solution.stats.nfe
         })
     });
     // One evaluation of f, and one f + VJP w.r.t. h and θ (what each adjoint step costs).

@@ -39,10 +39,9 @@ use costate::ode::schedule::min_recomputations;
 use costate::ode::Options;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::chart::{Axis, Chart, Marker, Series};
 use support::heap::CountingAlloc;
-use support::report::{
-    bytes, median, svg_scatter_chart, Axis, Marker, Scale, ScatterPoint, ScatterSeries, Table,
-};
+use support::report::{bytes, median, Table};
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
@@ -399,23 +398,27 @@ fn family(s: &Strategy) -> &'static str {
     }
 }
 
-fn chart(runs: &[Run]) -> String {
+fn chart(runs: &[Run]) -> Chart {
     // Colour by family, marker by workload.
     let families = [
-        ("taped", "#d62728"),
-        ("backsolve", "#1f77b4"),
-        ("backsolve-checkpointed:K", "#17becf"),
-        ("aca", "#2ca02c"),
-        ("checkpointed:K", "#ff7f0e"),
+        ("taped", 0xd62728),
+        ("backsolve", 0x1f77b4),
+        ("backsolve-checkpointed:K", 0x17becf),
+        ("aca", 0x2ca02c),
+        ("checkpointed:K", 0xff7f0e),
     ];
-    let mut series = Vec::new();
+    let mut chart = Chart::new("Peak heap against gradient error (● horizon T = 100, ■ seed)")
+        .x_axis(Axis::log("peak heap during forward + backward (MiB)"))
+        .y_axis(Axis::log(
+            "gradient error relative to taped (drawn at 1e-16 when smaller)",
+        ));
     for (workload, marker, tag) in [
         ("horizon", Marker::Circle, "T=100"),
         ("seed", Marker::Square, "seed"),
     ] {
         for (name, color) in families {
             // Runs of one family that land on the same spot share a marker: "K=5,10,50".
-            let mut points: Vec<(ScatterPoint, Vec<usize>)> = Vec::new();
+            let mut points: Vec<((f64, f64), String, Vec<usize>)> = Vec::new();
             for r in runs
                 .iter()
                 .filter(|r| r.workload == workload && family(&r.strategy) == name)
@@ -424,57 +427,49 @@ fn chart(runs: &[Run]) -> String {
                     r.m.peak_heap as f64 / (1024.0 * 1024.0),
                     r.err_vs_taped.max(ERROR_FLOOR),
                 );
-                let near =
-                    |p: &ScatterPoint| (p.x / x).ln().abs() < 0.005 && (p.y / y).ln().abs() < 0.01;
-                match (k_of(&r.strategy), points.iter_mut().find(|(p, _)| near(p))) {
-                    (Some(k), Some((_, ks))) if !ks.is_empty() => ks.push(k),
+                let near = |&(px, py): &(f64, f64)| {
+                    (px / x).ln().abs() < 0.005 && (py / y).ln().abs() < 0.01
+                };
+                match (
+                    k_of(&r.strategy),
+                    points.iter_mut().find(|(p, _, _)| near(p)),
+                ) {
+                    (Some(k), Some((_, _, ks))) if !ks.is_empty() => ks.push(k),
                     (k, _) => points.push((
-                        ScatterPoint {
-                            x,
-                            y,
-                            label: if k.is_some() {
-                                String::new()
-                            } else {
-                                r.strategy.name()
-                            },
+                        (x, y),
+                        if k.is_some() {
+                            String::new()
+                        } else {
+                            r.strategy.name()
                         },
                         k.into_iter().collect(),
                     )),
                 }
             }
-            let points: Vec<ScatterPoint> = points
-                .into_iter()
-                .map(|(mut p, ks)| {
-                    if !ks.is_empty() {
+            if points.is_empty() {
+                continue;
+            }
+            let labels = points
+                .iter()
+                .map(|(_, label, ks)| {
+                    if ks.is_empty() {
+                        label.clone()
+                    } else {
                         let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
-                        p.label = format!("K={}", ks.join(","));
+                        format!("K={}", ks.join(","))
                     }
-                    p
                 })
                 .collect();
-            if !points.is_empty() {
-                series.push(ScatterSeries {
-                    label: format!("{name} ({tag})"),
-                    points,
-                    color: color.into(),
-                    marker,
-                    line: false,
-                });
-            }
+            let xy = points.into_iter().map(|(p, _, _)| p).collect();
+            chart = chart.add(
+                Series::scatter(format!("{name} ({tag})"), xy)
+                    .color(color)
+                    .marker(marker)
+                    .labels(labels),
+            );
         }
     }
-    svg_scatter_chart(
-        "Peak heap against gradient error (● horizon T = 100, ■ seed)",
-        Axis {
-            label: "peak heap during forward + backward (MiB)",
-            scale: Scale::Log,
-        },
-        Axis {
-            label: "gradient error relative to taped (drawn at 1e-16 when smaller)",
-            scale: Scale::Log,
-        },
-        &series,
-    )
+    chart
 }
 
 fn to_json(r: &Run) -> serde_json::Value {
@@ -510,10 +505,7 @@ fn run(args: &Args) -> Result<()> {
         }
         all.extend(runs);
     }
-    if let Some(dir) = std::path::Path::new(&args.svg).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.svg, chart(&all))?;
+    chart(&all).write_svg(&args.svg)?;
     if args.json {
         let runs: Vec<serde_json::Value> = all.iter().map(to_json).collect();
         println!("{}", json!({ "runs": runs }));

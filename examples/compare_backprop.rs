@@ -23,8 +23,9 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
-use costate::nn::problem::{nested, GradientSet};
-use costate::nn::{NeuralOde, Problem, Strategy};
+use costate::nn::json::nested;
+use costate::nn::problem::GradientSet;
+use costate::nn::{BackwardStats, Footprint, Problem, ProblemGradients, Strategy};
 use serde_json::json;
 use support::report::{bytes, median, peak_rss_bytes, Table};
 
@@ -86,69 +87,43 @@ fn parse_args() -> Result<Args, String> {
 struct Run {
     /// The mode's name as given on the command line.
     name: String,
-    /// What ran (for `auto:BYTES`, the strategy it chose).
-    ran: String,
-    reason: String,
-    loss: f64,
-    grad_h0: DMatrix<f64>,
-    grad_params: Vec<DMatrix<f64>>,
-    grad_t: DMatrix<f64>,
-    nfe_forward: usize,
-    nfe_backward: usize,
-    accepted: usize,
-    rejected: usize,
-    tape_nodes: usize,
-    held_bytes: usize,
-    recomputed_steps: usize,
-    max_drift: Option<f64>,
+    /// Loss, gradients and statistics of the first repetition.
+    g: ProblemGradients,
     time_ms: f64,
 }
 
+impl Run {
+    /// What ran (for `auto:BYTES`, the strategy it chose).
+    fn ran(&self) -> &str {
+        &self.g.strategy.name
+    }
+
+    fn backward<R: Default>(&self, f: impl Fn(&BackwardStats) -> R) -> R {
+        self.g.backward.as_ref().map_or_else(R::default, f)
+    }
+
+    fn footprint(&self) -> Footprint {
+        self.g.footprint.unwrap_or_default()
+    }
+}
+
 fn run(problem: &Problem, name: &str, mode: &Strategy, reps: usize) -> Result<Run, Box<dyn Error>> {
-    let model = NeuralOde {
-        func: problem.func.clone(),
-        strategy: mode.clone(),
-        options: problem.options.clone(),
-    };
     let tape = Tape::<f64>::new();
     let mut times = Vec::with_capacity(reps);
     let mut first = None;
     for _ in 0..reps {
+        // Free the previous repetition's tape outside the timed region.
         tape.reset()?;
         let start = Instant::now();
-        let params = problem.params.to_tape(&tape);
-        let h0 = tape.var(problem.h0.clone());
-        let t = tape.var(DMatrix::from_row_slice(1, problem.t.len(), &problem.t));
-        let sol = model.forward(&tape, h0, t, &params)?;
-        let (tape_nodes, held_bytes) = (tape.stats().nodes, sol.held_bytes()?);
-        let loss = problem.loss.apply(&tape, &sol.outputs)?;
-        let mut grads = tape.backward(loss)?;
+        let g = problem.gradients_on(&tape, mode)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
-        if first.is_none() {
-            let back = sol.backward_stats(&grads);
-            first = Some(Run {
-                name: name.to_owned(),
-                ran: sol.strategy.name.clone(),
-                reason: sol.strategy.reason.clone(),
-                loss: loss.scalar_value()?,
-                grad_h0: grads.take_or_zeros(h0)?,
-                grad_params: problem.params.grads(&mut grads, &params)?,
-                grad_t: grads.take_or_zeros(t)?,
-                nfe_forward: sol.stats.nfe,
-                nfe_backward: back.as_ref().map_or(0, |s| s.nfe),
-                accepted: sol.stats.accepted,
-                rejected: sol.stats.rejected,
-                tape_nodes,
-                held_bytes,
-                recomputed_steps: back.as_ref().map_or(0, |s| s.recomputed_steps),
-                max_drift: back.as_ref().and_then(|s| s.max_drift()),
-                time_ms: 0.0,
-            });
-        }
+        first.get_or_insert(g);
     }
-    let mut r = first.ok_or("no repetition ran")?;
-    r.time_ms = median(&times);
-    Ok(r)
+    Ok(Run {
+        name: name.to_owned(),
+        g: first.ok_or("no repetition ran")?,
+        time_ms: median(&times),
+    })
 }
 
 fn max_abs_diff(a: &[&DMatrix<f64>], b: &[&DMatrix<f64>]) -> f64 {
@@ -163,58 +138,53 @@ type QuantityError = (String, f64, f64);
 
 /// Max abs and relative (max abs / max |ref|) error of a run against a reference set.
 fn error_vs(run: &Run, reference: &GradientSet) -> Result<Vec<QuantityError>, Box<dyn Error>> {
-    let mut out = Vec::new();
-    let h0 = costate::nn::problem::matrix(&reference.grad_h0, "reference.grad_h0")?;
-    out.push((
-        "dL/dh0".into(),
-        (&run.grad_h0 - &h0).abs().max(),
-        h0.abs().max(),
-    ));
-    let mut layers_abs: f64 = 0.0;
-    let mut layers_max: f64 = 0.0;
-    for (i, l) in reference.grad_layers.iter().enumerate() {
-        let w = costate::nn::problem::matrix(&l.weight, "reference.grad_layers.weight")?;
-        let b = costate::nn::problem::row(&l.bias, "reference.grad_layers.bias")?;
-        layers_abs = layers_abs
-            .max((&run.grad_params[2 * i] - &w).abs().max())
-            .max((&run.grad_params[2 * i + 1] - &b).abs().max());
-        layers_max = layers_max.max(w.abs().max()).max(b.abs().max());
-    }
-    out.push(("dL/dθ".into(), layers_abs, layers_max));
-    if let Some(gt) = &reference.grad_t {
-        let gt = DMatrix::from_row_slice(1, gt.len(), gt);
+    let reference = reference.tensors()?;
+    let worst_and_scale = |a: &[DMatrix<f64>], b: &[DMatrix<f64>]| {
+        let abs = a.iter().zip(b).map(|(x, y)| (x - y).abs().max());
+        let scale = b.iter().map(|y| y.abs().max());
+        (abs.fold(0.0, f64::max), scale.fold(0.0, f64::max))
+    };
+    let mut out = vec![(
+        "dL/dh0",
+        worst_and_scale(
+            std::slice::from_ref(&run.g.h0),
+            std::slice::from_ref(&reference.h0),
+        ),
+    )];
+    out.push(("dL/dθ", worst_and_scale(&run.g.params, &reference.params)));
+    if let Some(gt) = &reference.t {
         out.push((
-            "dL/dt".into(),
-            (&run.grad_t - &gt).abs().max(),
-            gt.abs().max(),
+            "dL/dt",
+            worst_and_scale(std::slice::from_ref(&run.g.t), std::slice::from_ref(gt)),
         ));
     }
     Ok(out
         .into_iter()
-        .map(|(n, a, m)| (n, a, if m > 0.0 { a / m } else { a }))
+        .map(|(n, (a, m))| (n.to_owned(), a, if m > 0.0 { a / m } else { a }))
         .collect())
 }
 
 fn to_json(r: &Run) -> serde_json::Value {
     let layers: Vec<serde_json::Value> = r
-        .grad_params
+        .g
+        .params
         .chunks(2)
         .map(|wb| json!({"weight": nested(&wb[0]), "bias": wb[1].iter().copied().collect::<Vec<f64>>()}))
         .collect();
     json!({
-        "loss": r.loss,
-        "grad_h0": nested(&r.grad_h0),
+        "loss": r.g.loss,
+        "grad_h0": nested(&r.g.h0),
         "grad_layers": layers,
-        "grad_t": r.grad_t.iter().copied().collect::<Vec<f64>>(),
-        "nfe_forward": r.nfe_forward,
-        "nfe_backward": r.nfe_backward,
-        "accepted_forward": r.accepted,
-        "rejected_forward": r.rejected,
-        "tape_nodes": r.tape_nodes,
-        "held_bytes": r.held_bytes,
-        "recomputed_steps": r.recomputed_steps,
-        "max_drift": r.max_drift,
-        "strategy_reason": r.reason,
+        "grad_t": r.g.t.iter().copied().collect::<Vec<f64>>(),
+        "nfe_forward": r.g.forward.nfe,
+        "nfe_backward": r.backward(|b| b.nfe),
+        "accepted_forward": r.g.forward.accepted,
+        "rejected_forward": r.g.forward.rejected,
+        "tape_nodes": r.footprint().tape_nodes,
+        "held_bytes": r.footprint().held_bytes,
+        "recomputed_steps": r.backward(|b| b.recomputed_steps),
+        "max_drift": r.backward(|b| b.max_drift()),
+        "strategy_reason": r.g.strategy.reason,
         "time_ms": r.time_ms,
     })
 }
@@ -236,12 +206,12 @@ fn main() {
 /// max |Δ| of dL/dh0, dL/dθ and dL/dt between two runs.
 fn gaps(a: &Run, b: &Run) -> [f64; 3] {
     [
-        max_abs_diff(&[&a.grad_h0], &[&b.grad_h0]),
+        max_abs_diff(&[&a.g.h0], &[&b.g.h0]),
         max_abs_diff(
-            &a.grad_params.iter().collect::<Vec<_>>(),
-            &b.grad_params.iter().collect::<Vec<_>>(),
+            &a.g.params.iter().collect::<Vec<_>>(),
+            &b.g.params.iter().collect::<Vec<_>>(),
         ),
-        max_abs_diff(&[&a.grad_t], &[&b.grad_t]),
+        max_abs_diff(&[&a.g.t], &[&b.g.t]),
     ]
 }
 
@@ -307,15 +277,15 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
         };
         table.row(vec![
             r.name.clone(),
-            r.ran.clone(),
-            format!("{:.10}", r.loss),
-            r.nfe_forward.to_string(),
-            r.nfe_backward.to_string(),
-            format!("{}+{}", r.accepted, r.rejected),
-            r.recomputed_steps.to_string(),
-            r.tape_nodes.to_string(),
-            bytes(r.held_bytes),
-            r.max_drift
+            r.ran().to_owned(),
+            format!("{:.10}", r.g.loss),
+            r.g.forward.nfe.to_string(),
+            r.backward(|b| b.nfe).to_string(),
+            format!("{}+{}", r.g.forward.accepted, r.g.forward.rejected),
+            r.backward(|b| b.recomputed_steps).to_string(),
+            r.footprint().tape_nodes.to_string(),
+            bytes(r.footprint().held_bytes),
+            r.backward(|b| b.max_drift())
                 .map_or_else(|| "—".into(), |d| format!("{d:.1e}")),
             gap(0),
             gap(1),
@@ -327,11 +297,11 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
     println!(
         "\n|Δ| = max abs gradient difference against the first mode ({}); max |dL/dh0| {:.3}, max |dL/dθ| {:.3}",
         first.name,
-        first.grad_h0.abs().max(),
-        first.grad_params.iter().map(|g| g.abs().max()).fold(0.0, f64::max),
+        first.g.h0.abs().max(),
+        first.g.params.iter().map(|g| g.abs().max()).fold(0.0, f64::max),
     );
-    for r in runs.iter().filter(|r| r.ran != r.name) {
-        println!("{}: {}", r.name, r.reason);
+    for r in runs.iter().filter(|r| r.ran() != r.name) {
+        println!("{}: {}", r.name, r.g.strategy.reason);
     }
     if let Some(reference) = reference {
         println!("\nerror against the file's tight reference (max abs / relative to max |ref|):");
@@ -350,8 +320,8 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
             ("torchdiffeq odeint", &reference.odeint),
             ("torchdiffeq adjoint", &reference.odeint_adjoint),
         ] {
-            let h0 = costate::nn::problem::matrix(&g.grad_h0, "reference")?;
-            let th = costate::nn::problem::matrix(&reference.tight.grad_h0, "reference")?;
+            let h0 = costate::nn::json::matrix(&g.grad_h0, "reference")?;
+            let th = costate::nn::json::matrix(&reference.tight.grad_h0, "reference")?;
             t.row(vec![
                 name.into(),
                 "dL/dh0".into(),

@@ -12,14 +12,16 @@ mod support;
 use std::error::Error;
 use std::time::Instant;
 
-use costate::ad_core::nalgebra::{dmatrix, DMatrix};
+// `dmatrix!` expands to paths through `nalgebra::`: the re-export under that name serves it.
+use costate::ad_core::nalgebra::{self, dmatrix, DMatrix};
 use costate::ad_core::{Result as TapeResult, Scalar, Tape, Var};
 use costate::nn::{train_step_ode, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
 use costate::ode::{self, Dynamics, Options};
 use costate::rand::{Rng, SeedableRng};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use support::report::{median, svg_line_chart, Series};
+use support::chart::{Axis, Chart, Series};
+use support::report::median;
 
 const DATA_SIZE: usize = 1000;
 const BATCH_TIME: usize = 10;
@@ -167,25 +169,13 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     // Learned trajectory over the whole interval, from the true y0.
     let (learned, _) = ode::solve(&model.func, &y0, &t, params.values(), &Options::default())?;
-    let series = |label: &str, ys: &[DMatrix<f64>], color: &str| Series {
-        label: label.into(),
-        points: ys.iter().map(|y| (y[(0, 0)], y[(0, 1)])).collect(),
-        color: color.into(),
-        markers: false,
-    };
-    let svg = svg_line_chart(
-        "Spiral: true and learned trajectories",
-        "y₁",
-        "y₂",
-        &[
-            series("true", &true_y, "#2ca02c"),
-            series("learned", &learned, "#1f77b4"),
-        ],
-    );
-    if let Some(dir) = std::path::Path::new(&args.svg).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.svg, svg)?;
+    let points = |ys: &[DMatrix<f64>]| ys.iter().map(|y| (y[(0, 0)], y[(0, 1)])).collect();
+    Chart::new("Spiral: true and learned trajectories")
+        .x_axis(Axis::linear("y₁"))
+        .y_axis(Axis::linear("y₂"))
+        .add(Series::line("true", points(&true_y)).color(0x2ca02c))
+        .add(Series::line("learned", points(&learned)).color(0x1f77b4))
+        .write_svg(&args.svg)?;
 
     let window = (args.iters / 10).max(1);
     let first = median(&losses[..window]);

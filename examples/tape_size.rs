@@ -22,10 +22,9 @@ use costate::ad_core::Tape;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::chart::{Axis, Chart, Marker, Series};
 use support::heap::CountingAlloc;
-use support::report::{
-    bytes, svg_scatter_chart, Axis, Marker, Scale, ScatterPoint, ScatterSeries, Table,
-};
+use support::report::{bytes, Table};
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
@@ -34,26 +33,26 @@ static HEAP: CountingAlloc = CountingAlloc::new();
 const AUTO_BUDGET: usize = 8 * 1024 * 1024;
 
 /// The strategies shown, with their chart colours and markers.
-fn strategies() -> [(Strategy, &'static str, Marker); 6] {
+fn strategies() -> [(Strategy, u32, Marker); 6] {
     [
-        (Strategy::Taped, "#d62728", Marker::Circle),
-        (Strategy::backsolve(), "#1f77b4", Marker::Circle),
+        (Strategy::Taped, 0xd62728, Marker::Circle),
+        (Strategy::backsolve(), 0x1f77b4, Marker::Circle),
         (
             Strategy::backsolve_checkpointed(10),
-            "#17becf",
+            0x17becf,
             Marker::Square,
         ),
-        (Strategy::StoreEveryStep, "#2ca02c", Marker::Circle),
+        (Strategy::StoreEveryStep, 0x2ca02c, Marker::Circle),
         (
             Strategy::Checkpointed { slots: 10 },
-            "#ff7f0e",
+            0xff7f0e,
             Marker::Square,
         ),
         (
             Strategy::Auto {
                 budget_bytes: AUTO_BUDGET,
             },
-            "#9467bd",
+            0x9467bd,
             Marker::Diamond,
         ),
     ]
@@ -218,48 +217,45 @@ fn run() -> Result<()> {
     // Auto first, so that the strategy it chose draws over it.
     let mut order: Vec<_> = modes.iter().collect();
     order.sort_by_key(|(mode, _, _)| !matches!(mode, Strategy::Auto { .. }));
-    let series: Vec<ScatterSeries> = order
-        .into_iter()
-        .map(|(mode, color, marker)| ScatterSeries {
-            label: match mode {
-                Strategy::Auto { .. } => format!("{} (8 MiB)", mode.name()),
-                _ => mode.name(),
-            },
-            points: rows
-                .iter()
-                .filter(|r| r.mode.name() == mode.name())
-                .map(|r| ScatterPoint {
-                    x: (r.nfe_forward + r.nfe_backward) as f64,
-                    // A log axis cannot show 0 held bytes: draw them at 1 B.
-                    y: (r.held_bytes as f64).max(1.0),
-                    // Auto's points say what it chose.
-                    label: match r.mode {
-                        Strategy::Auto { .. } => format!("auto→{}", r.ran),
-                        _ => String::new(),
-                    },
-                })
-                .collect(),
-            color: (*color).into(),
-            marker: *marker,
-            line: true,
-        })
-        .collect();
-    let svg = svg_scatter_chart(
-        "Bytes held between forward and backward (T = 1, 5, 20, 100 left to right)",
-        Axis {
-            label: "NFE (forward + backward)",
-            scale: Scale::Log,
-        },
-        Axis {
-            label: "held bytes",
-            scale: Scale::Log,
-        },
-        &series,
-    );
-    if let Some(dir) = std::path::Path::new(&svg_path).parent() {
-        std::fs::create_dir_all(dir)?;
+    let mut chart =
+        Chart::new("Bytes held between forward and backward (T = 1, 5, 20, 100 left to right)")
+            .x_axis(Axis::log("NFE (forward + backward)"))
+            .y_axis(Axis::log("held bytes (0 drawn at 1 B)"));
+    for (mode, color, marker) in order {
+        let runs: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.mode.name() == mode.name())
+            .collect();
+        let points = runs
+            .iter()
+            // A log axis cannot show 0 held bytes: draw them at 1 B.
+            .map(|r| {
+                (
+                    (r.nfe_forward + r.nfe_backward) as f64,
+                    (r.held_bytes as f64).max(1.0),
+                )
+            })
+            .collect();
+        // Auto's points say what it chose.
+        let labels = runs
+            .iter()
+            .map(|r| match r.mode {
+                Strategy::Auto { .. } => format!("auto→{}", r.ran),
+                _ => String::new(),
+            })
+            .collect();
+        let name = match mode {
+            Strategy::Auto { .. } => format!("{} (8 MiB)", mode.name()),
+            _ => mode.name(),
+        };
+        chart = chart.add(
+            Series::line_points(name, points)
+                .color(*color)
+                .marker(*marker)
+                .labels(labels),
+        );
     }
-    std::fs::write(&svg_path, svg)?;
+    chart.write_svg(&svg_path)?;
     if !json_out {
         println!("\nchart: {svg_path}");
     }

@@ -3,10 +3,9 @@
 //! step sequence and reach the file's `tight` gradients at least about as well as
 //! torchdiffeq does at the same tolerances.
 
-use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
-use costate::nn::problem::{matrix, row, GradientSet, ProblemFile};
-use costate::nn::{Loss, NeuralOde, Problem, Strategy};
+use costate::nn::problem::{GradientSet, ProblemFile};
+use costate::nn::{Loss, Problem, Strategy};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/problems/");
 
@@ -27,12 +26,7 @@ struct Grads {
 }
 
 fn from_reference(g: &GradientSet) -> Grads {
-    let mut theta = Vec::new();
-    for (i, l) in g.grad_layers.iter().enumerate() {
-        theta.push(matrix(&l.weight, &format!("grad_layers[{i}].weight")).unwrap());
-        theta.push(row(&l.bias, &format!("grad_layers[{i}].bias")).unwrap());
-    }
-    let t = g.grad_t.as_ref().expect("reference has grad_t");
+    let tensors = g.tensors().unwrap();
     let nfe = |k: &str| g.extra.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
     Grads {
         loss: g
@@ -40,33 +34,24 @@ fn from_reference(g: &GradientSet) -> Grads {
             .get("loss")
             .and_then(|v| v.as_f64())
             .unwrap_or(f64::NAN),
-        h0: matrix(&g.grad_h0, "grad_h0").unwrap(),
-        theta,
-        t: DMatrix::from_row_slice(1, t.len(), t),
+        h0: tensors.h0,
+        theta: tensors.params,
+        t: tensors.t.expect("reference has grad_t"),
         nfe_forward: nfe("nfe_forward"),
         nfe_backward: nfe("nfe_backward"),
     }
 }
 
+/// One mode through the pipeline, in the reference's layout.
 fn run(p: &Problem, mode: Strategy) -> Grads {
-    let model = NeuralOde {
-        options: p.options.clone(),
-        ..NeuralOde::new(p.func.clone(), mode)
-    };
-    let tape = Tape::<f64>::new();
-    let vars = p.params.to_tape(&tape);
-    let h0 = tape.var(p.h0.clone());
-    let t = tape.var(DMatrix::from_row_slice(1, p.t.len(), &p.t));
-    let sol = model.forward(&tape, h0, t, &vars).unwrap();
-    let loss = p.loss.apply(&tape, &sol.outputs).unwrap();
-    let mut g = tape.backward(loss).unwrap();
+    let g = p.gradients(&mode).unwrap();
     Grads {
-        loss: loss.scalar_value().unwrap(),
-        h0: g.take_or_zeros(h0).unwrap(),
-        theta: p.params.grads(&mut g, &vars).unwrap(),
-        t: g.take_or_zeros(t).unwrap(),
-        nfe_forward: sol.stats.nfe,
-        nfe_backward: sol.backward_stats(&g).map_or(0, |s| s.nfe),
+        loss: g.loss,
+        h0: g.h0,
+        theta: g.params,
+        t: g.t,
+        nfe_forward: g.forward.nfe,
+        nfe_backward: g.backward.map_or(0, |s| s.nfe),
     }
 }
 

@@ -2,12 +2,9 @@
 //! round-trip exactly, and the adjoint's gradients agree with the taped ones within a bound
 //! that shrinks with the tolerance, for every input flavour of `OdeFunc`.
 
-use costate::ad_core::Tape;
 use costate::nalgebra::DMatrix;
-use costate::nn::problem::{
-    layer_specs, nested, LossSpec, ModelSpec, ProblemFile, SolverSpec, PROBLEM_FORMAT,
-};
-use costate::nn::{NeuralOde, Problem, Strategy};
+use costate::nn::{Input, Loss, Problem, Strategy};
+use costate::ode::Options;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -29,67 +26,38 @@ fn problem(
     } else {
         func
     };
+    let func = func.with_input(if cube { Input::Cube } else { Input::State });
+    let func = if subtract {
+        func.with_subtract_state()
+    } else {
+        func
+    };
     let params = func.mlp.init_params(&mut rng);
     let batch = 3;
     let h0 = DMatrix::from_fn(batch, dim, |_, _| rng.random_range(-1.0..1.0));
     let npts = 4;
     let t: Vec<f64> = (0..npts).map(|i| 0.4 * i as f64).collect();
     let loss = if cotangents {
-        LossSpec::Cotangents {
-            cotangents: (0..npts)
-                .map(|_| {
-                    nested(&DMatrix::from_fn(batch, dim, |_, _| {
-                        rng.random_range(-1.0..1.0)
-                    }))
-                })
+        Loss::Cotangents(
+            (0..npts)
+                .map(|_| DMatrix::from_fn(batch, dim, |_, _| rng.random_range(-1.0..1.0)))
                 .collect(),
-        }
+        )
     } else {
-        LossSpec::SumFinal
+        Loss::SumFinal
     };
-    let file = ProblemFile {
-        format: PROBLEM_FORMAT.into(),
-        description: format!("random problem {seed}"),
-        model: ModelSpec {
-            kind: "mlp".into(),
-            activation: "tanh".into(),
-            input: if cube { "cube" } else { "h" }.into(),
-            subtract_state: subtract,
-            time_input,
-            layers: layer_specs(&params),
-        },
-        h0: nested(&h0),
-        t,
-        solver: SolverSpec {
-            method: "dopri5".into(),
-            rtol: tol,
-            atol: tol,
-        },
-        loss,
-        reference: None,
-        generator: None,
-    };
-    Problem::from_file(file).unwrap()
+    let options = Options::default().tolerances(tol, tol);
+    Problem::new(func, params, h0, t, options, loss).unwrap()
 }
 
 /// dL/dh0, dL/dθ… and dL/dt of one mode, flattened, with the max |entry| for scale.
 fn gradients(p: &Problem, mode: Strategy) -> (Vec<f64>, f64) {
-    let model = NeuralOde {
-        options: p.options.clone(),
-        ..NeuralOde::new(p.func.clone(), mode)
-    };
-    let tape = Tape::new();
-    let params = p.params.to_tape(&tape);
-    let h0 = tape.var(p.h0.clone());
-    let t = tape.var(DMatrix::from_row_slice(1, p.t.len(), &p.t));
-    let sol = model.forward(&tape, h0, t, &params).unwrap();
-    let loss = p.loss.apply(&tape, &sol.outputs).unwrap();
-    let mut g = tape.backward(loss).unwrap();
-    let mut flat: Vec<f64> = g.take_or_zeros(h0).unwrap().iter().copied().collect();
-    for m in p.params.grads(&mut g, &params).unwrap() {
+    let g = p.gradients(&mode).unwrap();
+    let mut flat: Vec<f64> = g.h0.iter().copied().collect();
+    for m in &g.params {
         flat.extend(m.iter());
     }
-    flat.extend(g.take_or_zeros(t).unwrap().iter());
+    flat.extend(g.t.iter());
     let scale = flat.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     (flat, scale)
 }

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use ad_core::Tape;
-//! use nalgebra::dmatrix;
+//! use ad_core::nalgebra::dmatrix;
 //!
 //! // A one-layer network: loss = mean(tanh(x Wᵀ + b)²).
 //! let tape = Tape::<f64>::new();
@@ -25,6 +25,15 @@
 //!
 //! Other crates add opaque nodes through [`CustomOp`]; [`Tape::no_grad`] runs the same code
 //! recording values only, and [`Tape::mark`] / [`Tape::rewind`] reuse a scratch tape.
+//!
+//! ## Threads
+//!
+//! `f64` products large enough to pay for it (m·k + k·n ≥ 2¹⁵ per extra thread, e.g. a
+//! 256×128 batch through a 256-wide layer) are split across threads by `matrixmultiply`;
+//! smaller ones, such as a 32×64 batch through 64-wide layers, stay on the calling thread.
+//! The split is over blocks of the output, never over the sum, so values and gradients are
+//! bitwise the same for any thread count. `MATMUL_NUM_THREADS` caps the threads (default:
+//! the number of physical cores; read once, at the first large product).
 #![warn(missing_docs)]
 
 mod backward;

@@ -69,7 +69,7 @@ static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
 ///
 /// ```
 /// use ad_core::Tape;
-/// use nalgebra::dmatrix;
+/// use ad_core::nalgebra::dmatrix;
 /// let tape = Tape::<f64>::new();
 /// let x = tape.var(dmatrix![1.0, 2.0]);
 /// let y = x.square().sum();

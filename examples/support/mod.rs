@@ -1,7 +1,8 @@
 //! What the examples share: a counting allocator for peak-heap figures, tables and SVG
-//! charts. Not part of the published API; each example uses part of it.
+//! charts (plotters). Not part of the published API; each example uses part of it.
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod heap;
 pub mod report;
 pub mod workloads;

@@ -29,6 +29,17 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A model's layers, weights or settings do not fit together: layers that do not chain, a
+    /// tensor of the wrong shape for its layer, an input width that is not the state's, an
+    /// unknown activation or input name. `part` says which, so that a file reader can name
+    /// the key it came from (e.g. `model.layers[1].weight` in a problem file).
+    #[error("{part}: {message}")]
+    Model {
+        /// The offending part of the model.
+        part: ModelPart,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// Parameters, gradients or optimiser state do not match each other.
     #[error("parameter mismatch: {0}")]
     Mismatch(String),
@@ -113,7 +124,41 @@ pub enum Error {
     },
 }
 
+/// The part of a model an [`Error::Model`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelPart {
+    /// The list of layers as a whole (e.g. it is empty, or the tensor count is wrong).
+    Layers,
+    /// Layer `i`'s weight (out × in), parameter `layers.{i}.weight`.
+    Weight(usize),
+    /// Layer `i`'s bias (1 × out), parameter `layers.{i}.bias`.
+    Bias(usize),
+    /// The activation's name.
+    Activation,
+    /// The input kind's name (what the network reads of the state).
+    Input,
+}
+
+impl std::fmt::Display for ModelPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelPart::Layers => write!(f, "layers"),
+            ModelPart::Weight(i) => write!(f, "layers.{i}.weight"),
+            ModelPart::Bias(i) => write!(f, "layers.{i}.bias"),
+            ModelPart::Activation => write!(f, "activation"),
+            ModelPart::Input => write!(f, "input"),
+        }
+    }
+}
+
 impl Error {
+    pub(crate) fn model(part: ModelPart, message: impl Into<String>) -> Self {
+        Error::Model {
+            part,
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn format(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Format {
             key: key.into(),

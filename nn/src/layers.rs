@@ -4,7 +4,7 @@ use ad_core::nalgebra::DMatrix;
 use ad_core::{Result as TapeResult, Scalar, Var};
 use rand::{Rng, RngCore};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelPart, Result};
 use crate::params::ParamSet;
 
 /// Elementwise nonlinearities.
@@ -34,6 +34,17 @@ impl Activation {
         }
     }
 
+    /// Its name, as [`Activation::from_name`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Softplus => "softplus",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Identity => "identity",
+        }
+    }
+
     /// The activation called `name` (`"tanh"`, `"relu"`, `"softplus"`, `"sigmoid"`, `"identity"`).
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -43,6 +54,24 @@ impl Activation {
             "sigmoid" => Activation::Sigmoid,
             "identity" | "none" => Activation::Identity,
             _ => return None,
+        })
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = Error;
+
+    /// [`Activation::from_name`], with an [`Error::Model`] at [`ModelPart::Activation`]
+    /// listing the known names.
+    fn from_str(name: &str) -> Result<Self> {
+        Activation::from_name(name).ok_or_else(|| {
+            Error::model(
+                ModelPart::Activation,
+                format!(
+                    "unknown activation {name:?}; expected \"tanh\", \"relu\", \"softplus\", \
+                     \"sigmoid\" or \"identity\""
+                ),
+            )
         })
     }
 }
@@ -99,15 +128,98 @@ pub struct Mlp {
 impl Mlp {
     /// An MLP through the given widths, e.g. `[64, 64, 64, 64]` is three 64 → 64 layers.
     pub fn new(widths: &[usize], activation: Activation) -> Result<Self> {
-        if widths.len() < 2 || widths.contains(&0) {
-            return Err(Error::Mismatch(format!(
-                "an MLP needs at least two positive widths (input and output), got {widths:?}"
-            )));
+        if widths.len() < 2 {
+            return Err(Error::model(
+                ModelPart::Layers,
+                format!("an MLP needs at least two widths (input and output), got {widths:?}"),
+            ));
         }
-        Ok(Self {
+        let mlp = Self {
             layers: widths.windows(2).map(|w| Linear::new(w[0], w[1])).collect(),
             activation,
-        })
+        };
+        mlp.check_layers()?;
+        Ok(mlp)
+    }
+
+    /// The MLP whose layers the weights in `params` imply (`layers.{i}.weight` out × in,
+    /// then `layers.{i}.bias` 1 × out, per layer), checked by [`Mlp::check_layers`] and
+    /// [`Mlp::check_params`]: the single place where weights read from a file are validated
+    /// against each other.
+    ///
+    /// ```
+    /// use nn::{nalgebra::DMatrix, Activation, Error, Mlp, ModelPart, ParamSet};
+    /// let mut p = ParamSet::new();
+    /// p.push("layers.0.weight", DMatrix::zeros(3, 2));
+    /// p.push("layers.0.bias", DMatrix::zeros(1, 3));
+    /// p.push("layers.1.weight", DMatrix::zeros(2, 4)); // reads 4, but layer 0 outputs 3
+    /// p.push("layers.1.bias", DMatrix::zeros(1, 2));
+    /// let err = Mlp::from_params(&p, Activation::Tanh).unwrap_err();
+    /// assert!(matches!(err, Error::Model { part: ModelPart::Weight(1), .. }), "{err}");
+    /// # Ok::<(), nn::Error>(())
+    /// ```
+    pub fn from_params(params: &ParamSet, activation: Activation) -> Result<Self> {
+        if params.len() % 2 == 1 {
+            return Err(Error::model(
+                ModelPart::Bias(params.len() / 2),
+                format!(
+                    "is missing: {} tensors, but every layer needs a weight and a bias",
+                    params.len()
+                ),
+            ));
+        }
+        let mlp = Self {
+            layers: params
+                .values()
+                .iter()
+                .step_by(2)
+                .map(|w| Linear::new(w.ncols(), w.nrows()))
+                .collect(),
+            activation,
+        };
+        mlp.check_layers()?;
+        mlp.check_params(params)?;
+        Ok(mlp)
+    }
+
+    /// Check the architecture: at least one layer, positive widths, and each layer reading
+    /// what the one before outputs.
+    pub fn check_layers(&self) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(Error::model(
+                ModelPart::Layers,
+                "has no layer: an MLP needs at least one",
+            ));
+        }
+        if let Some(i) = self
+            .layers
+            .iter()
+            .position(|l| l.in_features == 0 || l.out_features == 0)
+        {
+            let l = self.layers[i];
+            return Err(Error::model(
+                ModelPart::Weight(i),
+                format!(
+                    "is {} × {}: a layer needs positive widths",
+                    l.out_features, l.in_features
+                ),
+            ));
+        }
+        if let Some(i) = self
+            .layers
+            .windows(2)
+            .position(|w| w[0].out_features != w[1].in_features)
+        {
+            return Err(Error::model(
+                ModelPart::Weight(i + 1),
+                format!(
+                    "reads {} features (columns) but layer {i} outputs {}",
+                    self.layers[i + 1].in_features,
+                    self.layers[i].out_features
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Input width (0 for an MLP without layers).
@@ -163,7 +275,8 @@ impl Mlp {
         }))
     }
 
-    /// Check that `params` fits this architecture (two tensors per layer, right shapes).
+    /// Check that `params` fits this architecture (two tensors per layer, right shapes);
+    /// errors are [`Error::Model`] naming the layer's weight or bias.
     pub fn check_params(&self, params: &ParamSet) -> Result<()> {
         let shapes: Vec<(usize, usize)> = self
             .layers
@@ -171,19 +284,40 @@ impl Mlp {
             .flat_map(|l| [(l.out_features, l.in_features), (1, l.out_features)])
             .collect();
         if shapes.len() != params.len() {
-            return Err(Error::Mismatch(format!(
-                "the MLP has {} parameter tensors, the set has {}",
-                shapes.len(),
-                params.len()
-            )));
+            return Err(Error::model(
+                ModelPart::Layers,
+                format!(
+                    "the MLP has {} parameter tensors, the set has {}",
+                    shapes.len(),
+                    params.len()
+                ),
+            ));
         }
-        for ((shape, value), name) in shapes.iter().zip(params.values()).zip(params.names()) {
-            if value.shape() != *shape {
-                return Err(Error::Mismatch(format!(
-                    "`{name}` is {:?} but the MLP needs {shape:?}",
-                    value.shape()
-                )));
+        for (k, ((shape, value), name)) in shapes
+            .iter()
+            .zip(params.values())
+            .zip(params.names())
+            .enumerate()
+        {
+            if value.shape() == *shape {
+                continue;
             }
+            let (part, what) = if k % 2 == 0 {
+                (ModelPart::Weight(k / 2), "out × in")
+            } else {
+                (ModelPart::Bias(k / 2), "1 × out")
+            };
+            return Err(Error::model(
+                part,
+                format!(
+                    "`{name}` is {} × {} but layer {} needs {} × {} ({what})",
+                    value.nrows(),
+                    value.ncols(),
+                    k / 2,
+                    shape.0,
+                    shape.1
+                ),
+            ));
         }
         Ok(())
     }

@@ -4,8 +4,10 @@
 //! [`ParamSet`] that goes onto any tape. [`OdeFunc`] is an MLP vector field and
 //! [`NeuralOde`] integrates it with any gradient [`Strategy`] (taped, backsolve,
 //! checkpointed, ...). [`Adam`] and [`Sgd`] update
-//! parameters; [`Problem`] reads the `costate-problem/1` files of the reference scripts;
-//! [`weights`] saves and loads parameters.
+//! parameters; [`Problem`] reads the `costate-problem/1` files of the reference scripts and
+//! runs them ([`Problem::gradients`]: loss, gradients and solve statistics for a strategy;
+//! [`Problem::record_with`] on a tape of any scalar); [`weights`] saves and loads
+//! parameters; [`json`] holds the helpers both file formats share.
 //!
 //! ```
 //! use ad_core::{nalgebra::DMatrix, Tape};
@@ -34,21 +36,28 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod json;
 mod layers;
 mod odefunc;
 mod optim;
 mod params;
+mod pipeline;
 pub mod problem;
 pub mod weights;
 
-pub use error::{Error, Result};
+/// The `nalgebra` of every matrix in the API (from `ad-core`, no version trap).
+pub use ad_core::nalgebra;
+/// The `num-dual` whose numbers run on a [`ad_core::Tape`] (forward mode, HVPs).
+pub use ad_core::num_dual;
+pub use error::{Error, ModelPart, Result};
 pub use layers::{Activation, Linear, Mlp};
 /// The gradient strategies of [`NeuralOde`], from the `ode` crate.
 pub use ode::{Backsolve, BackwardStats, Strategy, StrategyReport};
 pub use odefunc::{Input, NeuralOde, OdeFunc};
 pub use optim::{train_step, train_step_ode, Adam, Optimizer, Sgd, StepStats};
 pub use params::ParamSet;
-pub use problem::{Loss, Problem, ProblemFile};
+pub use pipeline::{Footprint, Forward, Leaf, ProblemGradients, Recorded};
+pub use problem::{GradientTensors, Loss, Problem, ProblemFile};
 /// The `rand` whose `RngCore` [`Mlp::init_params`] takes (no version trap).
 pub use rand;
 /// The `rand_distr` behind [`Mlp::normal`].

@@ -4,7 +4,7 @@
 use ad_core::{Result as TapeResult, Scalar, Tape, Var};
 use ode::{odeint_with, Dynamics, Options, Solution, Strategy};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelPart, Result};
 use crate::layers::{Activation, Mlp};
 
 /// What the MLP sees of the state.
@@ -14,6 +14,33 @@ pub enum Input {
     State,
     /// `h³` elementwise (torchdiffeq's `ode_demo`).
     Cube,
+}
+
+impl Input {
+    /// Its name, as [`Input`]'s `FromStr` reads it (`"h"` or `"cube"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::State => "h",
+            Input::Cube => "cube",
+        }
+    }
+}
+
+impl std::str::FromStr for Input {
+    type Err = Error;
+
+    /// `"h"` is [`Input::State`], `"cube"` is [`Input::Cube`]; anything else
+    /// is an [`Error::Model`] at [`ModelPart::Input`].
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "h" => Ok(Input::State),
+            "cube" => Ok(Input::Cube),
+            other => Err(Error::model(
+                ModelPart::Input,
+                format!("is {other:?}, expected \"h\" or \"cube\""),
+            )),
+        }
+    }
 }
 
 /// `f(t, h) = mlp(x) [− h]` with `x = h` or `h³`, and `t` appended as a last input column
@@ -44,46 +71,31 @@ impl OdeFunc {
         })
     }
 
-    /// Build from a network and flags, checking that the widths fit.
+    /// Build from a network and flags, checking that the layers chain
+    /// ([`Mlp::check_layers`]) and that the network reads the state (plus the time column
+    /// with `time_input`) and outputs it. Errors are [`Error::Model`] naming the layer.
     pub fn from_mlp(
         mlp: Mlp,
         input: Input,
         time_input: bool,
         subtract_state: bool,
     ) -> Result<Self> {
+        mlp.check_layers()?;
         let dim = mlp.out_features();
-        if mlp.layers.is_empty()
-            || mlp
-                .layers
-                .iter()
-                .any(|l| l.in_features == 0 || l.out_features == 0)
-        {
-            return Err(Error::Mismatch(
-                "the MLP needs at least one layer, with positive widths".into(),
+        let expected = dim + usize::from(time_input);
+        if mlp.in_features() != expected {
+            return Err(Error::model(
+                ModelPart::Weight(0),
+                format!(
+                    "reads {} features (columns) but f needs {expected}: the state's {dim}{}",
+                    mlp.in_features(),
+                    if time_input {
+                        " plus the time column (time_input)"
+                    } else {
+                        ""
+                    }
+                ),
             ));
-        }
-        if let Some(i) = mlp
-            .layers
-            .windows(2)
-            .position(|w| w[0].out_features != w[1].in_features)
-        {
-            return Err(Error::Mismatch(format!(
-                "layer {i} outputs {} features but layer {} reads {}",
-                mlp.layers[i].out_features,
-                i + 1,
-                mlp.layers[i + 1].in_features
-            )));
-        }
-        if mlp.in_features() != dim + usize::from(time_input) {
-            return Err(Error::Mismatch(format!(
-                "the MLP reads {} features but the state has {dim}{}",
-                mlp.in_features(),
-                if time_input {
-                    " plus the time column"
-                } else {
-                    ""
-                }
-            )));
         }
         Ok(Self {
             mlp,

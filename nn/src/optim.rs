@@ -312,7 +312,8 @@ pub struct StepStats {
     pub nfe_forward: usize,
     /// Evaluations in the backward pass (0 for taped solves, whose backward is the tape's).
     pub nfe_backward: usize,
-    /// Held bytes ([`ode::Solution::held_bytes`]) between forward and backward.
+    /// Held bytes ([`ode::Solution::held_bytes`]) between forward and backward, measured
+    /// after `loss` returns, so the loss's own nodes count too.
     pub held_bytes: usize,
     /// The strategy that ran (for `Auto`, the one it chose).
     pub strategy: String,

@@ -1,11 +1,60 @@
 //! A named collection of parameter tensors that goes onto a tape and takes gradients back.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Gradients, Tape, Var};
+use ad_core::{Gradients, Scalar, Tape, Var};
 
 use crate::error::{Error, Result};
 
 /// Named parameter tensors (`"layers.0.weight"`, ...), in a fixed order.
+///
+/// The values are `f64`; [`ParamSet::to_tape`] and [`ParamSet::to_tape_with`] put them on a
+/// tape of any scalar, so one model runs in reverse mode (`f64`), forward mode (`Dual64`:
+/// seed a direction) or forward-over-reverse (Hessian-vector products) without copying
+/// weights by hand. A whole [`crate::NeuralOde`] in forward mode, its dual part checked
+/// against a central difference of the `f64` loss:
+///
+/// ```
+/// use nn::nalgebra::DMatrix;
+/// use nn::num_dual::Dual64;
+/// use nn::rand::SeedableRng;
+/// use nn::{Activation, NeuralOde, OdeFunc, Strategy};
+/// use ad_core::Tape;
+///
+/// let func = OdeFunc::new(2, &[8], Activation::Tanh)?;
+/// let mut rng = nn::rand::rngs::StdRng::seed_from_u64(1);
+/// let params = func.mlp.init_params(&mut rng);
+/// let direction = func.mlp.init_params(&mut rng); // any tensors of the same shapes
+/// let mut model = NeuralOde::new(func, Strategy::Taped);
+/// model.options = model.options.tolerances(1e-10, 1e-10);
+/// let h0 = DMatrix::from_row_slice(2, 2, &[1.0, 0.5, -0.5, 0.25]);
+/// let grid = DMatrix::from_row_slice(1, 3, &[0.0, 0.5, 1.0]);
+///
+/// // Forward mode: parameters lifted with the direction as their dual part.
+/// let tape = Tape::<Dual64>::new();
+/// let p = params.to_tape_with(&tape, |k, value| {
+///     value.zip_map(&direction.values()[k], Dual64::new)
+/// })?;
+/// let lift = |m: &DMatrix<f64>| tape.constant(m.map(Dual64::from));
+/// let sol = model.forward(&tape, lift(&h0), lift(&grid), &p)?;
+/// let loss = sol.last().square().sum().scalar_value()?;
+///
+/// // The f64 loss at params ± eps · direction.
+/// let f64_loss = |eps: f64| -> nn::Result<f64> {
+///     let mut moved = params.clone();
+///     for (v, d) in moved.values_mut().iter_mut().zip(direction.values()) {
+///         *v += d * eps;
+///     }
+///     let tape = Tape::<f64>::new();
+///     let p = moved.to_tape(&tape);
+///     let sol = model.forward(&tape, tape.constant(h0.clone()), tape.constant(grid.clone()), &p)?;
+///     Ok(sol.last().square().sum().scalar_value()?)
+/// };
+/// let eps = 1e-5;
+/// let central = (f64_loss(eps)? - f64_loss(-eps)?) / (2.0 * eps);
+/// assert!((loss.re - f64_loss(0.0)?).abs() < 1e-12 * loss.re.abs());
+/// assert!((loss.eps - central).abs() < 1e-6 * central.abs(), "{} vs {central}", loss.eps);
+/// # Ok::<(), nn::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParamSet {
     names: Vec<String>,
@@ -62,18 +111,39 @@ impl ParamSet {
             .map(|i| &self.values[i])
     }
 
-    /// Put every tensor on `tape` as a gradient-requiring leaf, in order.
-    pub fn to_tape<'t>(&self, tape: &'t Tape<f64>) -> Vec<Var<'t, f64>> {
-        self.values.iter().map(|v| tape.var(v.clone())).collect()
+    /// Put every tensor on `tape` as a gradient-requiring leaf, in order, lifted to the
+    /// tape's scalar with zero derivative parts.
+    pub fn to_tape<'t, T: Scalar>(&self, tape: &'t Tape<T>) -> Vec<Var<'t, T>> {
+        self.values
+            .iter()
+            .map(|v| tape.var(v.map(T::constant)))
+            .collect()
+    }
+
+    /// Put every tensor on `tape` as a gradient-requiring leaf, in order, with the value
+    /// `lift(k, value)` for tensor `k`: seed forward-mode tangents (`Dual64::new(x, d)`, a
+    /// `HyperDual64`'s two directions, ...) without copying the weights by hand. A lifted
+    /// tensor of another shape is an [`Error::Mismatch`] naming it.
+    pub fn to_tape_with<'t, T: Scalar>(
+        &self,
+        tape: &'t Tape<T>,
+        mut lift: impl FnMut(usize, &DMatrix<f64>) -> DMatrix<T>,
+    ) -> Result<Vec<Var<'t, T>>> {
+        self.values
+            .iter()
+            .zip(&self.names)
+            .enumerate()
+            .map(|(k, (v, name))| Ok(tape.var(lifted(name, v, lift(k, v))?)))
+            .collect()
     }
 
     /// The gradients of `vars` (as returned by [`ParamSet::to_tape`]), zeros where the loss
     /// does not depend on a tensor.
-    pub fn grads(
+    pub fn grads<T: Scalar>(
         &self,
-        grads: &mut Gradients<f64>,
-        vars: &[Var<'_, f64>],
-    ) -> Result<Vec<DMatrix<f64>>> {
+        grads: &mut Gradients<T>,
+        vars: &[Var<'_, T>],
+    ) -> Result<Vec<DMatrix<T>>> {
         if vars.len() != self.len() {
             return Err(Error::Mismatch(format!(
                 "{} variables for {} parameter tensors",
@@ -107,5 +177,22 @@ impl ParamSet {
             }
         }
         Ok(())
+    }
+}
+
+/// `lifted`, the lift of the tensor `name` (of value `value`), if it kept the shape.
+pub(crate) fn lifted<T: Scalar>(
+    name: &str,
+    value: &DMatrix<f64>,
+    lifted: DMatrix<T>,
+) -> Result<DMatrix<T>> {
+    if lifted.shape() == value.shape() {
+        Ok(lifted)
+    } else {
+        Err(Error::Mismatch(format!(
+            "the lift of `{name}` is {:?} but the tensor is {:?}; a lift must keep the shape",
+            lifted.shape(),
+            value.shape()
+        )))
     }
 }

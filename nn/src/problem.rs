@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Tape, Var};
+use ad_core::{Scalar, Tape, Var};
 use ode::Options;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::layers::{Activation, Linear, Mlp};
+use crate::error::{Error, ModelPart, Result};
+use crate::json::{matrix, nested, parse_json, row};
+use crate::layers::{Activation, Mlp};
 use crate::odefunc::{Input, OdeFunc};
 use crate::params::ParamSet;
 
@@ -123,6 +124,39 @@ pub struct GradientSet {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl GradientSet {
+    /// The gradients as tensors, in the layout the pipeline returns them
+    /// ([`crate::ProblemGradients`]): dL/dh0, dL/dθ in [`ParamSet`] order (each layer's
+    /// weight, then its bias) and dL/dt as a 1×n row when the set has it. A ragged list is
+    /// [`Error::Format`] naming its key.
+    pub fn tensors(&self) -> Result<GradientTensors> {
+        let mut params = Vec::with_capacity(2 * self.grad_layers.len());
+        for (i, l) in self.grad_layers.iter().enumerate() {
+            params.push(matrix(&l.weight, &format!("grad_layers[{i}].weight"))?);
+            params.push(row(&l.bias, &format!("grad_layers[{i}].bias"))?);
+        }
+        Ok(GradientTensors {
+            h0: matrix(&self.grad_h0, "grad_h0")?,
+            params,
+            t: self
+                .grad_t
+                .as_deref()
+                .map(|t| DMatrix::from_row_slice(1, t.len(), t)),
+        })
+    }
+}
+
+/// A [`GradientSet`] as tensors (see [`GradientSet::tensors`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradientTensors {
+    /// dL/dh0, batch × dim.
+    pub h0: DMatrix<f64>,
+    /// dL/dθ in [`ParamSet`] order.
+    pub params: Vec<DMatrix<f64>>,
+    /// dL/dt as a 1×n row, if the set has it.
+    pub t: Option<DMatrix<f64>>,
+}
+
 /// The loss of a loaded problem.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Loss {
@@ -133,8 +167,22 @@ pub enum Loss {
 }
 
 impl Loss {
-    /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape.
-    pub fn apply<'t>(&self, tape: &'t Tape<f64>, outputs: &[Var<'t, f64>]) -> Result<Var<'t, f64>> {
+    /// The loss as a problem file stores it.
+    pub fn spec(&self) -> LossSpec {
+        match self {
+            Loss::SumFinal => LossSpec::SumFinal,
+            Loss::Cotangents(v) => LossSpec::Cotangents {
+                cotangents: v.iter().map(nested).collect(),
+            },
+        }
+    }
+
+    /// The loss of the outputs `h(t_0), …, h(t_n)` on their tape, for any scalar.
+    pub fn apply<'t, T: Scalar>(
+        &self,
+        tape: &'t Tape<T>,
+        outputs: &[Var<'t, T>],
+    ) -> Result<Var<'t, T>> {
         let Some(last) = outputs.last() else {
             return Err(Error::Mismatch("the loss needs at least one output".into()));
         };
@@ -150,10 +198,9 @@ impl Loss {
                 }
                 let mut terms = Vec::with_capacity(v.len());
                 for (vi, hi) in v.iter().zip(outputs) {
-                    terms.push(hi.mul(tape.constant(vi.clone()))?.sum());
+                    terms.push((T::one(), hi.mul(tape.constant(vi.map(T::constant)))?.sum()));
                 }
-                let ones = vec![1.0; terms.len()];
-                Ok(tape.fixed_weighted_sum(&ones.into_iter().zip(terms).collect::<Vec<_>>())?)
+                Ok(tape.fixed_weighted_sum(&terms)?)
             }
         }
     }
@@ -179,6 +226,63 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem built in code, validated exactly as a file is (it goes through
+    /// [`Problem::from_file`], so it also saves and loads back). `params` must fit `func`
+    /// ([`crate::Mlp::check_params`]); `options` are kept whole (a file carries only the
+    /// method, which must be a named one, and the tolerances).
+    ///
+    /// ```
+    /// use nn::nalgebra::DMatrix;
+    /// use nn::rand::SeedableRng;
+    /// use nn::{Activation, Loss, OdeFunc, Problem, Strategy};
+    /// let func = OdeFunc::new(2, &[8], Activation::Tanh)?;
+    /// let params = func.mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
+    /// let h0 = DMatrix::from_row_slice(1, 2, &[1.0, 0.0]);
+    /// let problem = Problem::new(func, params, h0, vec![0.0, 1.0], Default::default(), Loss::SumFinal)?;
+    /// let g = problem.gradients(&Strategy::backsolve())?;
+    /// assert_eq!(g.h0.shape(), (1, 2));
+    /// assert_eq!(Problem::from_json(&problem.to_json()?)?.params, problem.params);
+    /// # Ok::<(), nn::Error>(())
+    /// ```
+    pub fn new(
+        func: OdeFunc,
+        params: ParamSet,
+        h0: DMatrix<f64>,
+        t: Vec<f64>,
+        options: Options,
+        loss: Loss,
+    ) -> Result<Self> {
+        func.mlp.check_params(&params)?;
+        options.validate()?;
+        let file = ProblemFile {
+            format: PROBLEM_FORMAT.into(),
+            description: String::new(),
+            model: ModelSpec {
+                kind: "mlp".into(),
+                activation: func.mlp.activation.name().into(),
+                input: func.input.name().into(),
+                subtract_state: func.subtract_state,
+                time_input: func.time_input,
+                layers: layer_specs(&params),
+            },
+            h0: nested(&h0),
+            t,
+            solver: SolverSpec {
+                method: options.method.name.into(),
+                rtol: options.rtol,
+                atol: options.atol,
+            },
+            loss: loss.spec(),
+            reference: None,
+            generator: None,
+        };
+        Ok(Self {
+            params,
+            options,
+            ..Self::from_file(file)?
+        })
+    }
+
     /// Read and validate a problem file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -210,58 +314,26 @@ impl Problem {
                 format!("is {:?}; only \"mlp\" is supported", m.kind),
             ));
         }
-        let activation = Activation::from_name(&m.activation).ok_or_else(|| {
-            Error::format(
-                "model.activation",
-                format!("unknown activation {:?}", m.activation),
-            )
-        })?;
-        let input = match m.input.as_str() {
-            "h" => Input::State,
-            "cube" => Input::Cube,
-            other => {
-                return Err(Error::format(
-                    "model.input",
-                    format!("is {other:?}, expected \"h\" or \"cube\""),
-                ))
-            }
-        };
-        if m.layers.is_empty() {
-            return Err(Error::format("model.layers", "has no layer"));
-        }
+        // The model's constructors are the one validator of names, shapes and chaining;
+        // their errors are mapped to the keys the offending values came from.
+        let activation: Activation = m.activation.parse().map_err(at_model_key)?;
+        let input: Input = m.input.parse().map_err(at_model_key)?;
         let mut params = ParamSet::new();
-        let mut layers = Vec::with_capacity(m.layers.len());
         for (i, l) in m.layers.iter().enumerate() {
-            let w = matrix(&l.weight, &format!("model.layers[{i}].weight"))?;
-            let b = row(&l.bias, &format!("model.layers[{i}].bias"))?;
-            if b.ncols() != w.nrows() {
-                return Err(Error::format(
-                    format!("model.layers[{i}].bias"),
-                    format!(
-                        "has {} entries but the weight has {} rows",
-                        b.ncols(),
-                        w.nrows()
-                    ),
-                ));
-            }
-            if let Some(prev) = layers.last().map(|l: &Linear| l.out_features) {
-                if w.ncols() != prev {
-                    return Err(Error::format(
-                        format!("model.layers[{i}].weight"),
-                        format!(
-                            "has {} columns but the previous layer outputs {prev}",
-                            w.ncols()
-                        ),
-                    ));
-                }
-            }
-            layers.push(Linear::new(w.ncols(), w.nrows()));
-            params.push(format!("layers.{i}.weight"), w);
-            params.push(format!("layers.{i}.bias"), b);
+            params.push(
+                format!("layers.{i}.weight"),
+                matrix(&l.weight, &format!("model.layers[{i}].weight"))?,
+            );
+            params.push(
+                format!("layers.{i}.bias"),
+                row(&l.bias, &format!("model.layers[{i}].bias"))?,
+            );
         }
-        let mlp = Mlp { layers, activation };
+        let mlp = Mlp::from_params(&params, activation).map_err(at_model_key)?;
+        let func =
+            OdeFunc::from_mlp(mlp, input, m.time_input, m.subtract_state).map_err(at_model_key)?;
         let h0 = matrix(&file.h0, "h0")?;
-        let dim = mlp.out_features();
+        let dim = func.dim();
         if h0.ncols() != dim {
             return Err(Error::format(
                 "h0",
@@ -271,22 +343,6 @@ impl Problem {
                 ),
             ));
         }
-        let expected_in = dim + usize::from(m.time_input);
-        if mlp.in_features() != expected_in {
-            return Err(Error::format(
-                "model.layers[0].weight",
-                format!(
-                    "has {} columns, expected {expected_in} (state dim{})",
-                    mlp.in_features(),
-                    if m.time_input {
-                        " + 1 for time_input"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        let func = OdeFunc::from_mlp(mlp, input, m.time_input, m.subtract_state)?;
         let t = file.t.clone();
         if let Some(i) = t.iter().position(|x| !x.is_finite()) {
             return Err(Error::format(format!("t[{i}]"), "is not finite"));
@@ -307,9 +363,12 @@ impl Problem {
             atol: file.solver.atol,
             ..Options::default()
         };
-        options
-            .validate()
-            .map_err(|e| Error::format("solver", e.to_string()))?;
+        options.validate().map_err(|e| match e {
+            ode::Error::BadOption { name, .. } if matches!(name, "rtol" | "atol") => {
+                Error::format(format!("solver.{name}"), e.to_string())
+            }
+            other => Error::format("solver", other.to_string()),
+        })?;
         let loss = match &file.loss {
             LossSpec::SumFinal => Loss::SumFinal,
             LossSpec::Cotangents { cotangents } => {
@@ -352,12 +411,19 @@ impl Problem {
         })
     }
 
-    /// The file with this problem's current weights, h0 and grid (reference kept).
+    /// The file with this problem's current weights, h0, grid, loss and solver method and
+    /// tolerances (the reference and description kept as read).
     pub fn to_file(&self) -> ProblemFile {
         let mut file = self.file.clone();
         file.model.layers = layer_specs(&self.params);
         file.h0 = nested(&self.h0);
         file.t = self.t.clone();
+        file.loss = self.loss.spec();
+        file.solver = SolverSpec {
+            method: self.options.method.name.into(),
+            rtol: self.options.rtol,
+            atol: self.options.atol,
+        };
         file
     }
 
@@ -387,6 +453,24 @@ impl Problem {
             path: path.display().to_string(),
             source,
         })
+    }
+}
+
+/// An [`Error::Model`] from the model's constructors, at the problem file's key of the part
+/// it names (e.g. `model.layers[1].weight`); other errors unchanged.
+fn at_model_key(e: Error) -> Error {
+    match e {
+        Error::Model { part, message } => {
+            let key = match part {
+                ModelPart::Layers => "model.layers".to_owned(),
+                ModelPart::Weight(i) => format!("model.layers[{i}].weight"),
+                ModelPart::Bias(i) => format!("model.layers[{i}].bias"),
+                ModelPart::Activation => "model.activation".to_owned(),
+                ModelPart::Input => "model.input".to_owned(),
+            };
+            Error::format(key, message)
+        }
+        other => other,
     }
 }
 
@@ -554,176 +638,4 @@ pub fn layer_specs(params: &ParamSet) -> Vec<LayerSpec> {
                 .unwrap_or_default(),
         })
         .collect()
-}
-
-/// A matrix as a list of rows.
-pub fn nested(m: &DMatrix<f64>) -> Vec<Vec<f64>> {
-    m.row_iter().map(|r| r.iter().copied().collect()).collect()
-}
-
-/// Rows to a matrix, checking it is non-empty, rectangular and finite; errors name `key`.
-pub fn matrix(rows: &[Vec<f64>], key: &str) -> Result<DMatrix<f64>> {
-    let Some(first) = rows.first() else {
-        return Err(Error::format(
-            key,
-            "is empty: a matrix here needs at least one row (a list of rows cannot carry \
-             the width of a 0-row matrix)",
-        ));
-    };
-    let cols = first.len();
-    if cols == 0 {
-        return Err(Error::format(
-            format!("{key}[0]"),
-            "is an empty row: a matrix here needs at least one column",
-        ));
-    }
-    for (i, r) in rows.iter().enumerate() {
-        if r.len() != cols {
-            return Err(Error::format(
-                format!("{key}[{i}]"),
-                format!("has {} entries, expected {cols} like row 0", r.len()),
-            ));
-        }
-        if let Some(j) = r.iter().position(|x| !x.is_finite()) {
-            return Err(Error::format(
-                format!("{key}[{i}][{j}]"),
-                "is not a finite number",
-            ));
-        }
-    }
-    Ok(DMatrix::from_fn(rows.len(), cols, |i, j| rows[i][j]))
-}
-
-/// A list to a 1 × n row, checking it is non-empty and finite; errors name `key`.
-pub fn row(values: &[f64], key: &str) -> Result<DMatrix<f64>> {
-    if values.is_empty() {
-        return Err(Error::format(key, "is empty: it needs at least one entry"));
-    }
-    if let Some(j) = values.iter().position(|x| !x.is_finite()) {
-        return Err(Error::format(
-            format!("{key}[{j}]"),
-            "is not a finite number",
-        ));
-    }
-    Ok(DMatrix::from_row_slice(1, values.len(), values))
-}
-
-/// Parse JSON into `T`, naming the offending key on error.
-///
-/// * Wrong types, missing fields, unknown names: [`Error::Format`] at the JSON path.
-/// * Python's `NaN` / `Infinity` / `-Infinity` tokens (which JSON lacks) and numbers beyond
-///   the float64 range: [`Error::Format`] at their path, "not a finite number".
-/// * A truncated document, broken syntax, or characters after the end of the document:
-///   [`Error::Json`] with the line and column (and the path being read, when known).
-pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        json_error(text, &path, e.into_inner())
-    })?;
-    de.end().map_err(|e| json_error(text, ".", e))?;
-    Ok(value)
-}
-
-/// Map a serde_json error at `path` to the nn error that says what is wrong and where.
-fn json_error(text: &str, path: &str, e: serde_json::Error) -> Error {
-    use serde_json::error::Category;
-    let (line, column) = (e.line(), e.column());
-    let inner = e.to_string();
-    // serde_json appends " at line L column C"; the nn errors carry the position themselves.
-    let bare = inner
-        .strip_suffix(&format!(" at line {line} column {column}"))
-        .unwrap_or(&inner)
-        .to_owned();
-    let key = if path == "." {
-        "(root)".to_owned()
-    } else {
-        path.to_owned()
-    };
-    // The known part of the path (serde_path_to_error writes `?` for a key it could not read).
-    let known = path
-        .split('.')
-        .take_while(|seg| !seg.starts_with('?'))
-        .collect::<Vec<_>>()
-        .join(".");
-    let inside = if known.is_empty() || known == "." || path == "." {
-        String::new()
-    } else {
-        format!(" while reading `{}`", known.trim_end_matches('.'))
-    };
-    // A `?` segment: the parser failed where a key belongs, so there is no key to name.
-    let key_known = !path.split('.').any(|seg| seg.starts_with('?'));
-    match e.classify() {
-        Category::Data if key_known => Error::format(key, inner),
-        Category::Data => Error::format(
-            if known.is_empty() || path == "." {
-                "(root)".to_owned()
-            } else {
-                known.clone()
-            },
-            inner,
-        ),
-        Category::Syntax if !key_known => Error::Json {
-            line,
-            column,
-            message: format!("{bare}{inside}"),
-        },
-        Category::Syntax if bare == "number out of range" => Error::format(
-            key,
-            format!(
-                "is not a finite number: it is beyond the float64 range (line {line}, column \
-                 {column})"
-            ),
-        ),
-        Category::Syntax if non_finite_token_at(text, line, column) => Error::format(
-            key,
-            format!(
-                "is not a finite number (NaN or Infinity, line {line}, column {column}); \
-                 replace it with a finite value"
-            ),
-        ),
-        Category::Eof if text.trim().is_empty() => Error::Json {
-            line,
-            column,
-            message: "the document is empty".into(),
-        },
-        Category::Eof => Error::Json {
-            line,
-            column,
-            message: format!(
-                "the document ends early{inside} ({bare}): the file is truncated or \
-                 incomplete; write or copy it again"
-            ),
-        },
-        Category::Syntax if bare == "trailing characters" => Error::Json {
-            line,
-            column,
-            message: "unexpected characters after the end of the JSON document; remove \
-                      everything after its closing brace"
-                .into(),
-        },
-        Category::Syntax | Category::Io => Error::Json {
-            line,
-            column,
-            message: format!("{bare}{inside}"),
-        },
-    }
-}
-
-/// Whether the 1-based `line`/`column` of a serde_json error points at a bare `NaN`,
-/// `Infinity` or `-Infinity` token (serde_json reports the `N`/`I`, past a leading `-`).
-fn non_finite_token_at(text: &str, line: usize, column: usize) -> bool {
-    let Some(line_start) = (if line <= 1 {
-        Some(0)
-    } else {
-        text.match_indices('\n').nth(line - 2).map(|(i, _)| i + 1)
-    }) else {
-        return false;
-    };
-    let Some(at) = (line_start + column).checked_sub(1) else {
-        return false;
-    };
-    let bytes = text.as_bytes();
-    let starts = |i: usize, token: &[u8]| bytes.get(i..).is_some_and(|b| b.starts_with(token));
-    starts(at, b"NaN") || starts(at, b"Infinity") || (at > 0 && starts(at - 1, b"-Infinity"))
 }

@@ -9,8 +9,8 @@ use ad_core::nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::json::{matrix, nested, parse_json};
 use crate::params::ParamSet;
-use crate::problem::{matrix, nested, parse_json};
 
 /// The format tag weight files carry.
 pub const WEIGHTS_FORMAT: &str = "costate-weights/1";

@@ -4,7 +4,7 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::num_dual::Dual64;
 use ad_core::{Scalar, Tape, Var};
-use nn::{Activation, Input, NeuralOde, OdeFunc, ParamSet, Strategy};
+use nn::{Activation, Input, Leaf, Loss, OdeFunc, Problem, Strategy};
 use ode::Options;
 use rand::{Rng, SeedableRng};
 
@@ -14,11 +14,19 @@ const TIMES: [f64; 4] = [0.0, 0.3, 0.7, 1.2];
 
 struct Case {
     name: &'static str,
-    func: OdeFunc,
-    params: ParamSet,
-    h0: DMatrix<f64>,
+    /// The field, its weights, h0 and the grid `TIMES` (the loss below is the test's own).
+    problem: Problem,
     /// Cotangent weights of the linear part of the loss, one per output time.
     v: Vec<DMatrix<f64>>,
+}
+
+impl Case {
+    /// The case's problem solved with `opts`.
+    fn with_options(&self, opts: &Options) -> Problem {
+        let mut p = self.problem.clone();
+        p.options = opts.clone();
+        p
+    }
 }
 
 fn case(name: &'static str, time_input: bool, subtract_state: bool, input: Input) -> Case {
@@ -40,13 +48,16 @@ fn case(name: &'static str, time_input: bool, subtract_state: bool, input: Input
     let mut normal = |r, c| DMatrix::from_fn(r, c, |_, _| rng.random_range(-1.0..1.0));
     let h0 = normal(BATCH, DIM);
     let v = (0..TIMES.len()).map(|_| normal(BATCH, DIM)).collect();
-    Case {
-        name,
+    let problem = Problem::new(
         func,
         params,
         h0,
-        v,
-    }
+        TIMES.to_vec(),
+        Options::default(),
+        Loss::SumFinal,
+    )
+    .unwrap();
+    Case { name, problem, v }
 }
 
 fn cases() -> Vec<Case> {
@@ -87,23 +98,16 @@ struct Grads {
 }
 
 fn reverse(c: &Case, mode: Strategy, opts: &Options) -> Grads {
-    let model = NeuralOde {
-        options: opts.clone(),
-        ..NeuralOde::new(c.func.clone(), mode)
-    };
     let tape = Tape::<f64>::new();
-    let vars = c.params.to_tape(&tape);
-    let h0 = tape.var(c.h0.clone());
-    let t = tape.var(DMatrix::from_row_slice(1, TIMES.len(), &TIMES));
-    let sol = model.forward(&tape, h0, t, &vars).unwrap();
-    let l = loss(&tape, &sol.outputs, &c.v);
-    let mut g = tape.backward(l).unwrap();
+    let forward = c.with_options(opts).forward(&tape, &mode).unwrap();
+    let l = loss(&tape, &forward.solution.outputs, &c.v);
+    let g = forward.with_loss(l).backward().unwrap();
     Grads {
-        loss: l.scalar_value().unwrap(),
-        h0: g.take_or_zeros(h0).unwrap(),
-        t: g.take_or_zeros(t).unwrap(),
-        params: c.params.grads(&mut g, &vars).unwrap(),
-        nfe_backward: sol.backward_stats(&g).map_or(0, |s| s.nfe),
+        loss: g.loss,
+        h0: g.h0,
+        t: g.t,
+        params: g.params,
+        nfe_backward: g.backward.map_or(0, |s| s.nfe),
     }
 }
 
@@ -117,39 +121,23 @@ enum Seed {
 
 /// The loss and its derivative along one input entry, by dual numbers through the taped solve.
 fn forward_mode(c: &Case, opts: &Options, seed: Seed) -> (f64, f64) {
-    let model = NeuralOde {
-        options: opts.clone(),
-        ..NeuralOde::new(c.func.clone(), Strategy::Taped)
-    };
     let tape = Tape::<Dual64>::new();
-    let lift = |m: &DMatrix<f64>| m.map(Dual64::from_re);
-    let params: Vec<Var<'_, Dual64>> = c
-        .params
-        .values()
-        .iter()
-        .enumerate()
-        .map(|(k, p)| {
-            let mut m = lift(p);
-            if let Seed::Param(kk, i, j) = seed {
-                if kk == k {
-                    m[(i, j)].eps = 1.0;
-                }
+    let forward = c
+        .with_options(opts)
+        .forward_with(&tape, &Strategy::Taped, |leaf, value| {
+            let mut m = value.map(Dual64::from_re);
+            match (leaf, seed) {
+                (Leaf::Param(k), Seed::Param(kk, i, j)) if k == kk => m[(i, j)].eps = 1.0,
+                (Leaf::H0, Seed::H0(i, j)) => m[(i, j)].eps = 1.0,
+                (Leaf::Time, Seed::T(i)) => m[(0, i)].eps = 1.0,
+                _ => {}
             }
-            tape.constant(m)
+            m
         })
-        .collect();
-    let mut h0 = lift(&c.h0);
-    if let Seed::H0(i, j) = seed {
-        h0[(i, j)].eps = 1.0;
-    }
-    let mut t = lift(&DMatrix::from_row_slice(1, TIMES.len(), &TIMES));
-    if let Seed::T(i) = seed {
-        t[(0, i)].eps = 1.0;
-    }
-    let sol = model
-        .forward(&tape, tape.constant(h0), tape.constant(t), &params)
         .unwrap();
-    let l = loss(&tape, &sol.outputs, &c.v).scalar_value().unwrap();
+    let l = loss(&tape, &forward.solution.outputs, &c.v)
+        .scalar_value()
+        .unwrap();
     (l.re, l.eps)
 }
 
@@ -187,7 +175,7 @@ fn taped_gradient_matches_dual_numbers() {
                 c.name
             );
         };
-        for (k, p) in c.params.values().iter().enumerate() {
+        for (k, p) in c.problem.params.values().iter().enumerate() {
             let scale = max_abs(&g.params[k]);
             assert!(scale > 1e-3, "{}: tensor {k} has no gradient", c.name);
             for (i, j) in sample_entries(p) {
@@ -195,7 +183,7 @@ fn taped_gradient_matches_dual_numbers() {
             }
         }
         let scale = max_abs(&g.h0);
-        for (i, j) in sample_entries(&c.h0) {
+        for (i, j) in sample_entries(&c.problem.h0) {
             check(Seed::H0(i, j), g.h0[(i, j)], scale);
         }
         let scale = max_abs(&g.t);

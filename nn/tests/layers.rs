@@ -2,7 +2,7 @@
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::Tape;
-use nn::{Activation, Error, Input, Linear, Mlp, OdeFunc, ParamSet};
+use nn::{Activation, Error, Input, Linear, Mlp, ModelPart, OdeFunc, ParamSet};
 use rand::SeedableRng;
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
@@ -73,11 +73,18 @@ fn mlp_init_params_names_shapes_and_seed() {
 fn mlp_new_rejects_degenerate_widths() {
     assert!(matches!(
         Mlp::new(&[3], Activation::Tanh),
-        Err(Error::Mismatch(_))
+        Err(Error::Model {
+            part: ModelPart::Layers,
+            ..
+        })
     ));
+    // The zero width is layer 0's output (and layer 1's input): layer 0's weight is 0 × 3.
     assert!(matches!(
         Mlp::new(&[3, 0, 2], Activation::Tanh),
-        Err(Error::Mismatch(_))
+        Err(Error::Model {
+            part: ModelPart::Weight(0),
+            ..
+        })
     ));
 }
 
@@ -161,20 +168,32 @@ fn check_params_rejects_wrong_shapes_and_counts() {
     let mut bad = good.clone();
     bad.values_mut()[0] = DMatrix::zeros(2, 3);
     match mlp.check_params(&bad) {
-        Err(Error::Mismatch(m)) => assert!(m.contains("layers.0.weight"), "{m}"),
-        other => panic!("expected Mismatch, got {other:?}"),
+        Err(Error::Model {
+            part: ModelPart::Weight(0),
+            message,
+        }) => assert!(message.contains("layers.0.weight"), "{message}"),
+        other => panic!("expected a Model error at layer 0's weight, got {other:?}"),
     }
     // Bias as a column.
     let mut bad = good.clone();
     bad.values_mut()[1] = DMatrix::zeros(3, 1);
     match mlp.check_params(&bad) {
-        Err(Error::Mismatch(m)) => assert!(m.contains("layers.0.bias"), "{m}"),
-        other => panic!("expected Mismatch, got {other:?}"),
+        Err(Error::Model {
+            part: ModelPart::Bias(0),
+            message,
+        }) => assert!(message.contains("layers.0.bias"), "{message}"),
+        other => panic!("expected a Model error at layer 0's bias, got {other:?}"),
     }
     // Last bias of the wrong width.
     let mut bad = good.clone();
     bad.values_mut()[3] = DMatrix::zeros(1, 2);
-    assert!(matches!(mlp.check_params(&bad), Err(Error::Mismatch(_))));
+    assert!(matches!(
+        mlp.check_params(&bad),
+        Err(Error::Model {
+            part: ModelPart::Bias(1),
+            ..
+        })
+    ));
     // Missing tensor.
     let mut missing = ParamSet::new();
     for (n, v) in good.names().iter().zip(good.values()).take(3) {
@@ -182,13 +201,22 @@ fn check_params_rejects_wrong_shapes_and_counts() {
     }
     assert!(matches!(
         mlp.check_params(&missing),
-        Err(Error::Mismatch(_))
+        Err(Error::Model {
+            part: ModelPart::Layers,
+            ..
+        })
     ));
     // Another architecture's parameters.
     let other = Mlp::new(&[2, 4, 1], Activation::Tanh)
         .unwrap()
         .init_params(&mut rng(0));
-    assert!(matches!(mlp.check_params(&other), Err(Error::Mismatch(_))));
+    assert!(matches!(
+        mlp.check_params(&other),
+        Err(Error::Model {
+            part: ModelPart::Weight(0),
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -201,7 +229,10 @@ fn odefunc_from_mlp_checks_widths() {
     // A square MLP cannot also read t.
     assert!(matches!(
         OdeFunc::from_mlp(square, Input::State, true, false),
-        Err(Error::Mismatch(_))
+        Err(Error::Model {
+            part: ModelPart::Weight(0),
+            ..
+        })
     ));
     // 4 inputs: the state (3) plus time.
     let with_t = Mlp::new(&[4, 8, 3], Activation::Tanh).unwrap();
@@ -209,13 +240,19 @@ fn odefunc_from_mlp_checks_widths() {
     assert_eq!(f.dim(), 3);
     assert!(matches!(
         OdeFunc::from_mlp(with_t, Input::State, false, false),
-        Err(Error::Mismatch(_))
+        Err(Error::Model {
+            part: ModelPart::Weight(0),
+            ..
+        })
     ));
     // Output width differs from the input's state part.
     let wrong = Mlp::new(&[3, 8, 2], Activation::Tanh).unwrap();
     assert!(matches!(
         OdeFunc::from_mlp(wrong, Input::State, false, false),
-        Err(Error::Mismatch(_))
+        Err(Error::Model {
+            part: ModelPart::Weight(0),
+            ..
+        })
     ));
 }
 

@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use ad_core::nalgebra::DMatrix;
-use ad_core::Tape;
-use nn::{Error, NeuralOde, Problem, Strategy};
+use nn::{Error, Problem, Strategy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -156,6 +154,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Format { .. } => "Format",
         Error::Io { .. } => "Io",
         Error::Mismatch(_) => "Mismatch",
+        Error::Model { .. } => "Model",
         Error::Json { .. } => "Json",
         Error::NonFiniteSave { .. } => "NonFiniteSave",
         Error::Hyperparameter { .. } => "Hyperparameter",
@@ -193,23 +192,9 @@ fn run(text: &str) -> Result<Outcome, String> {
     if q.params != p.params || q.h0 != p.h0 || q.t != p.t || q.loss != p.loss || q.file != p.file {
         return Err("save/load round trip changed the problem".into());
     }
-    let mut options = p.options.clone();
-    options.max_num_steps = options.max_num_steps.min(2_000);
-    let model = NeuralOde {
-        options,
-        ..NeuralOde::new(p.func.clone(), Strategy::Taped)
-    };
-    let tape = Tape::<f64>::new();
-    let forward = (|| -> nn::Result<()> {
-        let vars = p.params.to_tape(&tape);
-        let h0 = tape.var(p.h0.clone());
-        let t = tape.var(DMatrix::from_row_slice(1, p.t.len(), &p.t));
-        let sol = model.forward(&tape, h0, t, &vars)?;
-        let loss = p.loss.apply(&tape, &sol.outputs)?;
-        let mut g = tape.backward(loss)?;
-        p.params.grads(&mut g, &vars)?;
-        Ok(())
-    })();
+    let mut p = p;
+    p.options.max_num_steps = p.options.max_num_steps.min(2_000);
+    let forward = p.gradients(&Strategy::Taped).map(|_| ());
     Ok(Outcome::Loaded {
         forward: forward.map_err(|e| variant(&e).to_owned()),
     })

@@ -212,6 +212,23 @@ fn to_file_carries_updated_weights() {
 }
 
 #[test]
+fn to_file_carries_an_edited_loss_and_solver() {
+    let mut p = load(&valid_doc()).unwrap();
+    let (batch, dim) = p.h0.shape();
+    let cotangents: Vec<DMatrix<f64>> = (0..p.t.len())
+        .map(|i| DMatrix::from_fn(batch, dim, |r, c| (i + r) as f64 - 0.5 * c as f64))
+        .collect();
+    p.loss = Loss::Cotangents(cotangents.clone());
+    p.options = ode::Options::with_method("tsit5")
+        .unwrap()
+        .tolerances(3e-5, 4e-7);
+    let q = Problem::from_json(&p.to_json().unwrap()).unwrap();
+    assert_eq!(q.loss, Loss::Cotangents(cotangents));
+    assert_eq!((q.options.rtol, q.options.atol), (3e-5, 4e-7));
+    assert_eq!(q.options.method.name, "tsit5");
+}
+
+#[test]
 fn ragged_weight_row_names_the_row() {
     let mut doc = valid_doc();
     doc["model"]["layers"][0]["weight"][2] = json!([0.1, 0.2, 0.3]);
@@ -590,7 +607,10 @@ fn odefunc_rejects_an_mlp_whose_layers_do_not_chain() {
     };
     assert!(matches!(
         nn::OdeFunc::from_mlp(mlp, nn::Input::State, false, false),
-        Err(nn::Error::Mismatch(_))
+        Err(nn::Error::Model {
+            part: nn::ModelPart::Weight(1),
+            ..
+        })
     ));
     let empty = nn::Mlp {
         layers: vec![],
@@ -598,7 +618,10 @@ fn odefunc_rejects_an_mlp_whose_layers_do_not_chain() {
     };
     assert!(matches!(
         nn::OdeFunc::from_mlp(empty, nn::Input::State, false, false),
-        Err(nn::Error::Mismatch(_))
+        Err(nn::Error::Model {
+            part: nn::ModelPart::Layers,
+            ..
+        })
     ));
 }
 
@@ -670,7 +693,7 @@ fn saving_a_non_finite_problem_is_refused() {
         "reference.tight.grad_h0",
     );
     let mut p = good.clone();
-    p.file.solver.atol = f64::NAN;
+    p.options.atol = f64::NAN;
     expect(&p, "solver.atol", "solver.atol");
     // The good problem saves, and loads back identical.
     good.save(&path).unwrap();

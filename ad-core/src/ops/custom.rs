@@ -31,7 +31,7 @@ pub type ReportedVjp<T> = (Vec<Option<DMatrix<T>>>, Option<Report>);
 ///
 /// ```
 /// use ad_core::{BoxError, CustomOp, Tape};
-/// use nalgebra::{dmatrix, DMatrix};
+/// use ad_core::nalgebra::{dmatrix, DMatrix};
 ///
 /// struct Cube;
 ///

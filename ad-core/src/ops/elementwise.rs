@@ -217,7 +217,7 @@ impl<'t, T: Scalar> Var<'t, T> {
     ///
     /// ```
     /// use ad_core::Tape;
-    /// use nalgebra::dmatrix;
+    /// use ad_core::nalgebra::dmatrix;
     /// let tape = Tape::<f64>::new();
     /// let x = tape.var(dmatrix![1.0, 2.0; 3.0, 4.0]);
     /// let b = tape.var(dmatrix![10.0, 20.0]); // 1×2: added to every row

@@ -1,0 +1,67 @@
+//! Products large enough to be split across threads give bitwise the same values and
+//! gradients for any thread count: matrixmultiply splits the output into blocks, never the
+//! sum over k. The thread count is read once per process (`MATMUL_NUM_THREADS`), so the test
+//! runs itself as a child process once per count and compares what the children print.
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::Tape;
+
+const CHILD: &str = "COSTATE_THREADS_TEST_CHILD";
+
+/// The bits of a forward+backward through two products big enough to be threaded
+/// (m·k + k·n well above matrixmultiply's 2¹⁵ threshold for two threads).
+fn fingerprint() -> Vec<u64> {
+    let tape = Tape::<f64>::new();
+    let x = tape.var(DMatrix::from_fn(256, 192, |i, j| {
+        ((i * 7 + j * 3) as f64).sin()
+    }));
+    let w = tape.var(DMatrix::from_fn(320, 192, |i, j| {
+        ((i + 2 * j) as f64 * 0.01).cos()
+    }));
+    let v = tape.var(DMatrix::from_fn(320, 128, |i, j| {
+        ((i * j) as f64 * 1e-3).sin()
+    }));
+    let y = x.matmul_t(w).unwrap().tanh().matmul(v).unwrap();
+    let loss = y.square().sum();
+    let grads = tape.backward(loss).unwrap();
+    let mut bits = vec![loss.value().unwrap()[(0, 0)].to_bits()];
+    for var in [x, w, v] {
+        bits.extend(grads.get(var).unwrap().iter().map(|g| g.to_bits()));
+    }
+    bits
+}
+
+#[test]
+fn threaded_products_do_not_depend_on_the_thread_count() {
+    if std::env::var_os(CHILD).is_some() {
+        let bits = fingerprint();
+        let digest = bits.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ b).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        println!("fingerprint {digest:016x} over {} values", bits.len());
+        return;
+    }
+    let run = |threads: &str| -> String {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "threaded_products_do_not_depend_on_the_thread_count",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("MATMUL_NUM_THREADS", threads)
+            .output()
+            .expect("the test binary runs itself");
+        assert!(out.status.success(), "child with {threads} threads failed");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // libtest prints the child's line after its own "test … " prefix.
+        let at = stdout
+            .find("fingerprint ")
+            .unwrap_or_else(|| panic!("no fingerprint in {stdout:?}"));
+        stdout[at..].lines().next().unwrap_or_default().to_owned()
+    };
+    let one = run("1");
+    assert_eq!(one, run("2"), "2 threads");
+    assert_eq!(one, run("4"), "4 threads");
+}
