@@ -2,7 +2,7 @@
 //!
 //! - [`GradientProblem`]: a solve and a linear loss `L = Σ_i ⟨g_i, h(t_i)⟩` (any loss's
 //!   gradient through a solve is determined by its output cotangents `g_i`), with its loss,
-//!   its gradient by any [`Strategy`], central finite differences, `Dual64` directional
+//!   its gradient by any [`Strategy`](crate::Strategy), central finite differences, `Dual64` directional
 //!   derivatives and Hessian-vector products.
 //! - [`adjoint_residual`]: along the trajectory, the residual of the adjoint equation
 //!   `da/dt + (∂f/∂h)ᵀ a` (and of its θ and t parts) with the VJPs the tape computes for the
