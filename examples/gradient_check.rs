@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example gradient_check
 //! cargo run --release --example gradient_check -- --json
+//! cargo run --release --example gradient_check -- --svg target/tolerance.svg
 //! ```
 //!
 //! The dynamics, written as a user would (1×1 parameters broadcast by themselves):
@@ -16,7 +17,12 @@
 //! study: each strategy's gradient error against a taped dopri8 reference at rtol 1e-12
 //! for rtol = 1e-3 … 1e-10 (atol = rtol·1e-2), with the fitted log–log slope.
 //! `--json` prints `{"dynamics": [{"name", "strategy", "rtol", "grad_rel_err",
-//! "fd_rel_err"}…], "slopes": [{"name", "strategy", "slope"}…]}`.
+//! "fd_rel_err"}…], "slopes": [{"name", "strategy", "slope"}…]}`. A log–log chart of
+//! error against rtol (colour: dynamics; marker: strategy; the exact strategies coincide
+//! with taped, so only taped is drawn for them) goes to `target/gradient_check.svg`
+//! (`--svg PATH` to override).
+
+mod support;
 
 use std::time::Instant;
 
@@ -29,6 +35,7 @@ use costate::ode::verify::{
 };
 use costate::ode::{Dynamics, Options, Strategy};
 use serde_json::json;
+use support::chart::{Axis, Chart, Marker, Series};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -288,32 +295,78 @@ fn to_json(checked: &[Checked]) -> serde_json::Value {
     json!({ "dynamics": rows, "slopes": slopes })
 }
 
-fn run(json_output: bool) -> Result<()> {
+/// Error against rtol, log–log: a colour per dynamics, a marker per drawn strategy, and the
+/// line err = rtol for the eye.
+fn chart(checked: &[Checked]) -> Chart {
+    let colors = [0x1f77b4, 0xd62728, 0x2ca02c, 0x9467bd];
+    let drawn = [
+        ("taped", Marker::Circle),
+        ("backsolve", Marker::Square),
+        ("backsolve-checkpointed:4", Marker::Triangle),
+    ];
+    let mut chart = Chart::new("Gradient error against tolerance (taped = aca = checkpointed:4)")
+        .x_axis(Axis::log("rtol (atol = rtol · 1e-2)"))
+        .y_axis(Axis::log(
+            "relative gradient error vs taped dopri8 at rtol 1e-12",
+        ))
+        .size(1240, 640);
+    for (c, color) in checked.iter().zip(colors) {
+        for (strategy, marker) in drawn {
+            let points = c
+                .study
+                .rows
+                .iter()
+                .filter(|r| r.strategy == strategy)
+                .map(|r| (r.rtol, r.grad_rel_err))
+                .collect();
+            let slope = c
+                .study
+                .slope(strategy)
+                .map_or("-".into(), |x| format!("{x:.2}"));
+            let name = format!("{} · {strategy} (slope {slope})", c.name);
+            chart = chart.add(
+                Series::line_points(name, points)
+                    .color(color)
+                    .marker(marker),
+            );
+        }
+    }
+    let guide = RTOLS.iter().map(|&r| (r, r)).collect();
+    chart.add(Series::line("err = rtol", guide).color(0x7f7f7f))
+}
+
+fn run(json_output: bool, svg: &str) -> Result<()> {
     let start = Instant::now();
     let checked = problems()?;
     let elapsed = start.elapsed();
+    chart(&checked).write_svg(svg)?;
     if json_output {
         println!("{}", serde_json::to_string_pretty(&to_json(&checked))?);
-        eprintln!("took {:.2} s", elapsed.as_secs_f64());
+        eprintln!("took {:.2} s; chart: {svg}", elapsed.as_secs_f64());
     } else {
         print_tables(&checked);
-        println!("\ntook {:.2} s", elapsed.as_secs_f64());
+        println!("\nchart: {svg}\ntook {:.2} s", elapsed.as_secs_f64());
     }
     Ok(())
 }
 
+const USAGE: &str = "usage: gradient_check [--json] [--svg PATH]";
+
 fn main() {
     let mut json_output = false;
-    for a in std::env::args().skip(1) {
-        match a.as_str() {
-            "--json" => json_output = true,
+    let mut svg = "target/gradient_check.svg".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.len()) {
+            ("--json", _) => json_output = true,
+            ("--svg", n) if n > 0 => svg = args.next().unwrap_or_default(),
             _ => {
-                eprintln!("usage: gradient_check [--json]");
+                eprintln!("{USAGE}");
                 std::process::exit(2);
             }
         }
     }
-    if let Err(e) = run(json_output) {
+    if let Err(e) = run(json_output, &svg) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
