@@ -26,6 +26,10 @@
 //! Other crates add opaque nodes through [`CustomOp`]; [`Tape::no_grad`] runs the same code
 //! recording values only, and [`Tape::mark`] / [`Tape::rewind`] reuse a scratch tape.
 //!
+//! The [`check`] module verifies gradients: [`gradcheck`] compares a function's reverse-mode
+//! gradient with `Dual64` forward mode and finite differences, and [`check_custom_op`] a custom
+//! op's VJP with `Dual64` JVPs of its own forward.
+//!
 //! ## Threads
 //!
 //! `f64` products large enough to pay for it (m·k + k·n ≥ 2¹⁵ per extra thread, e.g. a
@@ -37,12 +41,17 @@
 #![warn(missing_docs)]
 
 mod backward;
+pub mod check;
 mod error;
 mod ops;
 mod scalar;
 mod tape;
 
 pub use backward::Gradients;
+pub use check::{
+    check_custom_op, gradcheck, gradcheck_fd, CheckError, CustomOpReport, CustomOpSettings,
+    GradcheckReport, GradcheckSettings, TapeFunction, TapeFunctionF64, Tolerance,
+};
 pub use error::{Error, Message, Result, Shape};
 pub use ops::{BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
 pub use scalar::{all_finite, carries_derivatives, Scalar};
