@@ -210,8 +210,9 @@ fn recomputations_follow_the_binomial_schedule() {
 
 /// Hessian-vector products, forward over reverse: gradients on `Tape<Dual64>` with the
 /// parameters' tangent `v` give H·v. Through every strategy they match central differences
-/// of that strategy's own f64 gradient (fixed steps, so the discrete map is smooth), and
-/// the exact strategies' match the taped HVP to rounding.
+/// of that strategy's own f64 gradient to 1e-6 (fixed steps, so the discrete map is
+/// smooth), the exact strategies' match the taped HVP to rounding, and at rtol 1e-10 the
+/// backsolve strategies' match the taped HVP to 1e-8.
 #[test]
 fn hessian_vector_products_through_every_strategy() {
     let p = random_problem(11, true, false, true, 4);
@@ -236,14 +237,14 @@ fn hessian_vector_products_through_every_strategy() {
             budget_bytes: 40_000,
         },
     ];
+    let lift = |m: &DMatrix<f64>, i: usize| -> DMatrix<Dual64> {
+        match i.checked_sub(2) {
+            Some(k) => m.zip_map(&direction[k], Dual64::new),
+            None => m.map(Dual64::from_re),
+        }
+    };
     let mut taped_hvp = None;
     for s in &strategies {
-        let lift = |m: &DMatrix<f64>, i: usize| -> DMatrix<Dual64> {
-            match i.checked_sub(2) {
-                Some(k) => m.zip_map(&direction[k], Dual64::new),
-                None => m.map(Dual64::from_re),
-            }
-        };
         let (g, _, _) = gradients(&p, &opts, s, lift);
         let hvp = eps(&g);
         let delta = 1e-5;
@@ -276,6 +277,17 @@ fn hessian_vector_products_through_every_strategy() {
             }
             (Some(_), false) => {}
         }
+    }
+
+    // The non-exact strategies at rtol 1e-10 (adaptive, so the backward solve is accurate
+    // to its tolerance): their HVP is the taped one to 1e-8 relative.
+    let tight = Options::default().tolerances(1e-10, 1e-12);
+    let taped = eps(&gradients(&p, &tight, &Strategy::Taped, lift).0);
+    for s in [Strategy::backsolve(), Strategy::backsolve_checkpointed(3)] {
+        let hvp = eps(&gradients(&p, &tight, &s, lift).0);
+        let e = worst(&hvp, &taped);
+        eprintln!("{}: HVP vs taped at rtol 1e-10 {e:.1e}", s.name());
+        assert!(e <= 1e-8, "{}: HVP vs taped {e:e}", s.name());
     }
 }
 
