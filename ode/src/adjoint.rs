@@ -308,6 +308,9 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             }
             let t_base = scratch.constant(DMatrix::from_element(1, 1, time_of(&from)));
             let t_end = scratch.constant(DMatrix::from_element(1, 1, time_of(&to)));
+            // Steps rewind to here, so the segment's start state and first stage go with the
+            // first step (the stepper carries its own from then on): never two copies of a_θ.
+            let base = scratch.mark();
             let mut y: State<'_, T> = Vec::with_capacity(n_params + 3);
             // Reset h to the stored forward value: backward reconstruction drifts.
             y.push(scratch.constant(h_stored.clone()));
@@ -324,7 +327,6 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 s -= direct;
             }
             y.push(scratch.constant(DMatrix::from_element(1, 1, s)));
-            let base = scratch.mark();
             let start = Start {
                 t0: from.t,
                 t_base,
@@ -346,19 +348,25 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 .ok_or_else(|| internal("a backward segment took no step"))?;
             solve_stats += stepper.stats;
             dt = Some(end.dt_carry);
+            // Step sizes are numbers, so the segment's end moves with its start's tangent
+            // only; a tangent on the end time itself enters as y + (t_to − t_reached)·F,
+            // whose value part is exactly 0 (so for f64 there is nothing to do).
+            let tangent_shift = if ad_core::carries_derivatives::<T>() {
+                let span = time_of(&to) - time_of(&from);
+                let shift = span - T::constant(span.primal());
+                Some((stepper.first_stage_after(&mut end)?, shift))
+            } else {
+                None
+            };
+            // The scratch tape records nothing: move the end state out instead of copying it
+            // (a_θ is as large as the parameters).
             let mut values: Vec<DMatrix<T>> = end
                 .step
                 .y1
                 .iter()
-                .map(|v| v.value())
+                .map(|v| v.take_value())
                 .collect::<ad_core::Result<_>>()?;
-            // Step sizes are numbers, so the segment's end moves with its start's tangent
-            // only; a tangent on the end time itself enters as y + (t_to − t_reached)·F,
-            // whose value part is exactly 0 (so for f64 there is nothing to do).
-            if ad_core::carries_derivatives::<T>() {
-                let span = time_of(&to) - time_of(&from);
-                let shift = span - T::constant(span.primal());
-                let k = stepper.first_stage_after(&mut end)?;
+            if let Some((k, shift)) = tangent_shift {
                 for (v, kc) in values.iter_mut().zip(&k) {
                     kc.with_value(|k| *v += k * shift)?;
                 }
