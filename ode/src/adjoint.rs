@@ -232,10 +232,32 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
 
         // The local tape records one evaluation of f at a time for its VJPs.
         let local = Tape::new();
+        let local_origin = local.mark();
         let params: Vec<Var<'_, T>> = inputs[2..]
             .iter()
             .map(|p| local.var((*p).clone()))
             .collect();
+        let size = std::mem::size_of::<T>();
+        let param_len: usize = inputs[2..].iter().map(|p| p.len()).sum();
+        let state_len = inputs[0].len();
+        // What the engine holds off the tapes during a step (see `crate::engine::rk_step`):
+        // the error estimate (f64s, for the components the norm counts) and the quadratures'
+        // running sums (a_θ, a_t).
+        let counted_len = match &ctl.mask {
+            Some(mask) => {
+                let lens = [state_len, state_len]
+                    .into_iter()
+                    .chain(inputs[2..].iter().map(|p| p.len()))
+                    .chain([1]);
+                lens.zip(mask).filter(|(_, &m)| m).map(|(l, _)| l).sum()
+            }
+            None => 2 * state_len + param_len + 1,
+        };
+        let error_bytes = if ctl.tableau.b_error.is_some() {
+            counted_len * std::mem::size_of::<f64>()
+        } else {
+            0
+        };
         let mut sys = AugmentedSystem {
             f: &self.f,
             local: &local,
@@ -243,6 +265,11 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             base: local.mark(),
             shape,
             nfe: 0,
+            local_origin,
+            scratch_origin: None,
+            off_tape: error_bytes + (param_len + 1) * size + n * size,
+            vjp_out: (state_len + param_len + 1) * size,
+            peak: 0,
         };
 
         let zeros = |m: &DMatrix<T>| DMatrix::zeros(m.nrows(), m.ncols());
@@ -293,6 +320,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
         };
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
+        sys.scratch_origin = Some(scratch.mark());
         let mut reconstructed: Option<DMatrix<T>> = None;
         for w in stops.windows(2).rev() {
             let (to, from) = (w[0], w[1]);
@@ -377,6 +405,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             a = values.swap_remove(1);
             reconstructed = values.into_iter().next();
             scratch.reset()?;
+            sys.scratch_origin = Some(scratch.mark());
         }
         if let (Some(h_rec), Some(first)) = (reconstructed, stops.first()) {
             stats.drift.push(Drift {
@@ -388,6 +417,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
         // the accumulated time adjoint.
         grad_t[(0, 0)] = s;
         stats.nfe = sys.nfe;
+        stats.holding(sys.peak);
         stats.accepted = solve_stats.accepted;
         stats.rejected = solve_stats.rejected;
         let mut grads = Vec::with_capacity(inputs.len());
@@ -433,6 +463,31 @@ struct AugmentedSystem<'a, 'l, T: Scalar, F> {
     base: Mark,
     shape: (usize, usize),
     nfe: usize,
+    /// The local tape before θ was copied onto it.
+    local_origin: Mark,
+    /// The scratch tape (the augmented states and stages) at its start.
+    scratch_origin: Option<Mark>,
+    /// Bytes the step holds off the tapes (error estimate, running sums, the time adjoint).
+    off_tape: usize,
+    /// Bytes of the gradients a VJP returns (h, θ, t).
+    vjp_out: usize,
+    /// The most bytes held at once so far ([`BackwardStats::peak_bytes`]).
+    peak: usize,
+}
+
+impl<T: Scalar, F> AugmentedSystem<'_, '_, T, F> {
+    /// The bytes held with one evaluation recorded and its VJP about to run: both tapes,
+    /// the VJP's cotangent for every value the evaluation recorded and the gradients it
+    /// returns, the seed −a, and the step's buffers off the tapes.
+    fn holding(&self, scratch: &Tape<T>, seed: usize) -> usize {
+        let scratch_bytes = self.scratch_origin.map_or(0, |m| scratch.bytes_since(m));
+        self.local.bytes_since(self.local_origin)
+            + self.local.bytes_since(self.base)
+            + self.vjp_out
+            + seed
+            + scratch_bytes
+            + self.off_tape
+    }
 }
 
 impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T, F> {
@@ -450,6 +505,9 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
         let out = self.f.eval(t_local, h, self.params)?;
         check_field_output(out, self.shape, t)?;
         let neg_a = -y[1].value()?;
+        self.peak = self
+            .peak
+            .max(self.holding(scratch, neg_a.len() * std::mem::size_of::<T>()));
         let mut wrt = Vec::with_capacity(self.params.len() + 2);
         wrt.push(h);
         wrt.extend_from_slice(self.params);

@@ -64,10 +64,7 @@ const F64: usize = std::mem::size_of::<f64>();
 
 #[test]
 fn backsolve_backward_peak_is_bounded_and_flat_in_the_horizon() {
-    let f = Mlp {
-        time: false,
-        decay: true,
-    };
+    let f = Mlp::DECAY;
     let opts = Options {
         rtol: 1e-6,
         atol: 1e-8,

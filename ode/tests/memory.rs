@@ -36,10 +36,7 @@ fn peak(p: &Problem, opts: &Options, strategy: &Strategy) -> (usize, String, usi
 #[test]
 fn checkpointing_and_auto_stay_within_their_memory() {
     let (batch, dim, hidden) = (16, 32, 32);
-    let f = Mlp {
-        time: false,
-        decay: true,
-    };
+    let f = Mlp::DECAY;
     let mut p = Problem::random(&mut Rng::new(4), f, (batch, dim, hidden), 2, false, false);
     p.grid = vec![0.0, 4.0];
     let state = batch * dim * 8;
