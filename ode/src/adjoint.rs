@@ -47,8 +47,8 @@ pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     settings: &Backsolve,
     checkpoints: usize,
 ) -> Result<Solution<'t, T>> {
-    let values = input.values()?;
-    let (forward, kept) = forward_keeping(&values, f, input.opts, checkpoints)?;
+    let mut values = input.values()?;
+    let (forward, kept) = forward_keeping(&mut values, f, input.opts, checkpoints)?;
     let stored: Vec<(f64, DMatrix<T>)> = kept.into_iter().map(|c| (c.t, c.y)).collect();
     let strategy = if checkpoints > 1 {
         Strategy::BacksolveCheckpointed {

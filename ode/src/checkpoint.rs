@@ -70,9 +70,10 @@ pub(crate) struct Checkpoint<T: Scalar> {
 }
 
 /// The untaped forward of an opaque strategy, keeping at most `slots` step start states
-/// (the initial one, not copied, included) evenly spread by [`Thinning`].
+/// (the initial one, not copied, included) evenly spread by [`Thinning`]. Takes the
+/// parameter values out of `values`.
 pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
-    values: &NodeInputs<'_, T>,
+    values: &mut NodeInputs<'_, T>,
     f: &F,
     opts: &Options,
     slots: usize,
@@ -82,7 +83,8 @@ pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
         f,
         &values.h0,
         &values.times,
-        &values.params,
+        // The forward is their only reader: moved, not copied.
+        std::mem::take(&mut values.params),
         opts,
         |k, step, y| {
             if k > 0 && thinning.wants(k) {
@@ -106,8 +108,8 @@ pub(crate) fn exact<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     slots: Option<usize>,
     reason: String,
 ) -> Result<Solution<'t, T>> {
-    let values = input.values()?;
-    let (forward, kept) = forward_keeping(&values, f, input.opts, slots.unwrap_or(usize::MAX))?;
+    let mut values = input.values()?;
+    let (forward, kept) = forward_keeping(&mut values, f, input.opts, slots.unwrap_or(usize::MAX))?;
     let stored: Vec<(usize, DMatrix<T>)> = kept.into_iter().map(|c| (c.step, c.y)).collect();
     let n_steps = forward.steps.len();
     let strategy = match slots {
