@@ -9,7 +9,9 @@
 //! `taped`, `backsolve`, `backsolve-checkpointed:10`, `aca`, `checkpointed:10` and
 //! `auto:8388608` (an 8 MiB budget). Per run: steps, NFE, untaped recomputations, tape
 //! nodes, held bytes (kept between forward and backward, outputs excluded), peak heap during
-//! forward+backward (counting allocator), and the gradient gap to taped at the same T.
+//! forward+backward (counting allocator), the backward's peak as the library reports it
+//! (`BackwardStats::peak_bytes`, what the backward itself allocates; `—` for taped, which
+//! has no backward of its own), and the gradient gap to taped at the same T.
 //! Writes a log-log SVG chart of held bytes against NFE, one line per strategy (default
 //! `target/tape_size.svg`).
 
@@ -22,9 +24,10 @@ use costate::ad_core::Tape;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::chart::{Axis, Chart, Marker, Series};
+use support::chart::{Axis, Chart, Series};
 use support::heap::CountingAlloc;
 use support::report::{bytes, Table};
+use support::styles::strategy_style;
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
@@ -32,29 +35,17 @@ static HEAP: CountingAlloc = CountingAlloc::new();
 /// The budget of the `auto` strategy.
 const AUTO_BUDGET: usize = 8 * 1024 * 1024;
 
-/// The strategies shown, with their chart colours and markers.
-fn strategies() -> [(Strategy, u32, Marker); 6] {
+/// The strategies shown.
+fn strategies() -> [Strategy; 6] {
     [
-        (Strategy::Taped, 0xd62728, Marker::Circle),
-        (Strategy::backsolve(), 0x1f77b4, Marker::Circle),
-        (
-            Strategy::backsolve_checkpointed(10),
-            0x17becf,
-            Marker::Square,
-        ),
-        (Strategy::StoreEveryStep, 0x2ca02c, Marker::Circle),
-        (
-            Strategy::Checkpointed { slots: 10 },
-            0xff7f0e,
-            Marker::Square,
-        ),
-        (
-            Strategy::Auto {
-                budget_bytes: AUTO_BUDGET,
-            },
-            0x9467bd,
-            Marker::Diamond,
-        ),
+        Strategy::Taped,
+        Strategy::backsolve(),
+        Strategy::backsolve_checkpointed(10),
+        Strategy::StoreEveryStep,
+        Strategy::Checkpointed { slots: 10 },
+        Strategy::Auto {
+            budget_bytes: AUTO_BUDGET,
+        },
     ]
 }
 
@@ -72,6 +63,8 @@ struct Row {
     tape_nodes: usize,
     held_bytes: usize,
     peak_heap: usize,
+    /// The library's own account of the backward's peak (`None` for taped).
+    reported_backward_peak: Option<usize>,
     grad_h0: DMatrix<f64>,
     grad_params: Vec<DMatrix<f64>>,
 }
@@ -108,6 +101,7 @@ fn measure(
         tape_nodes,
         held_bytes,
         peak_heap,
+        reported_backward_peak: back.as_ref().map(|s| s.peak_bytes),
         grad_h0: grads.take_or_zeros(h0v)?,
         grad_params: params.grads(&mut grads, &vars)?,
     })
@@ -137,7 +131,7 @@ fn run() -> Result<()> {
     let modes = strategies();
     let mut rows = Vec::new();
     for horizon in [1.0, 5.0, 20.0, 100.0] {
-        for (mode, _, _) in &modes {
+        for mode in &modes {
             rows.push(measure(&func, &params, &h0, horizon, mode.clone())?);
         }
     }
@@ -168,6 +162,7 @@ fn run() -> Result<()> {
                        "nfe_forward": r.nfe_forward, "nfe_backward": r.nfe_backward,
                        "recomputed_steps": r.recomputed_steps, "tape_nodes": r.tape_nodes,
                        "held_bytes": r.held_bytes, "peak_heap_bytes": r.peak_heap,
+                       "reported_backward_peak_bytes": r.reported_backward_peak,
                        "grad_gap_h0": dh0, "grad_gap_theta": dth})
             })
             .collect();
@@ -184,6 +179,7 @@ fn run() -> Result<()> {
             "tape nodes",
             "held",
             "peak heap",
+            "reported bwd peak",
             "|Δ dL/dh0|",
             "|Δ dL/dθ|",
         ]);
@@ -199,6 +195,7 @@ fn run() -> Result<()> {
                 r.tape_nodes.to_string(),
                 bytes(r.held_bytes),
                 bytes(r.peak_heap),
+                r.reported_backward_peak.map_or_else(|| "—".into(), bytes),
                 format!("{dh0:.1e}"),
                 format!("{dth:.1e}"),
             ]);
@@ -216,12 +213,13 @@ fn run() -> Result<()> {
 
     // Auto first, so that the strategy it chose draws over it.
     let mut order: Vec<_> = modes.iter().collect();
-    order.sort_by_key(|(mode, _, _)| !matches!(mode, Strategy::Auto { .. }));
+    order.sort_by_key(|mode| !matches!(mode, Strategy::Auto { .. }));
     let mut chart =
         Chart::new("Bytes held between forward and backward (T = 1, 5, 20, 100 left to right)")
             .x_axis(Axis::log("NFE (forward + backward)"))
             .y_axis(Axis::log("held bytes (0 drawn at 1 B)"));
-    for (mode, color, marker) in order {
+    for mode in order {
+        let (color, marker) = strategy_style(mode);
         let runs: Vec<&Row> = rows
             .iter()
             .filter(|r| r.mode.name() == mode.name())
@@ -250,8 +248,8 @@ fn run() -> Result<()> {
         };
         chart = chart.add(
             Series::line_points(name, points)
-                .color(*color)
-                .marker(*marker)
+                .color(color)
+                .marker(marker)
                 .labels(labels),
         );
     }

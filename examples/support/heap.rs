@@ -37,6 +37,17 @@ impl CountingAlloc {
         self.peak.store(self.live(), Ordering::Relaxed);
     }
 
+    /// Start a measurement: reset the peak to the live bytes now and return them.
+    pub fn start(&self) -> usize {
+        self.reset_peak();
+        self.live()
+    }
+
+    /// The peak since [`CountingAlloc::start`], above the `before` it returned.
+    pub fn peak_above(&self, before: usize) -> usize {
+        self.peak().saturating_sub(before)
+    }
+
     fn add(&self, n: usize) {
         let live = self.live.fetch_add(n, Ordering::Relaxed) + n;
         self.peak.fetch_max(live, Ordering::Relaxed);

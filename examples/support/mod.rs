@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod cli;
 pub mod heap;
 pub mod report;
+pub mod styles;
 pub mod workloads;

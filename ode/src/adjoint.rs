@@ -47,8 +47,8 @@ pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     settings: &Backsolve,
     checkpoints: usize,
 ) -> Result<Solution<'t, T>> {
-    let values = input.values()?;
-    let (forward, kept) = forward_keeping(&values, f, input.opts, checkpoints)?;
+    let mut values = input.values()?;
+    let (forward, kept) = forward_keeping(&mut values, f, input.opts, checkpoints)?;
     let stored: Vec<(f64, DMatrix<T>)> = kept.into_iter().map(|c| (c.t, c.y)).collect();
     let strategy = if checkpoints > 1 {
         Strategy::BacksolveCheckpointed {
@@ -232,10 +232,32 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
 
         // The local tape records one evaluation of f at a time for its VJPs.
         let local = Tape::new();
+        let local_origin = local.mark();
         let params: Vec<Var<'_, T>> = inputs[2..]
             .iter()
             .map(|p| local.var((*p).clone()))
             .collect();
+        let size = std::mem::size_of::<T>();
+        let param_len: usize = inputs[2..].iter().map(|p| p.len()).sum();
+        let state_len = inputs[0].len();
+        // What the engine holds off the tapes during a step (see `crate::engine::rk_step`):
+        // the error estimate (f64s, for the components the norm counts) and the quadratures'
+        // running sums (a_θ, a_t).
+        let counted_len = match &ctl.mask {
+            Some(mask) => {
+                let lens = [state_len, state_len]
+                    .into_iter()
+                    .chain(inputs[2..].iter().map(|p| p.len()))
+                    .chain([1]);
+                lens.zip(mask).filter(|(_, &m)| m).map(|(l, _)| l).sum()
+            }
+            None => 2 * state_len + param_len + 1,
+        };
+        let error_bytes = if ctl.tableau.b_error.is_some() {
+            counted_len * std::mem::size_of::<f64>()
+        } else {
+            0
+        };
         let mut sys = AugmentedSystem {
             f: &self.f,
             local: &local,
@@ -243,6 +265,11 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             base: local.mark(),
             shape,
             nfe: 0,
+            local_origin,
+            scratch_origin: None,
+            off_tape: error_bytes + (param_len + 1) * size + n * size,
+            vjp_out: (state_len + param_len + 1) * size,
+            peak: 0,
         };
 
         let zeros = |m: &DMatrix<T>| DMatrix::zeros(m.nrows(), m.ncols());
@@ -293,6 +320,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
         };
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
+        sys.scratch_origin = Some(scratch.mark());
         let mut reconstructed: Option<DMatrix<T>> = None;
         for w in stops.windows(2).rev() {
             let (to, from) = (w[0], w[1]);
@@ -308,6 +336,9 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             }
             let t_base = scratch.constant(DMatrix::from_element(1, 1, time_of(&from)));
             let t_end = scratch.constant(DMatrix::from_element(1, 1, time_of(&to)));
+            // Steps rewind to here, so the segment's start state and first stage go with the
+            // first step (the stepper carries its own from then on): never two copies of a_θ.
+            let base = scratch.mark();
             let mut y: State<'_, T> = Vec::with_capacity(n_params + 3);
             // Reset h to the stored forward value: backward reconstruction drifts.
             y.push(scratch.constant(h_stored.clone()));
@@ -324,7 +355,6 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 s -= direct;
             }
             y.push(scratch.constant(DMatrix::from_element(1, 1, s)));
-            let base = scratch.mark();
             let start = Start {
                 t0: from.t,
                 t_base,
@@ -346,19 +376,25 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 .ok_or_else(|| internal("a backward segment took no step"))?;
             solve_stats += stepper.stats;
             dt = Some(end.dt_carry);
+            // Step sizes are numbers, so the segment's end moves with its start's tangent
+            // only; a tangent on the end time itself enters as y + (t_to − t_reached)·F,
+            // whose value part is exactly 0 (so for f64 there is nothing to do).
+            let tangent_shift = if ad_core::carries_derivatives::<T>() {
+                let span = time_of(&to) - time_of(&from);
+                let shift = span - T::constant(span.primal());
+                Some((stepper.first_stage_after(&mut end)?, shift))
+            } else {
+                None
+            };
+            // The scratch tape records nothing: move the end state out instead of copying it
+            // (a_θ is as large as the parameters).
             let mut values: Vec<DMatrix<T>> = end
                 .step
                 .y1
                 .iter()
-                .map(|v| v.value())
+                .map(|v| v.take_value())
                 .collect::<ad_core::Result<_>>()?;
-            // Step sizes are numbers, so the segment's end moves with its start's tangent
-            // only; a tangent on the end time itself enters as y + (t_to − t_reached)·F,
-            // whose value part is exactly 0 (so for f64 there is nothing to do).
-            if ad_core::carries_derivatives::<T>() {
-                let span = time_of(&to) - time_of(&from);
-                let shift = span - T::constant(span.primal());
-                let k = stepper.first_stage_after(&mut end)?;
+            if let Some((k, shift)) = tangent_shift {
                 for (v, kc) in values.iter_mut().zip(&k) {
                     kc.with_value(|k| *v += k * shift)?;
                 }
@@ -369,6 +405,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             a = values.swap_remove(1);
             reconstructed = values.into_iter().next();
             scratch.reset()?;
+            sys.scratch_origin = Some(scratch.mark());
         }
         if let (Some(h_rec), Some(first)) = (reconstructed, stops.first()) {
             stats.drift.push(Drift {
@@ -380,6 +417,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
         // the accumulated time adjoint.
         grad_t[(0, 0)] = s;
         stats.nfe = sys.nfe;
+        stats.holding(sys.peak);
         stats.accepted = solve_stats.accepted;
         stats.rejected = solve_stats.rejected;
         let mut grads = Vec::with_capacity(inputs.len());
@@ -425,6 +463,31 @@ struct AugmentedSystem<'a, 'l, T: Scalar, F> {
     base: Mark,
     shape: (usize, usize),
     nfe: usize,
+    /// The local tape before θ was copied onto it.
+    local_origin: Mark,
+    /// The scratch tape (the augmented states and stages) at its start.
+    scratch_origin: Option<Mark>,
+    /// Bytes the step holds off the tapes (error estimate, running sums, the time adjoint).
+    off_tape: usize,
+    /// Bytes of the gradients a VJP returns (h, θ, t).
+    vjp_out: usize,
+    /// The most bytes held at once so far ([`BackwardStats::peak_bytes`]).
+    peak: usize,
+}
+
+impl<T: Scalar, F> AugmentedSystem<'_, '_, T, F> {
+    /// The bytes held with one evaluation recorded and its VJP about to run: both tapes,
+    /// the VJP's cotangent for every value the evaluation recorded and the gradients it
+    /// returns, the seed −a, and the step's buffers off the tapes.
+    fn holding(&self, scratch: &Tape<T>, seed: usize) -> usize {
+        let scratch_bytes = self.scratch_origin.map_or(0, |m| scratch.bytes_since(m));
+        self.local.bytes_since(self.local_origin)
+            + self.local.bytes_since(self.base)
+            + self.vjp_out
+            + seed
+            + scratch_bytes
+            + self.off_tape
+    }
 }
 
 impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T, F> {
@@ -442,6 +505,9 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
         let out = self.f.eval(t_local, h, self.params)?;
         check_field_output(out, self.shape, t)?;
         let neg_a = -y[1].value()?;
+        self.peak = self
+            .peak
+            .max(self.holding(scratch, neg_a.len() * std::mem::size_of::<T>()));
         let mut wrt = Vec::with_capacity(self.params.len() + 2);
         wrt.push(h);
         wrt.extend_from_slice(self.params);

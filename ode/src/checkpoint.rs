@@ -70,9 +70,10 @@ pub(crate) struct Checkpoint<T: Scalar> {
 }
 
 /// The untaped forward of an opaque strategy, keeping at most `slots` step start states
-/// (the initial one, not copied, included) evenly spread by [`Thinning`].
+/// (the initial one, not copied, included) evenly spread by [`Thinning`]. Takes the
+/// parameter values out of `values`.
 pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
-    values: &NodeInputs<'_, T>,
+    values: &mut NodeInputs<'_, T>,
     f: &F,
     opts: &Options,
     slots: usize,
@@ -82,7 +83,8 @@ pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
         f,
         &values.h0,
         &values.times,
-        &values.params,
+        // The forward is their only reader: moved, not copied.
+        std::mem::take(&mut values.params),
         opts,
         |k, step, y| {
             if k > 0 && thinning.wants(k) {
@@ -106,8 +108,8 @@ pub(crate) fn exact<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     slots: Option<usize>,
     reason: String,
 ) -> Result<Solution<'t, T>> {
-    let values = input.values()?;
-    let (forward, kept) = forward_keeping(&values, f, input.opts, slots.unwrap_or(usize::MAX))?;
+    let mut values = input.values()?;
+    let (forward, kept) = forward_keeping(&mut values, f, input.opts, slots.unwrap_or(usize::MAX))?;
     let stored: Vec<(usize, DMatrix<T>)> = kept.into_iter().map(|c| (c.step, c.y)).collect();
     let n_steps = forward.steps.len();
     let strategy = match slots {
@@ -258,6 +260,7 @@ impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
             let states = rev.advance(self, a, b - 1, base, true)?;
             for (k, y) in (a + 1..b).zip(states).rev() {
                 rev.replay(self, k, &y)?;
+                rev.recomputed_states -= 1;
             }
             return rev.replay(self, a, base);
         }
@@ -266,6 +269,7 @@ impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
             for k in (a + 1..b).rev() {
                 let y = rev.advance(self, a, k, base, false)?;
                 rev.replay(self, k, &y[0])?;
+                rev.recomputed_states -= 1;
             }
             return rev.replay(self, a, base);
         }
@@ -273,6 +277,7 @@ impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
         let mid = rev.advance(self, a, a + m, base, false)?;
         self.reverse(rev, a + m, b, slots - 1, &mid[0])?;
         drop(mid);
+        rev.recomputed_states -= 1;
         self.reverse(rev, a, a + m, slots, base)
     }
 }
@@ -283,6 +288,11 @@ impl<T: Scalar, F: Dynamics<T>> ReplayOp<T, F> {
 /// without recording (under `no_grad`) in between.
 struct Reverse<'c, 'l, T: Scalar> {
     local: &'l Tape<T>,
+    /// The local tape before θ and the grid were copied onto it.
+    local_origin: Mark,
+    /// States recomputed by [`Reverse::advance`] and still alive (for
+    /// [`BackwardStats::peak_bytes`]).
+    recomputed_states: usize,
     params: Vec<Var<'l, T>>,
     row: Var<'l, T>,
     local_base: Mark,
@@ -302,6 +312,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
         cotangents: &'c [Option<DMatrix<T>>],
     ) -> Self {
         let zeros = |m: &DMatrix<T>| DMatrix::zeros(m.nrows(), m.ncols());
+        let local_origin = local.mark();
         let params = inputs[2..]
             .iter()
             .map(|p| local.var((*p).clone()))
@@ -309,6 +320,8 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
         let row = local.var(inputs[1].clone());
         Self {
             local,
+            local_origin,
+            recomputed_states: 0,
             params,
             row,
             local_base: local.mark(),
@@ -362,9 +375,12 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             if every || k + 1 == to {
                 states.push(stepper.y()[0].value()?);
             }
+            let held = self.held(states.len(), 0);
+            self.stats.holding(held);
         }
         self.stats.recomputed_steps += to - from;
         self.stats.nfe += stepper.sys.nfe;
+        self.recomputed_states += states.len();
         drop(stepper);
         scratch.rewind(self.local_base)?;
         Ok(states)
@@ -378,6 +394,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
         k: usize,
         y: &DMatrix<T>,
     ) -> Result<()> {
+        let size = std::mem::size_of::<T>();
         let (first, last) = (op.first_output[k], op.first_output[k + 1]);
         let outputs_seeded = (first..last).any(|i| self.cotangents[i].is_some());
         // Dual numbers compare by their real part: a zero may carry a derivative.
@@ -446,6 +463,16 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
         wrt.push(y_leaf);
         wrt.push(row);
         wrt.extend_from_slice(params);
+        // The VJP about to run sweeps the step's evaluations latest first: it holds the
+        // cotangents of one evaluation's values and of every stage, the seeds and the
+        // gradients it returns (as large as y, the grid and θ).
+        let evaluations = stepper.sys.nfe.max(1);
+        let one_evaluation = local.bytes_since(self.local_base) / evaluations;
+        let stage_cotangents = evaluations * y.len() * size;
+        let seed_bytes: usize = seeds.iter().map(|(_, g)| g.len()).sum::<usize>() * size;
+        let returned = (y.len() + self.grad_row.len()) * size + self.theta_bytes();
+        let held = self.held(0, one_evaluation + stage_cotangents + seed_bytes + returned);
+        self.stats.holding(held);
         let mut grads = local.vjp_wrt(&seeds, &wrt)?.into_iter();
         self.stats.nfe += stepper.sys.nfe;
         drop(acc);
@@ -461,6 +488,24 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
         }
         local.rewind(self.local_base)?;
         Ok(())
+    }
+
+    /// Bytes of the gradient accumulators for θ.
+    fn theta_bytes(&self) -> usize {
+        self.a_theta.iter().map(|m| m.len()).sum::<usize>() * std::mem::size_of::<T>()
+    }
+
+    /// The bytes this pass holds now, with `fresh` more states just recomputed and `extra`
+    /// working bytes: the local tape, the recomputed states alive, the adjoint and the
+    /// gradient accumulators.
+    fn held(&self, fresh: usize, extra: usize) -> usize {
+        let size = std::mem::size_of::<T>();
+        let state = self.shape.0 * self.shape.1 * size;
+        self.local.bytes_since(self.local_origin)
+            + (self.recomputed_states + fresh) * state
+            + (self.a.len() + self.grad_row.len()) * size
+            + self.theta_bytes()
+            + extra
     }
 
     fn finish(self, n_params: usize) -> (Vec<Option<DMatrix<T>>>, BackwardStats) {

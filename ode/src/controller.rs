@@ -6,14 +6,10 @@ use std::collections::VecDeque;
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Scalar, Tape, Var};
 
-use crate::engine::{combine, counted, Step, System, Time};
+use crate::engine::{combine_where, counted, Step, System, Time};
 use crate::error::{Error, Result};
 use crate::options::Norm;
 use crate::tableau::Tableau;
-
-fn primal<T: Scalar>(v: &Var<'_, T>) -> Result<DMatrix<f64>> {
-    Ok(v.with_value(|m| m.map(|x| x.primal()))?)
-}
 
 /// One accepted step as numbers: where it started, where it ended and with which signed
 /// step `dt` (`t1 = t + dt` unless the step was shortened to land on an output time, then
@@ -76,17 +72,14 @@ impl Controller {
 
     /// The configured norm of per-component scaled errors.
     pub(crate) fn norm(&self, scaled: &[DMatrix<f64>]) -> f64 {
-        let parts = scaled.iter().enumerate().filter(|(c, _)| self.counts(*c));
         match &self.norm {
-            Norm::Rms => {
-                let (sum, n) = parts.fold((0.0, 0usize), |(s, n), (_, m)| {
-                    (s + m.norm_squared(), n + m.len())
-                });
-                (sum / n.max(1) as f64).sqrt()
-            }
-            Norm::MaxRms => parts
-                .map(|(_, m)| (m.norm_squared() / m.len().max(1) as f64).sqrt())
-                .fold(0.0, f64::max),
+            Norm::Rms | Norm::MaxRms => self.combine_parts(
+                scaled
+                    .iter()
+                    .enumerate()
+                    .filter(|(c, _)| self.counts(*c))
+                    .map(|(_, m)| (m.norm_squared(), m.len())),
+            ),
             Norm::Custom(f) => {
                 let kept: Vec<DMatrix<f64>> = scaled
                     .iter()
@@ -101,6 +94,35 @@ impl Controller {
                     .collect();
                 f(&kept)
             }
+        }
+    }
+
+    /// [`Controller::norm`] of the scaled values `scaled(c)` of components `0..n`, formed
+    /// one component at a time and combined in the same order (all at once only for a
+    /// custom norm, which needs them together).
+    fn scaled_norm(&self, n: usize, scaled: impl Fn(usize) -> Result<DMatrix<f64>>) -> Result<f64> {
+        if matches!(self.norm, Norm::Custom(_)) {
+            let all = (0..n).map(scaled).collect::<Result<Vec<_>>>()?;
+            return Ok(self.norm(&all));
+        }
+        let mut parts = Vec::with_capacity(n);
+        for c in (0..n).filter(|&c| self.counts(c)) {
+            let m = scaled(c)?;
+            parts.push((m.norm_squared(), m.len()));
+        }
+        Ok(self.combine_parts(parts.into_iter()))
+    }
+
+    /// An RMS or max-RMS norm from each counted component's `(Σ x², element count)`.
+    fn combine_parts(&self, parts: impl Iterator<Item = (f64, usize)>) -> f64 {
+        match &self.norm {
+            Norm::Rms => {
+                let (sum, n) = parts.fold((0.0, 0usize), |(s, n), (ps, pn)| (s + ps, n + pn));
+                (sum / n.max(1) as f64).sqrt()
+            }
+            _ => parts
+                .map(|(s, n)| (s / n.max(1) as f64).sqrt())
+                .fold(0.0, f64::max),
         }
     }
 
@@ -127,18 +149,17 @@ impl Controller {
             let vars = [step.y0[c], step.y1[c]];
             let (sum, m) = Var::with_values(&vars, |v| {
                 let (y0, y1) = (v[0].as_slice(), v[1].as_slice());
-                let mut scaled_err: Vec<f64> = e
-                    .iter()
-                    .zip(y0.iter().zip(y1))
-                    .map(|(e, (a, b))| {
-                        e / (self.atol + self.rtol * a.primal().abs().max(b.primal().abs()))
-                    })
-                    .collect();
-                let sum = sum_of_squares(&scaled_err);
-                (
-                    sum,
-                    custom.then(|| DMatrix::from_vec(r, cols, std::mem::take(&mut scaled_err))),
-                )
+                let scaled_at = |i: usize| {
+                    e[i] / (self.atol + self.rtol * y0[i].primal().abs().max(y1[i].primal().abs()))
+                };
+                if custom {
+                    let scaled_err: Vec<f64> = (0..e.len()).map(scaled_at).collect();
+                    let sum = sum_of_squares(&scaled_err);
+                    (sum, Some(DMatrix::from_vec(r, cols, scaled_err)))
+                } else {
+                    // No temporary: the adjoint's a_θ error is as large as the parameters.
+                    (sum_of_squares_of(e.len(), scaled_at), None)
+                }
             })?;
             parts.push((sum, r * cols));
             scaled.extend(m);
@@ -184,18 +205,17 @@ impl Controller {
         y0: &[Var<'t, T>],
         f0: &[Var<'t, T>],
     ) -> Result<f64> {
-        let y0p: Vec<DMatrix<f64>> = y0.iter().map(primal).collect::<Result<_>>()?;
-        let f0p: Vec<DMatrix<f64>> = f0.iter().map(primal).collect::<Result<_>>()?;
-        let scale = |m: &DMatrix<f64>, y: &DMatrix<f64>| {
-            m.zip_map(y, |v, y| v / (self.atol + self.rtol * y.abs()))
-        };
-        let d0 = self.norm(&y0p.iter().map(|y| scale(y, y)).collect::<Vec<_>>());
-        let d1 = self.norm(
-            &f0p.iter()
-                .zip(&y0p)
-                .map(|(f, y)| scale(f, y))
-                .collect::<Vec<_>>(),
-        );
+        // Scaled values are formed one component at a time (see `scaled_norm`): for the
+        // adjoint, a_θ is as large as the parameters.
+        let (atol, rtol) = (self.atol, self.rtol);
+        let d0 = self.scaled_norm(y0.len(), |c| {
+            Ok(y0[c].with_value(|y| y.map(|v| v.primal() / (atol + rtol * v.primal().abs())))?)
+        })?;
+        let d1 = self.scaled_norm(y0.len(), |c| {
+            Ok(Var::with_values(&[f0[c], y0[c]], |v| {
+                v[0].zip_map(v[1], |f, y| f.primal() / (atol + rtol * y.primal().abs()))
+            })?)
+        })?;
         let h0 = if d0 < 1e-5 || d1 < 1e-5 {
             1e-6
         } else {
@@ -212,21 +232,26 @@ impl Controller {
             });
         }
         let mark = tape.mark();
-        let y1 = combine(tape, y0, dir * h0, &[1.0], &[f0.to_vec()])?;
+        // Components F does not read (quadratures) need no probe value.
+        let y1 = combine_where(tape, y0, dir * h0, &[1.0], &[f0.to_vec()], |c| sys.reads(c))?;
         let f1 = sys.eval(
             t0.at + dir * h0,
             t0.var.add_scalar(T::constant(dir * h0)),
             &y1,
         )?;
-        let f1p: Vec<DMatrix<f64>> = f1.iter().map(primal).collect::<Result<_>>()?;
+        let d2 = self.scaled_norm(y0.len(), |c| {
+            Ok(Var::with_values(&[f1[c], f0[c], y0[c]], |v| {
+                let (f1, f0, y) = (v[0].as_slice(), v[1].as_slice(), v[2].as_slice());
+                DMatrix::from_iterator(
+                    v[2].nrows(),
+                    v[2].ncols(),
+                    (0..y.len()).map(|i| {
+                        (f1[i].primal() - f0[i].primal()) / (atol + rtol * y[i].primal().abs())
+                    }),
+                )
+            })?)
+        })? / h0;
         tape.rewind(mark)?;
-        let d2 = self.norm(
-            &f1p.iter()
-                .zip(&f0p)
-                .zip(&y0p)
-                .map(|((f1, f0), y)| scale(&(f1 - f0), y))
-                .collect::<Vec<_>>(),
-        ) / h0;
         let h1 = if d1 <= 1e-15 && d2 <= 1e-15 {
             (h0 * 1e-3).max(1e-6)
         } else {
@@ -243,6 +268,20 @@ impl Controller {
         }
         Ok(dt)
     }
+}
+
+/// `Σ x(i)²` over `i < n`, summed exactly as [`sum_of_squares`] sums a slice of the values.
+fn sum_of_squares_of(n: usize, x: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0; 8];
+    let full = n - n % 8;
+    let tail: f64 = (full..n).map(|i| x(i) * x(i)).sum();
+    for start in (0..full).step_by(8) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let v = x(start + j);
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// `Σ x²` with eight independent partial sums, so that the loop vectorises (one running

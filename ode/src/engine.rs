@@ -53,9 +53,84 @@ pub(crate) trait System<'t, T: Scalar> {
     /// 1×1 variable (so taped solves differentiate through stage times).
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>>;
 
-    /// Whether `F` reads component `c` of the state (stage values of the others are skipped).
+    /// Whether `F` reads component `c` of the state. A component it does not read is a
+    /// quadrature (`y_c' = F_c` with `F_c` independent of `y_c`): its stage values are never
+    /// formed, and on a tape that is not recording (see [`rk_step`]) its stages are folded
+    /// into running sums as they arrive instead of being kept until the step ends.
     fn reads(&self, _c: usize) -> bool {
         true
+    }
+}
+
+/// The quadrature components of one step on a tape that is not recording: each stage's
+/// values are added into `y + dt Σ b_i k_i` as the stage arrives and then released, so a
+/// step holds one running sum per quadrature instead of all `s` stages (the adjoint's
+/// `a_θ` is as large as the parameters). The sum is formed in stage order: the same terms as
+/// [`combine_where`], rounded in a different order (at most a few ulps apart).
+struct Quadratures<T: Scalar> {
+    /// `Some(running sum)` (empty until the first stage with a non-zero weight) for a folded
+    /// component, `None` for the others.
+    sums: Vec<Option<DMatrix<T>>>,
+    /// Whether any component is folded.
+    any: bool,
+}
+
+impl<T: Scalar> Quadratures<T> {
+    fn new(tape: &Tape<T>, reads: impl Fn(usize) -> bool, components: usize) -> Self {
+        // A recording tape differentiates through the stages: they must stay nodes.
+        let fold = !tape.is_grad_enabled();
+        let sums: Vec<Option<DMatrix<T>>> = (0..components)
+            .map(|c| (fold && !reads(c)).then(|| DMatrix::zeros(0, 0)))
+            .collect();
+        let any = sums.iter().any(Option::is_some);
+        Self { sums, any }
+    }
+
+    fn folded(&self, c: usize) -> bool {
+        self.sums.get(c).is_some_and(Option::is_some)
+    }
+
+    /// Add `dt b_i k_i` of the folded components into their sums (`y` the step's start);
+    /// with `release`, free the stage's values of those components afterwards (reading them
+    /// again is an error, never a silent zero).
+    fn add(&mut self, y: &[Var<'_, T>], w: f64, k: &State<'_, T>, release: bool) -> Result<()> {
+        if !self.any {
+            return Ok(());
+        }
+        let wt = T::constant(w);
+        for (c, sum) in self.sums.iter_mut().enumerate() {
+            let Some(sum) = sum else { continue };
+            // Zero weights are skipped, as in `combine_where`.
+            if w != 0.0 {
+                let w = wt;
+                if sum.is_empty() {
+                    // The first term: y + w k in one pass, as `combine_where` starts.
+                    *sum =
+                        Var::with_values(&[y[c], k[c]], |v| v[0].zip_map(v[1], |a, b| a + w * b))?;
+                } else {
+                    k[c].with_value(|kc| {
+                        for (s, &x) in sum.as_mut_slice().iter_mut().zip(kc.as_slice()) {
+                            *s += w * x;
+                        }
+                    })?;
+                }
+            }
+            if release {
+                drop(k[c].take_value()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The step's result for component `c` if it is folded: the running sum as a value on
+    /// `tape` (`y_c` itself when every weight was zero).
+    fn result<'t>(&mut self, tape: &'t Tape<T>, y: &[Var<'t, T>], c: usize) -> Option<Var<'t, T>> {
+        let sum = self.sums.get_mut(c)?.take()?;
+        Some(if sum.is_empty() {
+            y[c]
+        } else {
+            tape.constant(sum)
+        })
     }
 }
 
@@ -64,19 +139,9 @@ pub(crate) fn counted(mask: Option<&[bool]>, c: usize) -> bool {
     mask.is_none_or(|m| m.get(c).copied().unwrap_or(true))
 }
 
-/// `y + dt Σ_j w_j k_j` per component, one `fixed_weighted_sum` node per component; zero weights skipped.
-pub(crate) fn combine<'t, T: Scalar>(
-    tape: &'t Tape<T>,
-    y: &[Var<'t, T>],
-    dt: f64,
-    w: &[f64],
-    k: &[State<'t, T>],
-) -> Result<State<'t, T>> {
-    combine_where(tape, y, dt, w, k, |_| true)
-}
-
-/// [`combine`] for the components where `wanted(c)`; the others are left as `y[c]`.
-fn combine_where<'t, T: Scalar>(
+/// `y + dt Σ_j w_j k_j` for the components where `wanted(c)`, one `fixed_weighted_sum` node
+/// per component (zero weights skipped); the other components are left as `y[c]`.
+pub(crate) fn combine_where<'t, T: Scalar>(
     tape: &'t Tape<T>,
     y: &[Var<'t, T>],
     dt: f64,
@@ -109,7 +174,9 @@ fn combine_where<'t, T: Scalar>(
 pub(crate) struct Step<'t, T: Scalar> {
     /// The state at the step's start.
     pub y0: State<'t, T>,
-    /// `k_i`, one state per stage (`k[0]` is F at the step's start).
+    /// `k_i`, one state per stage (`k[0]` is F at the step's start). On a tape that is not
+    /// recording, the quadrature components of the stages between the first and an FSAL
+    /// method's last are released once folded into `y1` (see [`System::reads`]).
     pub k: Vec<State<'t, T>>,
     /// The propagated solution at `t + dt`.
     pub y1: State<'t, T>,
@@ -169,7 +236,10 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         }
         Ok(())
     };
+    let mut quadratures = Quadratures::new(tape, |c| sys.reads(c), y.len());
     add_stage(0, &k0)?;
+    // k0 belongs to the stepper too (a rejected step is retried from it): never released.
+    quadratures.add(y, dt * tab.b[0], &k0, false)?;
     k.push(k0);
     let mut last_input = None;
     let mut complete = true;
@@ -187,19 +257,28 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         let ti = t.var.add_scalar(T::constant(tab.c[i] * dt));
         let ki = sys.eval(t.at + tab.c[i] * dt, ti, &yi)?;
         add_stage(i, &ki)?;
+        // An FSAL method's last stage is the next step's first: kept whole.
+        quadratures.add(y, dt * tab.b[i], &ki, !(tab.fsal && i + 1 == s))?;
         k.push(ki);
         last_input = Some(yi);
     }
-    let y1 = match (tab.fsal, last_input) {
+    let y1: State<'t, T> = match (tab.fsal, last_input) {
         // FSAL: the last stage was evaluated at y₁ itself (for the components F reads).
         (true, Some(y_last)) => {
-            let rest = combine_where(tape, y, dt, tab.b, &k, |c| !sys.reads(c))?;
+            let rest = combine_where(tape, y, dt, tab.b, &k, |c| {
+                !sys.reads(c) && !quadratures.folded(c)
+            })?;
             (0..y.len())
                 .map(|c| if sys.reads(c) { y_last[c] } else { rest[c] })
                 .collect()
         }
-        _ => combine(tape, y, dt, tab.b, &k)?,
+        _ => combine_where(tape, y, dt, tab.b, &k, |c| !quadratures.folded(c))?,
     };
+    let y1 = y1
+        .into_iter()
+        .enumerate()
+        .map(|(c, v)| quadratures.result(tape, y, c).unwrap_or(v))
+        .collect();
     Ok(Step {
         y0: y.to_vec(),
         k,

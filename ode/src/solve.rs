@@ -191,9 +191,17 @@ pub(crate) struct FieldSystem<'a, 't, T: Scalar, F: Dynamics<T>> {
 impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> {
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
         self.nfe += 1;
+        let tape = tv.tape();
+        // On a tape that is not recording (the untaped forward, recomputations), f's
+        // intermediate values are dropped as soon as it returns: otherwise every stage's
+        // activations would stay until the step ends (the forward's peak heap).
+        let compact = (!tape.is_grad_enabled()).then(|| tape.mark());
         let out = self.f.eval(tv, y[0], self.params)?;
         check_field_output(out, self.shape, t)?;
-        Ok(vec![out])
+        match compact {
+            Some(mark) => Ok(tape.rewind_keep(mark, &[out])?),
+            None => Ok(vec![out]),
+        }
     }
 }
 
@@ -617,7 +625,7 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
         check_h0(h0, t[0].primal())?;
         return Ok((vec![h0.clone()], SolveStats::default()));
     }
-    let forward = forward_values(f, h0, t, params, opts, |_, _, _| Ok(()))?;
+    let forward = forward_values(f, h0, t, params.to_vec(), opts, |_, _, _| Ok(()))?;
     let mut outputs = Vec::with_capacity(t.len());
     outputs.push(h0.clone());
     outputs.extend(forward.outputs);
@@ -636,14 +644,15 @@ pub(crate) struct Forward<T: Scalar> {
     pub stats: SolveStats,
 }
 
-/// The untaped forward: values only on a scratch tape rewound after every step, calling
+/// The untaped forward: values only on a scratch tape rewound after every step (the
+/// parameter values are moved onto it, not copied: they are as large as θ), calling
 /// `keep(k, step, y_k)` with every accepted step's start state so the strategy can store
 /// what it needs.
 pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     f: &F,
     h0: &DMatrix<T>,
     t: &[T],
-    params: &[DMatrix<T>],
+    params: Vec<DMatrix<T>>,
     opts: &Options,
     mut keep: impl FnMut(usize, &StepRecord, &Var<'_, T>) -> Result<()>,
 ) -> Result<Forward<T>> {
@@ -651,7 +660,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     check_h0(h0, grid[0])?;
     let scratch = Tape::new();
     let _no_grad = scratch.no_grad();
-    let params: Vec<Var<'_, T>> = params.iter().map(|p| scratch.constant(p.clone())).collect();
+    let params: Vec<Var<'_, T>> = params.into_iter().map(|p| scratch.constant(p)).collect();
     let times: Vec<(f64, Var<'_, T>)> = grid
         .iter()
         .zip(t)

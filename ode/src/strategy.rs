@@ -290,9 +290,28 @@ pub struct BackwardStats {
     /// Backsolve: the drift at every reset of `h` to a stored forward state, in the order
     /// the backward pass met them (latest time first).
     pub drift: Vec<Drift>,
+    /// The library's own account of the *peak heap* of this backward pass (see
+    /// `docs/design.md`): the largest number of bytes it held at once in tensors it created
+    /// itself, sampled at every vector-field VJP (where the peak lies) and after every
+    /// recomputed step. It counts the local tapes (their copy of θ and the grid, the
+    /// recorded evaluation or replayed step, as [`ad_core::Tape::bytes_since`] measures
+    /// them), the working set of the VJP through them (a cotangent per recorded value, and
+    /// the gradients it returns), the augmented state `[h, a, a_θ, a_t]` with its stages,
+    /// running sums and error estimate (backsolve), recomputed states (checkpointed) and
+    /// the gradient accumulators. Not counted: what was live before the pass (inputs,
+    /// outputs, the forward's stored states, which are held bytes) and the caller's tape's
+    /// own backward buffers. A counting allocator's peak above the live bytes at the
+    /// start of the pass agrees within a few tens of percent (`ode/tests/reported_memory.rs`
+    /// checks the band for every strategy).
+    pub peak_bytes: usize,
 }
 
 impl BackwardStats {
+    /// Record `bytes` held now (keeps [`BackwardStats::peak_bytes`] the largest).
+    pub(crate) fn holding(&mut self, bytes: usize) {
+        self.peak_bytes = self.peak_bytes.max(bytes);
+    }
+
     /// The largest relative drift over all resets (`None` when nothing was reset).
     pub fn max_drift(&self) -> Option<f64> {
         self.drift.iter().map(|d| d.relative).reduce(f64::max)

@@ -4,41 +4,18 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+// The examples' counting allocator: one definition of peak heap for the whole repository.
+#[path = "../../examples/support/heap.rs"]
+mod heap;
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::Tape;
 use common::*;
+use heap::CountingAlloc;
 use ode::{odeint_with, Options, StepRecord, Strategy};
 
-/// Counts live heap bytes and their running maximum.
-struct Counting {
-    live: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = self.live.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            self.peak.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        self.live.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static HEAP: Counting = Counting {
-    live: AtomicUsize::new(0),
-    peak: AtomicUsize::new(0),
-};
+static HEAP: CountingAlloc = CountingAlloc::new();
 
 /// Peak heap above the starting point during forward + backward of `strategy` (inputs and
 /// parameters are on the tape before the measurement starts), and the strategy that ran.
@@ -47,12 +24,11 @@ fn peak(p: &Problem, opts: &Options, strategy: &Strategy) -> (usize, String, usi
     let h0 = tape.var(p.h0.clone());
     let t = tape.var(DMatrix::from_row_slice(1, p.grid.len(), &p.grid));
     let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
-    let before = HEAP.live.load(Ordering::Relaxed);
-    HEAP.peak.store(before, Ordering::Relaxed);
+    let before = HEAP.start();
     let sol = odeint_with(&tape, &p.f, h0, t, &params, opts, strategy).unwrap();
     let loss = dot_loss(&tape, &sol.outputs, &p.cots).unwrap();
     let grads = tape.backward(loss).unwrap();
-    let peak = HEAP.peak.load(Ordering::Relaxed) - before;
+    let peak = HEAP.peak_above(before);
     drop(grads);
     (peak, sol.strategy.name.clone(), sol.steps.len())
 }
@@ -60,10 +36,7 @@ fn peak(p: &Problem, opts: &Options, strategy: &Strategy) -> (usize, String, usi
 #[test]
 fn checkpointing_and_auto_stay_within_their_memory() {
     let (batch, dim, hidden) = (16, 32, 32);
-    let f = Mlp {
-        time: false,
-        decay: true,
-    };
+    let f = Mlp::DECAY;
     let mut p = Problem::random(&mut Rng::new(4), f, (batch, dim, hidden), 2, false, false);
     p.grid = vec![0.0, 4.0];
     let state = batch * dim * 8;

@@ -90,6 +90,12 @@ impl Mlp {
         decay: false,
     };
 
+    /// Autonomous and contracting (bounded over long horizons).
+    pub const DECAY: Mlp = Mlp {
+        time: false,
+        decay: true,
+    };
+
     /// Random parameters for a `dim`-dimensional state with `hidden` units.
     pub fn params(
         &self,
