@@ -190,17 +190,7 @@ fn to_json(r: &Run) -> serde_json::Value {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = compare(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    support::cli::run_main(parse_args, compare);
 }
 
 /// max |Δ| of dL/dh0, dL/dθ and dL/dt between two runs.

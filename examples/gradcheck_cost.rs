@@ -39,19 +39,18 @@ impl TapeFunction for SeedLoss {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("gradcheck_cost: {e}");
-        std::process::exit(1);
-    }
+    support::cli::run_main(parse_args, run);
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// `--strategy NAME` (default taped) and `--per-input N` entries checked per input (default 4).
+fn parse_args() -> Result<(Strategy, usize), String> {
     let (mut strategy, mut per_input) = (Strategy::Taped, 4);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--strategy" => {
-                strategy = Strategy::from_str(&args.next().ok_or("--strategy needs a name")?)?
+                let name = args.next().ok_or("--strategy needs a name")?;
+                strategy = Strategy::from_str(&name).map_err(|e| e.to_string())?;
             }
             "--per-input" => {
                 per_input = args
@@ -62,10 +61,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             _ => return Err(format!(
                 "unknown argument {arg:?}; usage: gradcheck_cost [--strategy NAME] [--per-input N]"
-            )
-            .into()),
+            )),
         }
     }
+    Ok((strategy, per_input))
+}
+
+fn run(&(ref strategy, per_input): &(Strategy, usize)) -> Result<(), Box<dyn std::error::Error>> {
     let problem = support::workloads::synthetic_seed()?;
     let model = problem.model(strategy.clone());
     let mut inputs = vec![problem.h0.clone()];
