@@ -193,6 +193,96 @@ fn main() {
     support::cli::run_main(parse_args, compare);
 }
 
+/// The layers' weight matrices (out × in), without the biases.
+fn weights(problem: &Problem) -> impl Iterator<Item = &DMatrix<f64>> {
+    let p = &problem.params;
+    p.names()
+        .iter()
+        .zip(p.values())
+        .filter(|(name, _)| name.ends_with(".weight"))
+        .map(|(_, w)| w)
+}
+
+/// Seconds the matrix products of one evaluation of f take at this process's own product
+/// rate: each layer's `x Wᵀ` (batch × in · (out × in)ᵀ) timed on its own, median of 15
+/// (after 3 warm-up runs), summed over the layers. Threads as the process has them
+/// (`MATMUL_NUM_THREADS`).
+fn product_seconds_per_evaluation(problem: &Problem) -> Result<f64, Box<dyn Error>> {
+    let tape = Tape::<f64>::new();
+    let _values_only = tape.no_grad();
+    let batch = problem.h0.nrows();
+    let mut total = 0.0;
+    for w in weights(problem) {
+        let x = DMatrix::from_fn(batch, w.ncols(), |i, j| ((i + 3 * j) as f64).sin());
+        let (x, w) = (tape.constant(x), tape.constant(w.clone()));
+        let mut times = Vec::new();
+        for rep in 0..18 {
+            let mark = tape.mark();
+            let start = Instant::now();
+            x.matmul_t(w)?;
+            let elapsed = start.elapsed().as_secs_f64();
+            tape.rewind(mark)?;
+            if rep >= 3 {
+                times.push(elapsed);
+            }
+        }
+        total += median(&times);
+    }
+    Ok(total)
+}
+
+/// The distance to the product-bound for taped and backsolve on an MLP field: the FLOPs of
+/// the evaluations and VJPs performed (an evaluation's products are F = 2·batch·Σ in·out, a
+/// VJP's 2F: the input's and the weights' cotangents), at the product rate this process
+/// measures. Taped pulls back every forward evaluation (an overcount by the rejected steps'
+/// stages, none on the shipped problems); each backsolve backward evaluation is f plus its
+/// VJP. Other strategies mix replays and untaped recomputations and are left out.
+fn print_flop_bound(problem: &Problem, runs: &[Run]) -> Result<(), Box<dyn Error>> {
+    let batch = problem.h0.nrows() as f64;
+    let flops_per_eval: f64 = weights(problem)
+        .map(|w| 2.0 * batch * (w.nrows() * w.ncols()) as f64)
+        .sum();
+    let eval_seconds = product_seconds_per_evaluation(problem)?;
+    let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    println!(
+        "\nproduct bound (MATMUL_NUM_THREADS={threads}): one evaluation's products take {:.3} ms here = {:.1} GFLOP/s",
+        eval_seconds * 1e3,
+        flops_per_eval / eval_seconds / 1e9
+    );
+    let mut t = Table::new(&[
+        "mode",
+        "f evals",
+        "VJPs",
+        "GFLOP",
+        "bound ms",
+        "measured ms",
+        "measured / bound",
+    ]);
+    for r in runs {
+        let (evals, vjps) = match r.ran() {
+            "taped" => (r.g.forward.nfe, r.g.forward.nfe),
+            "backsolve" => {
+                let back = r.backward(|b| b.nfe);
+                (r.g.forward.nfe + back, back)
+            }
+            _ => continue,
+        };
+        let units = evals as f64 + 2.0 * vjps as f64;
+        let bound_ms = units * eval_seconds * 1e3;
+        t.row(vec![
+            r.name.clone(),
+            evals.to_string(),
+            vjps.to_string(),
+            format!("{:.2}", units * flops_per_eval / 1e9),
+            format!("{bound_ms:.2}"),
+            format!("{:.2}", r.time_ms),
+            format!("{:.2}", r.time_ms / bound_ms),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
 /// max |Δ| of dL/dh0, dL/dθ and dL/dt between two runs.
 fn gaps(a: &Run, b: &Run) -> [f64; 3] {
     [
@@ -324,6 +414,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
             println!("torchdiffeq forward NFE on this file: {nfe}");
         }
     }
+    print_flop_bound(&problem, &runs)?;
     if let Some(rss) = peak_rss_bytes() {
         println!("\npeak RSS of this process: {}", bytes(rss));
     }

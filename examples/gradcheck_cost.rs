@@ -59,9 +59,11 @@ fn parse_args() -> Result<(Strategy, usize), String> {
                     .filter(|&n| n > 0)
                     .ok_or("--per-input needs a positive integer")?
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown argument {arg:?}; usage: gradcheck_cost [--strategy NAME] [--per-input N]"
-            )),
+            ))
+            }
         }
     }
     Ok((strategy, per_input))
