@@ -514,7 +514,9 @@ impl<T: Scalar> Tape<T> {
         }
         let (value, op, requires_grad) = {
             let arena = self.borrow(name)?;
-            let mut values: SmallVec<[&DMatrix<T>; 4]> = SmallVec::new();
+            // Eight inline slots: an RK combination has up to seven terms (dopri5's
+            // solution), and a spilled list would cost an allocation per recorded node.
+            let mut values: SmallVec<[&DMatrix<T>; 8]> = SmallVec::new();
             let mut requires_grad = false;
             for v in inputs {
                 let node = arena.node(v, name)?;
