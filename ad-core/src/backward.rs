@@ -230,7 +230,8 @@ impl<T: Scalar> Tape<T> {
                 }
                 _ => {}
             }
-            let wants: SmallVec<[bool; 4]> = node
+            // Eight inline slots cover an RK combination's terms without an allocation.
+            let wants: SmallVec<[bool; 8]> = node
                 .parents
                 .iter()
                 .map(|&p| {
@@ -252,7 +253,7 @@ impl<T: Scalar> Tape<T> {
                     continue;
                 }
             }
-            let inputs: SmallVec<[&DMatrix<T>; 4]> = node
+            let inputs: SmallVec<[&DMatrix<T>; 8]> = node
                 .parents
                 .iter()
                 .map(|&p| &arena.nodes[p].value)

@@ -400,6 +400,9 @@ impl<T: Scalar> Tape<T> {
             return stats;
         };
         stats.nodes = arena.order.len();
+        // Counted under borrowed names, so that the (few) owned keys are made once per op
+        // kind rather than once per node: `ode` reads the held bytes once per solve.
+        let mut per_op: SmallVec<[(&str, usize); 16]> = SmallVec::new();
         for node in arena.nodes.values() {
             if !node.requires_grad || matches!(node.op, Op::Leaf) {
                 continue;
@@ -407,8 +410,16 @@ impl<T: Scalar> Tape<T> {
             stats.graph_nodes += 1;
             stats.held_bytes +=
                 node.value.len() * std::mem::size_of::<T>() + node.op.extra_held_bytes();
-            *stats.per_op.entry(node.op.name().to_owned()).or_default() += 1;
+            let name = node.op.name();
+            match per_op.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => *count += 1,
+                None => per_op.push((name, 1)),
+            }
         }
+        stats.per_op = per_op
+            .into_iter()
+            .map(|(name, count)| (name.to_owned(), count))
+            .collect();
         stats
     }
 
@@ -503,7 +514,9 @@ impl<T: Scalar> Tape<T> {
         }
         let (value, op, requires_grad) = {
             let arena = self.borrow(name)?;
-            let mut values: SmallVec<[&DMatrix<T>; 4]> = SmallVec::new();
+            // Eight inline slots: an RK combination has up to seven terms (dopri5's
+            // solution), and a spilled list would cost an allocation per recorded node.
+            let mut values: SmallVec<[&DMatrix<T>; 8]> = SmallVec::new();
             let mut requires_grad = false;
             for v in inputs {
                 let node = arena.node(v, name)?;

@@ -4,11 +4,9 @@
 //! made by the current thread only (each test runs on its own thread, so tests running in
 //! parallel do not disturb each other). After a warm-up that records once and rewinds, so the
 //! arena has capacity, recording an op must allocate exactly one block, its output tensor:
-//! no parent list, no op box, no arena growth. The one exception is transient scratch of
-//! the `f64` matrix-product kernel (`matrixmultiply` packs its operands into a buffer it
-//! allocates and frees inside the call); that count is measured by calling the kernel
-//! directly, and the net number of live blocks after recording must still be exactly one
-//! per op.
+//! no parent list, no op box, no arena growth, and no scratch: the products here are small
+//! enough (m·n·k ≤ 4000) for ad-core's direct loops, which read their operands in place
+//! (`matrixmultiply` would pack them into a buffer it allocates inside the call).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -95,46 +93,6 @@ fn measure<R>(f: impl FnOnce() -> R) -> (R, Heap) {
     )
 }
 
-/// Allocations the `f64` product kernel makes for its own scratch in one `m×k · k×n` product
-/// (measured, not assumed, so that a kernel without scratch makes this 0).
-fn gemm_scratch(m: usize, k: usize, n: usize) -> usize {
-    let a = vec![0.5; m * k];
-    let b = vec![0.25; k * n];
-    let mut c = vec![0.0; m * n];
-    // The first product sets up matrixmultiply's thread pool (once per process, kept for its
-    // life); run one outside the measurement so only per-product scratch is counted.
-    let product = |c: &mut [f64]| {
-        // SAFETY: a is m×k, b is k×n and c is m×n, column-major and contiguous.
-        unsafe {
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                1,
-                m as isize,
-                b.as_ptr(),
-                1,
-                k as isize,
-                0.0,
-                c.as_mut_ptr(),
-                1,
-                m as isize,
-            );
-        }
-    };
-    product(&mut c);
-    let ((), heap) = measure(|| product(&mut c));
-    assert_eq!(heap.reallocs, 0);
-    assert_eq!(
-        heap.live(),
-        0,
-        "the kernel's scratch is freed before it returns"
-    );
-    heap.allocs
-}
-
 fn init(r: usize, c: usize, seed: f64) -> DMatrix<f64> {
     DMatrix::from_fn(r, c, |i, j| ((i * c + j) as f64 * 0.37 + seed).sin() * 0.5)
 }
@@ -144,7 +102,6 @@ fn init(r: usize, c: usize, seed: f64) -> DMatrix<f64> {
 const BATCH: usize = 8;
 const WIDTH: usize = 16;
 const MLP_OPS: usize = 8;
-const MLP_PRODUCTS: usize = 3;
 
 fn mlp<'t>(x: Var<'t, f64>, layers: &[(Var<'t, f64>, Var<'t, f64>)]) -> Var<'t, f64> {
     let mut h = x;
@@ -173,7 +130,6 @@ fn mlp_leaves(tape: &Tape<f64>) -> (Var<'_, f64>, Layers<'_>) {
 }
 
 fn check_mlp_forward(no_grad: bool) {
-    let scratch = gemm_scratch(BATCH, WIDTH, WIDTH);
     let tape = Tape::<f64>::new();
     let (x, layers) = mlp_leaves(&tape);
     let base = tape.len();
@@ -194,9 +150,8 @@ fn check_mlp_forward(no_grad: bool) {
     assert_eq!(y.requires_grad().unwrap(), !no_grad);
     assert_eq!(heap.reallocs, 0, "recording grew a buffer: {heap:?}");
     assert_eq!(
-        heap.allocs,
-        recorded + MLP_PRODUCTS * scratch,
-        "one output tensor per op (plus the product kernel's {scratch} scratch block(s) per product): {heap:?}"
+        heap.allocs, recorded,
+        "one output tensor per op, no product scratch: {heap:?}"
     );
     assert_eq!(
         heap.live(),
@@ -243,51 +198,49 @@ fn every_builtin_op_records_with_one_allocation() {
     ];
     let base = tape.len();
     let mark = tape.mark();
-    let products = gemm_scratch(4, 3, 5);
-    let ops: Vec<(&str, Record, usize)> = vec![
-        ("neg", |v| v[0].neg(), 0),
-        ("tanh", |v| v[0].tanh(), 0),
-        ("sigmoid", |v| v[0].sigmoid(), 0),
-        ("relu", |v| v[0].relu(), 0),
-        ("softplus", |v| v[0].softplus(), 0),
-        ("exp", |v| v[0].exp(), 0),
-        ("log", |v| v[1].log(), 0),
-        ("sin", |v| v[0].sin(), 0),
-        ("cos", |v| v[0].cos(), 0),
-        ("square", |v| v[0].square(), 0),
-        ("sqrt", |v| v[1].sqrt(), 0),
-        ("powi", |v| v[0].powi(3), 0),
-        ("scale", |v| v[0].scale(2.5), 0),
-        ("add", |v| v[0].add(v[1]).unwrap(), 0),
-        ("sub", |v| v[0].sub(v[1]).unwrap(), 0),
-        ("mul", |v| v[0].mul(v[1]).unwrap(), 0),
-        ("div", |v| v[0].div(v[1]).unwrap(), 0),
-        ("matmul", |v| v[0].matmul(v[4]).unwrap(), products),
-        ("matmul_t", |v| v[0].matmul_t(v[2]).unwrap(), products),
-        ("linear", |v| v[0].linear(v[2], v[6]).unwrap(), products),
-        ("abs", |v| v[0].abs(), 0),
-        ("add_scalar", |v| v[0].add_scalar(0.5), 0),
-        ("powers", |v| v[5].powers(4).unwrap(), 0),
-        ("add_row", |v| v[0].add_row(v[3]).unwrap(), 0),
-        ("transpose", |v| v[0].transpose(), 0),
-        ("sum", |v| v[0].sum(), 0),
-        ("sum_rows", |v| v[0].sum_rows(), 0),
-        ("sum_cols", |v| v[0].sum_cols(), 0),
-        ("mean", |v| v[0].mean(), 0),
-        ("mse", |v| v[0].mse(v[1]).unwrap(), 0),
-        ("broadcast", |v| v[5].broadcast(4, 3).unwrap(), 0),
-        ("slice_cols", |v| v[0].slice_cols(1, 2).unwrap(), 0),
+    let ops: Vec<(&str, Record)> = vec![
+        ("neg", |v| v[0].neg()),
+        ("tanh", |v| v[0].tanh()),
+        ("sigmoid", |v| v[0].sigmoid()),
+        ("relu", |v| v[0].relu()),
+        ("softplus", |v| v[0].softplus()),
+        ("exp", |v| v[0].exp()),
+        ("log", |v| v[1].log()),
+        ("sin", |v| v[0].sin()),
+        ("cos", |v| v[0].cos()),
+        ("square", |v| v[0].square()),
+        ("sqrt", |v| v[1].sqrt()),
+        ("powi", |v| v[0].powi(3)),
+        ("scale", |v| v[0].scale(2.5)),
+        ("add", |v| v[0].add(v[1]).unwrap()),
+        ("sub", |v| v[0].sub(v[1]).unwrap()),
+        ("mul", |v| v[0].mul(v[1]).unwrap()),
+        ("div", |v| v[0].div(v[1]).unwrap()),
+        ("matmul", |v| v[0].matmul(v[4]).unwrap()),
+        ("matmul_t", |v| v[0].matmul_t(v[2]).unwrap()),
+        ("linear", |v| v[0].linear(v[2], v[6]).unwrap()),
+        ("abs", |v| v[0].abs()),
+        ("add_scalar", |v| v[0].add_scalar(0.5)),
+        ("powers", |v| v[5].powers(4).unwrap()),
+        ("add_row", |v| v[0].add_row(v[3]).unwrap()),
+        ("transpose", |v| v[0].transpose()),
+        ("sum", |v| v[0].sum()),
+        ("sum_rows", |v| v[0].sum_rows()),
+        ("sum_cols", |v| v[0].sum_cols()),
+        ("mean", |v| v[0].mean()),
+        ("mse", |v| v[0].mse(v[1]).unwrap()),
+        ("broadcast", |v| v[5].broadcast(4, 3).unwrap()),
+        ("slice_cols", |v| v[0].slice_cols(1, 2).unwrap()),
     ];
-    for (name, op, scratch) in ops {
+    for (name, op) in ops {
         op(&leaves);
         tape.rewind(mark).unwrap();
         let (_, heap) = measure(|| op(&leaves));
         assert_eq!(tape.len(), base + 1, "`{name}` records one node");
         assert_eq!(heap.reallocs, 0, "`{name}` grew a buffer: {heap:?}");
         assert_eq!(
-            heap.allocs,
-            1 + scratch,
-            "`{name}` allocates its output only (plus {scratch} kernel scratch): {heap:?}"
+            heap.allocs, 1,
+            "`{name}` allocates its output only: {heap:?}"
         );
         assert_eq!(heap.live(), 1, "`{name}` keeps one block: {heap:?}");
         tape.rewind(mark).unwrap();

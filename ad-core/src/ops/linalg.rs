@@ -1,12 +1,13 @@
-//! Matrix products and the transpose. Products run through nalgebra's `gemm`, which uses a
-//! blocked kernel for `f64`; transposed operands are passed as strided views, never copied.
+//! Matrix products and the transpose. `f64` products run through `matrixmultiply`'s blocked
+//! kernel (tiny ones through the direct loops of `small_product`); transposed operands are
+//! passed as strided views, never copied.
 
 use std::any::Any;
 
 use nalgebra::DMatrix;
 use num_dual::Dual64;
 
-use super::{checked_len, fast, Grads, Op};
+use super::{checked_len, fast, small_product, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
@@ -90,6 +91,13 @@ fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64>
     let n = if tb { b.nrows() } else { b.ncols() };
     if m == 0 || n == 0 || k == 0 {
         return DMatrix::<f64>::zeros(m, n);
+    }
+    if small_product::is_direct(m, k, n, ta, tb) {
+        let (a, b) = (
+            small_product::Operand::new(a.as_slice(), a.nrows(), ta),
+            small_product::Operand::new(b.as_slice(), b.nrows(), tb),
+        );
+        return fast::filled(m, n, |c| small_product::product(a, b, (m, k, n), c));
     }
     let (rsa, csa) = strides(a, ta);
     let (rsb, csb) = strides(b, tb);

@@ -11,6 +11,7 @@ mod fast;
 mod linalg;
 mod reduce;
 mod shape;
+mod small_product;
 
 pub(crate) use custom::CustomNode;
 pub use custom::{BoxError, CustomOp, Report, ReportedVjp};
