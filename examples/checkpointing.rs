@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
+use costate::ad_core::TextTable;
 use costate::nn::{Activation, Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::Options;
@@ -41,7 +42,7 @@ use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Marker, Series};
 use support::heap::CountingAlloc;
-use support::report::{bytes, median, Table};
+use support::report::{bytes, median};
 
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
@@ -333,7 +334,7 @@ fn print_table(w: &Workload, runs: &[Run], reference_steps: usize, reps: usize) 
         "{} — {}; {} at rtol {:e} / atol {:e}; reference: taped at rtol {REFERENCE_RTOL:e} / atol {REFERENCE_ATOL:e} ({reference_steps} steps); median of {reps} runs\n",
         w.name, w.description, w.options.method.name, w.options.rtol, w.options.atol
     );
-    let mut table = Table::new(&[
+    let mut table = TextTable::new(&[
         "strategy",
         "K",
         "err vs taped",
@@ -373,7 +374,7 @@ fn print_table(w: &Workload, runs: &[Run], reference_steps: usize, reps: usize) 
             format!("{:.1}", r.m.time_ms),
         ]);
     }
-    print!("{}", table.render());
+    print!("{table}");
     let exact = runs
         .iter()
         .filter(|r| r.strategy.is_exact() && !matches!(r.strategy, Strategy::Taped))

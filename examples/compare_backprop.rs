@@ -23,11 +23,12 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
+use costate::ad_core::TextTable;
 use costate::nn::json::nested;
 use costate::nn::problem::GradientSet;
 use costate::nn::{BackwardStats, Footprint, Problem, ProblemGradients, Strategy};
 use serde_json::json;
-use support::report::{bytes, median, peak_rss_bytes, Table};
+use support::report::{bytes, median, peak_rss_bytes};
 
 struct Args {
     problem: Option<String>,
@@ -249,7 +250,7 @@ fn print_flop_bound(problem: &Problem, runs: &[Run]) -> Result<(), Box<dyn Error
         eval_seconds * 1e3,
         flops_per_eval / eval_seconds / 1e9
     );
-    let mut t = Table::new(&[
+    let mut t = TextTable::new(&[
         "mode",
         "f evals",
         "VJPs",
@@ -279,7 +280,7 @@ fn print_flop_bound(problem: &Problem, runs: &[Run]) -> Result<(), Box<dyn Error
             format!("{:.2}", r.time_ms / bound_ms),
         ]);
     }
-    print!("{}", t.render());
+    print!("{t}");
     Ok(())
 }
 
@@ -330,7 +331,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
         args.reps
     );
     let first = &runs[0];
-    let mut table = Table::new(&[
+    let mut table = TextTable::new(&[
         "mode",
         "ran as",
         "loss",
@@ -373,7 +374,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
             format!("{:.3}", r.time_ms),
         ]);
     }
-    print!("{}", table.render());
+    print!("{table}");
     println!(
         "\n|Δ| = max abs gradient difference against the first mode ({}); max |dL/dh0| {:.3}, max |dL/dθ| {:.3}",
         first.name,
@@ -385,7 +386,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
     }
     if let Some(reference) = reference {
         println!("\nerror against the file's tight reference (max abs / relative to max |ref|):");
-        let mut t = Table::new(&["mode", "quantity", "max abs", "rel"]);
+        let mut t = TextTable::new(&["mode", "quantity", "max abs", "rel"]);
         for r in &runs {
             for (q, abs, rel) in error_vs(r, &reference.tight)? {
                 t.row(vec![
@@ -409,7 +410,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
                 format!("{:.2e}", (&h0 - &th).abs().max() / th.abs().max()),
             ]);
         }
-        print!("{}", t.render());
+        print!("{t}");
         if let Some(nfe) = reference.odeint.extra.get("nfe_forward") {
             println!("torchdiffeq forward NFE on this file: {nfe}");
         }

@@ -34,13 +34,14 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
+use costate::ad_core::TextTable;
 use costate::nn::{Activation, NeuralOde, OdeFunc, Strategy};
 use costate::ode::Options;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
 use support::heap::CountingAlloc;
-use support::report::{bytes, Table};
+use support::report::bytes;
 use support::styles::strategy_style;
 
 #[global_allocator]
@@ -177,7 +178,7 @@ fn configs(quick: bool) -> Vec<Config> {
 }
 
 fn print_table(runs: &[Run]) {
-    let mut table = Table::new(&[
+    let mut table = TextTable::new(&[
         "strategy",
         "batch",
         "hidden",
@@ -207,7 +208,7 @@ fn print_table(runs: &[Run]) {
             r.reported_backward_peak.map_or_else(|| "—".into(), bytes),
         ]);
     }
-    print!("{}", table.render());
+    print!("{table}");
 }
 
 /// Backsolve against taped, per configuration: the ratio of their peak heaps.

@@ -21,12 +21,13 @@ mod support;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
+use costate::ad_core::TextTable;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
 use support::heap::CountingAlloc;
-use support::report::{bytes, Table};
+use support::report::bytes;
 use support::styles::strategy_style;
 
 #[global_allocator]
@@ -168,7 +169,7 @@ fn run() -> Result<()> {
             .collect();
         println!("{}", serde_json::Value::Array(entries));
     } else {
-        let mut table = Table::new(&[
+        let mut table = TextTable::new(&[
             "T",
             "strategy",
             "ran as",
@@ -201,7 +202,7 @@ fn run() -> Result<()> {
             ]);
         }
         println!("f = mlp(h) − h, h0 32×64, t = [0, T], dopri5 rtol 1e-7 atol 1e-9; |Δ| = max abs gradient gap to taped at the same T\n");
-        print!("{}", table.render());
+        print!("{table}");
         println!();
         for r in rows
             .iter()

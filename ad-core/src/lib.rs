@@ -47,6 +47,7 @@ pub mod check;
 mod error;
 mod ops;
 mod scalar;
+mod table;
 mod tape;
 
 pub use backward::Gradients;
@@ -57,6 +58,7 @@ pub use check::{
 pub use error::{Error, Message, Result, Shape};
 pub use ops::{BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
 pub use scalar::{all_finite, carries_derivatives, Scalar};
+pub use table::TextTable;
 pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};
 
 /// Re-exported so users name the same matrix and dual types as this crate.

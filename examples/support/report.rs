@@ -1,7 +1,6 @@
-//! What the examples print: aligned tables, medians, process memory, byte counts.
+//! What the examples print: medians, process memory, byte counts (tables are
+//! `costate::ad_core::TextTable`).
 //! (Charts are `super::chart`.)
-
-use std::fmt::Write as _;
 
 /// The median of `xs` (0 for an empty slice).
 pub fn median(xs: &[f64]) -> f64 {
@@ -31,60 +30,5 @@ pub fn bytes(n: usize) -> String {
         format!("{:.1} KiB", n / 1024.0)
     } else {
         format!("{n} B")
-    }
-}
-
-/// A text table with a header row and right-aligned columns.
-#[derive(Debug, Default)]
-pub struct Table {
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    /// A table with these column headers.
-    pub fn new(header: &[&str]) -> Self {
-        Self {
-            rows: vec![header.iter().map(|s| s.to_string()).collect()],
-        }
-    }
-
-    /// Append a row.
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    /// The table as text, one line per row, with a rule under the header.
-    pub fn render(&self) -> String {
-        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let width: Vec<usize> = (0..cols)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for (i, r) in self.rows.iter().enumerate() {
-            let line: Vec<String> = r
-                .iter()
-                .enumerate()
-                .map(|(c, s)| {
-                    if c == 0 {
-                        format!("{s:<w$}", w = width[c])
-                    } else {
-                        format!("{s:>w$}", w = width[c])
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
-            if i == 0 {
-                let total = width.iter().sum::<usize>() + 2 * cols.saturating_sub(1);
-                let _ = writeln!(out, "{}", "-".repeat(total));
-            }
-        }
-        out
     }
 }

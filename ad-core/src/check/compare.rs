@@ -146,54 +146,7 @@ pub(crate) fn text(x: f64) -> String {
     }
 }
 
-/// A plain-text table whose columns are as wide as their widest cell.
-pub(crate) struct Table {
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    /// A table with this header row.
-    pub(crate) fn new(header: &[&str]) -> Self {
-        Table {
-            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
-        }
-    }
-
-    /// Append a row.
-    pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    /// Whether only the header is there.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.rows.len() <= 1
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in &self.rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, &w)| format!("{cell:<w$}"))
-                .collect();
-            writeln!(f, "  {}", line.join("  ").trim_end())?;
-        }
-        Ok(())
-    }
-}
+pub(crate) use crate::table::TextTable as Table;
 
 /// The tables a report prints: one summary row per comparison, and the worst values of the
 /// comparisons that failed. Each row starts with the report's own label columns.
