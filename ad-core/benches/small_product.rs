@@ -52,11 +52,11 @@ fn with_output(len: usize, fill: impl FnOnce(*mut f64)) -> Vec<f64> {
 }
 
 fn through_matrixmultiply(
-    a: Operand<'_>,
-    b: Operand<'_>,
+    a: Operand<'_, f64>,
+    b: Operand<'_, f64>,
     (m, k, n): (usize, usize, usize),
 ) -> Vec<f64> {
-    let strides = |x: Operand<'_>| {
+    let strides = |x: Operand<'_, f64>| {
         if x.transposed {
             (x.rows as isize, 1)
         } else {
@@ -87,7 +87,7 @@ fn through_matrixmultiply(
     })
 }
 
-fn direct(a: Operand<'_>, b: Operand<'_>, (m, k, n): (usize, usize, usize)) -> Vec<f64> {
+fn direct(a: Operand<'_, f64>, b: Operand<'_, f64>, (m, k, n): (usize, usize, usize)) -> Vec<f64> {
     let mut c = Vec::<f64>::with_capacity(m * n);
     small_product::product(a, b, (m, k, n), &mut c.spare_capacity_mut()[..m * n]);
     // SAFETY: `product` writes all m·n entries.

@@ -57,7 +57,7 @@ pub use check::{
 };
 pub use error::{Error, Message, Result, Shape};
 pub use ops::{BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
-pub use scalar::{all_finite, carries_derivatives, Scalar};
+pub use scalar::{all_finite, carries_derivatives, Precision, Scalar};
 pub use table::TextTable;
 pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};
 

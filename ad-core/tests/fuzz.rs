@@ -6,8 +6,8 @@
 //! for a long run (`COSTATE_FUZZ_CASES=1000000 cargo test --release -p ad-core --test fuzz`).
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::num_dual::Dual64;
-use ad_core::{Scalar, Tape, Var};
+use ad_core::num_dual::Dual;
+use ad_core::{Precision, Scalar, Tape, Var};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
@@ -197,70 +197,109 @@ fn run<T: Scalar>(leaves: &[DMatrix<T>], steps: &[Step]) -> Run<T> {
     }
 }
 
-fn check(leaves: &[DMatrix<f64>], steps: &[Step], direction: &[DMatrix<f64>]) {
-    let plain = run(leaves, steps);
-    let duals: Vec<DMatrix<Dual64>> = leaves
+/// How closely reverse and forward mode must agree in precision `F`, relative to the sum
+/// of the magnitudes involved, and past which constants and powers the check is skipped.
+trait Tolerance: Precision {
+    /// The agreement required.
+    const AGREE: f64;
+    /// Constants beyond this can absorb terms by rounding alone (x + c − c = 0).
+    const HUGE_CONSTANT: f64;
+    /// Powers beyond this turn one rounding of x into many ulps of error.
+    const HUGE_POWER: u32;
+    /// Whether negative powers are checked: x⁻³ near 0 spans a dynamic range that f32's
+    /// 24 bits cannot carry through later cancellations.
+    const NEGATIVE_POWERS: bool;
+}
+
+impl Tolerance for f64 {
+    const AGREE: f64 = 1e-9;
+    const HUGE_CONSTANT: f64 = 1e100;
+    const HUGE_POWER: u32 = 64;
+    const NEGATIVE_POWERS: bool = true;
+}
+
+impl Tolerance for f32 {
+    // 12 steps of f32 rounding (ε = 1.2e-7), amplified by the larger powers.
+    const AGREE: f64 = 2e-4;
+    const HUGE_CONSTANT: f64 = 1e15;
+    const HUGE_POWER: u32 = 8;
+    const NEGATIVE_POWERS: bool = false;
+}
+
+/// The sequence on `F` and on `Dual<F>` (tangent `direction`): both fail at the same steps,
+/// and where the result is finite, ⟨∇L, v⟩ from reverse mode equals dL(v) from forward mode.
+fn check<F: Tolerance>(leaves: &[DMatrix<f64>], steps: &[Step], direction: &[DMatrix<f64>])
+where
+    Dual<F>: Scalar,
+{
+    let lower = |m: &DMatrix<f64>| m.map(F::round_from);
+    let leaves: Vec<DMatrix<F>> = leaves.iter().map(lower).collect();
+    let direction: Vec<DMatrix<F>> = direction.iter().map(lower).collect();
+    let plain = run(&leaves, steps);
+    let duals: Vec<DMatrix<Dual<F>>> = leaves
         .iter()
-        .zip(direction)
-        .map(|(m, d)| m.zip_map(d, Dual64::new))
+        .zip(&direction)
+        .map(|(m, d)| m.zip_map(d, Dual::new))
         .collect();
     let dual = run(&duals, steps);
     assert_eq!(
-        plain.failed, dual.failed,
-        "f64 and Dual64 runs fail at the same steps"
+        plain.failed,
+        dual.failed,
+        "{} and its dual runs fail at the same steps",
+        F::NAME
     );
     let (Some(loss), Some(dloss)) = (plain.loss, dual.loss) else {
         return;
     };
-    // With 1e300 in play, rounding alone can absorb a term (x + 1e300 − 1e300 is 0 in
+    // With huge constants in play, rounding alone can absorb a term (x + c − c is 0 in
     // either mode's arithmetic, at different places), and x^(2³¹) turns a rounding of x
     // into a relative error of 2³¹ ulp: those sequences only test that nothing panics.
     let huge = steps.iter().any(|s| match s {
-        Step::Scale(c, _) | Step::AddScalar(c, _) => c.abs() > 1e100,
-        Step::Powi(n, _) => n.unsigned_abs() > 64,
+        Step::Scale(c, _) | Step::AddScalar(c, _) => c.abs() > F::HUGE_CONSTANT,
+        Step::Powi(n, _) => n.unsigned_abs() > F::HUGE_POWER || (*n < 0 && !F::NEGATIVE_POWERS),
         _ => false,
     });
-    if huge {
+    let forward = dloss.eps.as_f64();
+    if huge || !loss.primal().is_finite() || !forward.is_finite() || plain.grads.is_empty() {
         return;
     }
-    if !loss.is_finite() || !dloss.eps.is_finite() || plain.grads.is_empty() {
-        return;
-    }
-    // ⟨∇L, v⟩ from reverse mode against dL(v) from forward mode.
-    let reverse: f64 = plain
-        .grads
-        .iter()
-        .zip(direction)
-        .map(|(g, d)| g.dot(d))
-        .sum();
+    let wide = |m: &DMatrix<F>| m.map(Precision::as_f64);
+    let grads: Vec<DMatrix<f64>> = plain.grads.iter().map(wide).collect();
+    let direction: Vec<DMatrix<f64>> = direction.iter().map(wide).collect();
+    let reverse: f64 = grads.iter().zip(&direction).map(|(g, d)| g.dot(d)).sum();
     let scale = 1.0
-        + dloss.eps.abs()
-        + plain
-            .grads
+        + forward.abs()
+        + grads
             .iter()
-            .zip(direction)
+            .zip(&direction)
             .map(|(g, d)| g.abs().dot(&d.abs()))
             .sum::<f64>();
     if !scale.is_finite() || scale > 1e12 {
         return;
     }
     assert!(
-        (reverse - dloss.eps).abs() <= 1e-9 * scale,
-        "reverse {reverse} vs forward {} for {steps:?}",
-        dloss.eps
+        (reverse - forward).abs() <= F::AGREE * scale,
+        "{}: reverse {reverse} vs forward {forward} for {steps:?}",
+        F::NAME
     );
 }
 
-#[test]
-fn random_op_sequences_never_panic_and_match_forward_mode() {
-    let cases: u32 = std::env::var("COSTATE_FUZZ_CASES")
+fn cases_from_env(default: u32) -> u32 {
+    std::env::var("COSTATE_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+        .unwrap_or(default)
+}
+
+/// Run `check::<F>` over random sequences from a fixed seed.
+fn fuzz<F: Tolerance>(cases: u32, seed: u64)
+where
+    Dual<F>: Scalar,
+{
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
-        rng_seed: RngSeed::Fixed(0xF022_5EED),
+        rng_seed: RngSeed::Fixed(seed),
         ..Config::default()
     });
     let case = leaves().prop_flat_map(|ls| {
@@ -278,12 +317,23 @@ fn random_op_sequences_never_panic_and_match_forward_mode() {
     let start = std::time::Instant::now();
     runner
         .run(&case, |(ls, dirs, steps)| {
-            check(&ls, &steps, &dirs);
+            check::<F>(&ls, &steps, &dirs);
             Ok(())
         })
         .unwrap();
     eprintln!(
-        "{cases} op sequences in {:.1} s, no panic",
+        "{cases} op sequences on {} in {:.1} s, no panic",
+        F::NAME,
         start.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn random_op_sequences_never_panic_and_match_forward_mode() {
+    fuzz::<f64>(cases_from_env(400), 0xF022_5EED);
+}
+
+#[test]
+fn random_op_sequences_on_f32_match_dual32() {
+    fuzz::<f32>(cases_from_env(400), 0xF032_5EED);
 }

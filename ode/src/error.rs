@@ -33,6 +33,18 @@ pub enum Error {
         /// What the option accepts.
         expected: &'static str,
     },
+    /// A relative tolerance finer than the scalar's precision can resolve.
+    #[error("`{name}` = {} is below the unit roundoff of {precision} ({}): a step cannot be resolved that finely, so the solve would report an accuracy it does not have; raise {name} to at least {} or solve in f64", num(*value), num(*unit_roundoff), num(*unit_roundoff))]
+    ToleranceBelowPrecision {
+        /// The option's name.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// The scalar's real type (`f32` or `f64`).
+        precision: &'static str,
+        /// Half its machine epsilon.
+        unit_roundoff: f64,
+    },
     /// No method has this name.
     #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8")]
     UnknownMethod {

@@ -3,7 +3,7 @@
 //! checks, the counting vector-field system and the recording untaped forward.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{all_finite, Gradients, Scalar, Tape, Var};
+use ad_core::{all_finite, Gradients, Precision, Scalar, Tape, Var};
 
 use crate::controller::{Controller, StepRecord};
 use crate::dynamics::Dynamics;
@@ -338,6 +338,7 @@ impl<'a, 't, T: Scalar> SolveInput<'a, 't, T> {
     ) -> Result<Self> {
         opts.validate()?;
         strategy.validate(opts)?;
+        check_precision::<T>(opts, strategy)?;
         check_tape(tape, op, [&h0, &t].into_iter().chain(params))?;
         Ok(Self {
             tape,
@@ -610,6 +611,32 @@ pub(crate) fn direction(grid: &[f64]) -> f64 {
     }
 }
 
+/// Refuse relative tolerances below the unit roundoff of `T`'s real type (an `f32` solve at
+/// rtol 1e-10 would run to its step limit or report accuracy it does not have).
+fn check_precision<T: Scalar>(opts: &Options, strategy: &Strategy) -> Result<()> {
+    let unit_roundoff = <T::Primitive as Precision>::EPSILON / 2.0;
+    let backsolve = match strategy {
+        Strategy::Backsolve(b) => Some(b),
+        Strategy::BacksolveCheckpointed { backsolve, .. } => Some(backsolve),
+        _ => None,
+    };
+    let rtols = [
+        ("rtol", Some(opts.rtol)),
+        ("Backsolve::rtol", backsolve.and_then(|b| b.rtol)),
+    ];
+    for (name, value) in rtols {
+        if let Some(value) = value.filter(|&v| v < unit_roundoff) {
+            return Err(Error::ToleranceBelowPrecision {
+                name,
+                value,
+                precision: <T::Primitive as Precision>::NAME,
+                unit_roundoff,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Untaped solve on values: `h(t_0), …, h(t_n)` and the counts. Runs on a scratch tape that
 /// is rewound after every step, so memory does not grow with the number of steps. With a
 /// dual-number `T` it also propagates forward-mode derivatives through the solve.
@@ -621,6 +648,7 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
     opts: &Options,
 ) -> Result<(Vec<DMatrix<T>>, SolveStats)> {
     opts.validate()?;
+    check_precision::<T>(opts, &Strategy::Taped)?;
     if check_grid(t)?.len() == 1 {
         check_h0(h0, t[0].primal())?;
         return Ok((vec![h0.clone()], SolveStats::default()));

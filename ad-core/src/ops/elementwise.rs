@@ -7,9 +7,10 @@ use nalgebra::DMatrix;
 use num_dual::{Dual64, DualNum};
 use smallvec::SmallVec;
 
+use super::reduce::{sum_cols, sum_rows};
 use super::{buffer, fast, same_shape, Grads, Op};
 use crate::error::{Error, Result, Shape};
-use crate::scalar::{carries_derivatives, Scalar};
+use crate::scalar::{carries_derivatives, Precision, Scalar};
 use crate::tape::Var;
 
 /// Whether the real part is NaN (piecewise ops must pass NaN on, not pick a branch for it).
@@ -20,11 +21,25 @@ fn is_nan<T: Scalar>(x: T) -> bool {
 /// `xᵉ` for any integer exponent, without integer overflow: neither in `n − 1` (`e` is an
 /// `i64`) nor in num-dual's derivative coefficients (`n(n−1)(n−2)` in `i32`). `f64` uses
 /// `powi` for every `i32` exponent; dual numbers use it up to |e| = 1000 and beyond that
-/// `powf` with the exponent as an `f64` (exact: |e| ≤ 2³¹ + 1).
+/// `powf` with the exponent in the scalar's precision. That exponent is exact for `f64`
+/// (|e| ≤ 2³¹ + 1) but may round for `f32`, which could flip its parity; so a negative base
+/// goes through `±|x|ᵉ` with the sign from `e` itself.
 fn ipow<T: Scalar>(x: T, e: i64) -> T {
     match i32::try_from(e) {
         Ok(n) if !carries_derivatives::<T>() || n.unsigned_abs() <= 1000 => DualNum::powi(&x, n),
-        _ => DualNum::powf(&x, e as f64),
+        _ => {
+            let exponent = Precision::round_from(e as f64);
+            if x.primal() < 0.0 {
+                let magnitude = DualNum::powf(&-x, exponent);
+                if e % 2 == 0 {
+                    magnitude
+                } else {
+                    -magnitude
+                }
+            } else {
+                DualNum::powf(&x, exponent)
+            }
+        }
     }
 }
 
@@ -129,32 +144,46 @@ unary_ops! {
 }
 
 impl Unary {
-    /// The vectorised `f64` forward, for the ops that have one (`None` otherwise).
+    /// The vectorised `f64`/`f32` forward, for the ops that have one (`None` otherwise).
     fn forward_f64<T: Scalar>(self, x: &DMatrix<T>) -> Option<DMatrix<T>> {
         match self {
-            Unary::Tanh => match fast::as_f64(x) {
-                Some(x) => fast::from_f64(fast::tanh(x)?),
-                None => dual_tanh(x),
-            },
+            Unary::Tanh => {
+                if let Some(x) = fast::as_f64(x) {
+                    fast::from_f64(fast::tanh(x)?)
+                } else if let Some(x) = fast::as_real::<T, f32>(x) {
+                    fast::from_real(fast::tanh_f32(x)?)
+                } else {
+                    dual_tanh(x)
+                }
+            }
             _ => None,
         }
     }
 
-    /// The `f64` VJP written over slices so it vectorises, for the ops that have one; returns
-    /// whether it ran (then `g` holds the input's cotangent).
+    /// The `f64`/`f32` VJP written over slices so it vectorises, for the ops that have one;
+    /// returns whether it ran (then `g` holds the input's cotangent).
     fn vjp_f64<T: Scalar>(self, y: &DMatrix<T>, g: &mut DMatrix<T>) -> bool {
-        let (Some(y), Some(g)) = (fast::as_f64(y), fast::as_f64_mut(g)) else {
-            return false;
-        };
-        match self {
-            Unary::Tanh => {
-                for (g, &y) in g.as_mut_slice().iter_mut().zip(y.as_slice()) {
-                    *g *= 1.0 - y * y;
-                }
-                true
+        fn tanh_vjp<F: Copy + ops::Mul<Output = F> + ops::Sub<Output = F> + ops::MulAssign>(
+            one: F,
+            y: &[F],
+            g: &mut [F],
+        ) {
+            for (g, &y) in g.iter_mut().zip(y) {
+                *g *= one - y * y;
             }
-            _ => false,
         }
+        if self != Unary::Tanh {
+            return false;
+        }
+        if let (Some(y), Some(g)) = (fast::as_f64(y), fast::as_f64_mut(g)) {
+            tanh_vjp(1.0, y.as_slice(), g.as_mut_slice());
+            return true;
+        }
+        if let (Some(y), Some(g)) = (fast::as_real::<T, f32>(y), fast::as_real_mut::<T, f32>(g)) {
+            tanh_vjp(1.0, y.as_slice(), g.as_mut_slice());
+            return true;
+        }
+        false
     }
 }
 
@@ -344,18 +373,15 @@ fn expand<T: Scalar>(m: &DMatrix<T>, shape: Shape) -> DMatrix<T> {
 
 /// The cotangent `g` of a broadcast result summed back to an operand of shape `to`.
 fn reduce_to<T: Scalar>(g: DMatrix<T>, to: Shape) -> DMatrix<T> {
-    // Sums over rows (→ 1×c) and over columns (→ r×1), as the operand was repeated.
+    // Sums over rows (→ 1×c) and over columns (→ r×1), as the operand was repeated; the
+    // reductions' own sums (in order; `f32` accumulated in `f64`).
     let g = if to.0 == 1 && g.nrows() != 1 {
-        DMatrix::from_fn(1, g.ncols(), |_, j| {
-            g.column(j).iter().fold(T::zero(), |s, &x| s + x)
-        })
+        sum_rows(&g)
     } else {
         g
     };
     if to.1 == 1 && g.ncols() != 1 {
-        DMatrix::from_fn(g.nrows(), 1, |i, _| {
-            g.row(i).iter().fold(T::zero(), |s, &x| s + x)
-        })
+        sum_cols(&g)
     } else {
         g
     }

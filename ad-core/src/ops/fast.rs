@@ -41,16 +41,37 @@ pub(crate) fn from_f64<T: Scalar>(m: DMatrix<f64>) -> Option<DMatrix<T>> {
         .and_then(Option::take)
 }
 
+/// `m` as an `F` matrix, when `T` is `F`.
+#[inline]
+pub(crate) fn as_real<T: Scalar, F: 'static>(m: &DMatrix<T>) -> Option<&DMatrix<F>> {
+    (m as &dyn Any).downcast_ref::<DMatrix<F>>()
+}
+
+/// `m` as an `F` matrix, when `T` is `F`.
+#[inline]
+pub(crate) fn as_real_mut<T: Scalar, F: 'static>(m: &mut DMatrix<T>) -> Option<&mut DMatrix<F>> {
+    (m as &mut dyn Any).downcast_mut::<DMatrix<F>>()
+}
+
+/// An `F` matrix as a `DMatrix<T>`; `None` unless `T` is `F`.
+#[inline]
+pub(crate) fn from_real<F: 'static, T: Scalar>(m: DMatrix<F>) -> Option<DMatrix<T>> {
+    let mut m = Some(m);
+    (&mut m as &mut dyn Any)
+        .downcast_mut::<Option<DMatrix<T>>>()
+        .and_then(Option::take)
+}
+
 /// An `r×c` matrix whose column-major entries are written by `fill`, which must initialise
 /// every one of the `r·c` slots it is given (they start uninitialised: no zero-fill).
 #[inline]
-pub(crate) fn filled(
+pub(crate) fn filled<F: nalgebra::Scalar>(
     r: usize,
     c: usize,
-    fill: impl FnOnce(&mut [MaybeUninit<f64>]),
-) -> DMatrix<f64> {
+    fill: impl FnOnce(&mut [MaybeUninit<F>]),
+) -> DMatrix<F> {
     let len = r * c;
-    let mut data = Vec::<f64>::with_capacity(len);
+    let mut data = Vec::<F>::with_capacity(len);
     fill(&mut data.spare_capacity_mut()[..len]);
     // SAFETY: `fill` initialised the first `len` slots (callers write each slot exactly once).
     unsafe { data.set_len(len) };
@@ -184,6 +205,54 @@ pub(crate) fn tanh(x: &DMatrix<f64>) -> Option<DMatrix<f64>> {
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub(crate) fn tanh(_x: &DMatrix<f64>) -> Option<DMatrix<f64>> {
     None
+}
+
+/// The widest `f64` tanh loop this machine runs, or `None` without fused multiply-add.
+fn tanh_loop_here() -> Option<TanhLoopFn> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        tanh_loop_x86()
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        Some(tanh_loop_safe)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        None
+    }
+}
+
+/// A tanh loop over `f64` slices (unsafe to call without the CPU features it was built for).
+type TanhLoopFn = unsafe fn(&[f64], &mut [MaybeUninit<f64>]);
+
+#[cfg(target_arch = "aarch64")]
+unsafe fn tanh_loop_safe(x: &[f64], y: &mut [MaybeUninit<f64>]) {
+    tanh_loop(x, y);
+}
+
+/// Elementwise tanh of an `f32` matrix through the `f64` kernel, a block at a time: the `f64`
+/// result is within 3 ulp of tanh, so rounding it to `f32` gives the correctly rounded value
+/// except within ~2⁻²⁹ of a rounding boundary. `None` where the `f64` kernel is not used.
+pub(crate) fn tanh_f32(x: &DMatrix<f32>) -> Option<DMatrix<f32>> {
+    const BLOCK: usize = 256;
+    let run = tanh_loop_here()?;
+    Some(filled(x.nrows(), x.ncols(), |y| {
+        let mut wide = [0.0f64; BLOCK];
+        let mut out = [MaybeUninit::<f64>::uninit(); BLOCK];
+        for (x, y) in x.as_slice().chunks(BLOCK).zip(y.chunks_mut(BLOCK)) {
+            let n = x.len();
+            for (w, &v) in wide.iter_mut().zip(x) {
+                *w = f64::from(v);
+            }
+            // SAFETY: `tanh_loop_here` picked a loop whose features the CPU has.
+            unsafe { run(&wide[..n], &mut out[..n]) };
+            for (y, o) in y.iter_mut().zip(&out[..n]) {
+                // SAFETY: the loop wrote the first n entries of `out`.
+                y.write(unsafe { o.assume_init() } as f32);
+            }
+        }
+    }))
 }
 
 /// The scalar tanh kernel, for tests.

@@ -1,43 +1,31 @@
-//! Matrix products and the transpose. `f64` products run through `matrixmultiply`'s blocked
-//! kernel (tiny ones through the direct loops of `small_product`); transposed operands are
-//! passed as strided views, never copied.
+//! Matrix products and the transpose. `f64` and `f32` products run through `matrixmultiply`'s
+//! blocked kernels (tiny ones through the direct loops of `small_product`); transposed
+//! operands are passed as strided views, never copied.
 
 use std::any::Any;
 
 use nalgebra::DMatrix;
-use num_dual::Dual64;
+use num_dual::Dual;
 
 use super::{checked_len, fast, small_product, Grads, Op};
 use crate::error::{Error, Result};
-use crate::scalar::Scalar;
+use crate::scalar::{Precision, Scalar};
 use crate::tape::Var;
 
 /// `op(a) · op(b)`, where `op` transposes when asked.
 ///
-/// For `f64` this calls the blocked `dgemm` kernel (the one nalgebra uses) with the operands'
-/// strides, so a transposed operand is never copied; `Dual64` splits into `f64` products of
-/// its parts. Other scalars (hyper-duals, dual vectors) take nalgebra's generic product on
-/// explicit transposes: nalgebra's generic path mishandles strided views.
+/// For `f64` and `f32` this calls the blocked `dgemm`/`sgemm` kernel (the one nalgebra uses)
+/// with the operands' strides, so a transposed operand is never copied; `Dual64` and `Dual32`
+/// split into real products of their parts. Other scalars (hyper-duals, dual vectors) take
+/// nalgebra's generic product on explicit transposes: nalgebra's generic path mishandles
+/// strided views.
 pub(crate) fn gemm<T: Scalar>(a: &DMatrix<T>, ta: bool, b: &DMatrix<T>, tb: bool) -> DMatrix<T> {
-    if let (Some(a64), Some(b64)) = (
-        (a as &dyn Any).downcast_ref::<DMatrix<f64>>(),
-        (b as &dyn Any).downcast_ref::<DMatrix<f64>>(),
-    ) {
-        let c = dgemm(a64, ta, b64, tb);
-        let mut c = Some(c);
-        if let Some(c) = (&mut c as &mut dyn Any).downcast_mut::<Option<DMatrix<T>>>() {
-            return c.take().unwrap_or_else(|| DMatrix::zeros(0, 0));
-        }
-    }
-    if let (Some(a), Some(b)) = (
-        (a as &dyn Any).downcast_ref::<DMatrix<Dual64>>(),
-        (b as &dyn Any).downcast_ref::<DMatrix<Dual64>>(),
-    ) {
-        let c = dual_gemm(a, ta, b, tb);
-        let mut c = Some(c);
-        if let Some(c) = (&mut c as &mut dyn Any).downcast_mut::<Option<DMatrix<T>>>() {
-            return c.take().unwrap_or_else(|| DMatrix::zeros(0, 0));
-        }
+    if let Some(c) = real_gemm::<T, f64>(a, ta, b, tb)
+        .or_else(|| real_gemm::<T, f32>(a, ta, b, tb))
+        .or_else(|| dual_gemm::<T, f64>(a, ta, b, tb))
+        .or_else(|| dual_gemm::<T, f32>(a, ta, b, tb))
+    {
+        return c;
     }
     match (ta, tb) {
         (false, false) => a * b,
@@ -47,36 +35,121 @@ pub(crate) fn gemm<T: Scalar>(a: &DMatrix<T>, ta: bool, b: &DMatrix<T>, tb: bool
     }
 }
 
-/// `op(a) · op(b)` on `Dual64` as `f64` products of the parts: (A + εA')(B + εB') =
-/// AB + ε(A'B + AB'). Three blocked products (two when an operand has no ε part, as
-/// constants and untangented weights do) instead of nalgebra's generic dual loop, which is
-/// several times slower per entry; the real part is then bitwise the `f64` product.
-fn dual_gemm(a: &DMatrix<Dual64>, ta: bool, b: &DMatrix<Dual64>, tb: bool) -> DMatrix<Dual64> {
-    let parts = |m: &DMatrix<Dual64>| {
+/// `T` viewed as `F`, when they are the same type.
+fn same<T: 'static, F: 'static>(m: &DMatrix<T>) -> Option<&DMatrix<F>> {
+    (m as &dyn Any).downcast_ref::<DMatrix<F>>()
+}
+
+/// An `F` matrix handed back as `T`, when they are the same type.
+fn back<F: 'static, T: 'static>(m: DMatrix<F>) -> Option<DMatrix<T>> {
+    let mut m = Some(m);
+    (&mut m as &mut dyn Any)
+        .downcast_mut::<Option<DMatrix<T>>>()
+        .and_then(Option::take)
+}
+
+/// The blocked product when `T` is the real type `F`.
+fn real_gemm<T: Scalar, F: Kernel>(
+    a: &DMatrix<T>,
+    ta: bool,
+    b: &DMatrix<T>,
+    tb: bool,
+) -> Option<DMatrix<T>> {
+    back(blocked(same::<T, F>(a)?, ta, same::<T, F>(b)?, tb))
+}
+
+/// `op(a) · op(b)` on `Dual<F>` (`Dual64`, `Dual32`) as real products of the parts:
+/// (A + εA')(B + εB') = AB + ε(A'B + AB'). Three blocked products (two when an operand has
+/// no ε part, as constants and untangented weights do) instead of nalgebra's generic dual
+/// loop, which is several times slower per entry; the real part is then bitwise the real
+/// product.
+fn dual_gemm<T: Scalar, F: Kernel>(
+    a: &DMatrix<T>,
+    ta: bool,
+    b: &DMatrix<T>,
+    tb: bool,
+) -> Option<DMatrix<T>> {
+    let (a, b) = (same::<T, Dual<F>>(a)?, same::<T, Dual<F>>(b)?);
+    let parts = |m: &DMatrix<Dual<F>>| {
         let re = m.map(|x| x.re);
         let eps = m.map(|x| x.eps);
-        let tangent = eps.iter().any(|&e| e != 0.0);
+        let tangent = eps.iter().any(|&e| e != F::zero());
         (re, tangent.then_some(eps))
     };
     let ((a_re, a_eps), (b_re, b_eps)) = (parts(a), parts(b));
-    let re = dgemm(&a_re, ta, &b_re, tb);
+    let re = blocked(&a_re, ta, &b_re, tb);
     let eps = match (&a_eps, &b_eps) {
         (None, None) => None,
-        (Some(a_eps), None) => Some(dgemm(a_eps, ta, &b_re, tb)),
-        (None, Some(b_eps)) => Some(dgemm(&a_re, ta, b_eps, tb)),
+        (Some(a_eps), None) => Some(blocked(a_eps, ta, &b_re, tb)),
+        (None, Some(b_eps)) => Some(blocked(&a_re, ta, b_eps, tb)),
         (Some(a_eps), Some(b_eps)) => {
-            Some(dgemm(a_eps, ta, &b_re, tb) + dgemm(&a_re, ta, b_eps, tb))
+            Some(blocked(a_eps, ta, &b_re, tb) + blocked(&a_re, ta, b_eps, tb))
         }
     };
-    match eps {
-        Some(eps) => re.zip_map(&eps, Dual64::new),
-        None => re.map(Dual64::from_re),
+    back(match eps {
+        Some(eps) => re.zip_map(&eps, Dual::new),
+        None => re.map(Dual::from_re),
+    })
+}
+
+/// A real type with a blocked `matrixmultiply` kernel.
+pub(crate) trait Kernel: Precision + small_product::Lane {
+    /// `C = A·B` (β = 0) with the given strides.
+    ///
+    /// # Safety
+    /// As `matrixmultiply::dgemm`: the pointers cover m×k, k×n and m×n matrices with these
+    /// strides, and `c` is not aliased.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        a_strides: (isize, isize),
+        b: *const Self,
+        b_strides: (isize, isize),
+        c: *mut Self,
+        c_col_stride: isize,
+    );
+}
+
+impl Kernel for f64 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f64,
+        (rsa, csa): (isize, isize),
+        b: *const f64,
+        (rsb, csb): (isize, isize),
+        c: *mut f64,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, 1, csc) }
     }
 }
 
-fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64> {
+impl Kernel for f32 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        (rsa, csa): (isize, isize),
+        b: *const f32,
+        (rsb, csb): (isize, isize),
+        c: *mut f32,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, 1, csc) }
+    }
+}
+
+fn blocked<F: Kernel>(a: &DMatrix<F>, ta: bool, b: &DMatrix<F>, tb: bool) -> DMatrix<F> {
     // Column-major r×c: element (i, j) at i + j·r, so strides are (1, r); transposed, (r, 1).
-    let strides = |m: &DMatrix<f64>, t: bool| {
+    let strides = |m: &DMatrix<F>, t: bool| {
         if t {
             (m.nrows() as isize, 1)
         } else {
@@ -90,7 +163,7 @@ fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64>
     };
     let n = if tb { b.nrows() } else { b.ncols() };
     if m == 0 || n == 0 || k == 0 {
-        return DMatrix::<f64>::zeros(m, n);
+        return DMatrix::<F>::zeros(m, n);
     }
     if small_product::is_direct(m, k, n, ta, tb) {
         let (a, b) = (
@@ -99,29 +172,22 @@ fn dgemm(a: &DMatrix<f64>, ta: bool, b: &DMatrix<f64>, tb: bool) -> DMatrix<f64>
         );
         return fast::filled(m, n, |c| small_product::product(a, b, (m, k, n), c));
     }
-    let (rsa, csa) = strides(a, ta);
-    let (rsb, csb) = strides(b, tb);
     // With β = 0 the kernel writes every entry of C without reading it, so C needs no
     // zero-fill: it is handed the uninitialised capacity of a fresh buffer.
     fast::filled(m, n, |c| {
         // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the strides
         // given, as the shapes above guarantee; `c` is a fresh m·n buffer, not aliased, and
-        // dgemm with β = 0 initialises all of it.
+        // the kernel with β = 0 initialises all of it.
         unsafe {
-            matrixmultiply::dgemm(
+            F::gemm(
                 m,
                 k,
                 n,
-                1.0,
                 a.as_ptr(),
-                rsa,
-                csa,
+                strides(a, ta),
                 b.as_ptr(),
-                rsb,
-                csb,
-                0.0,
-                c.as_mut_ptr().cast::<f64>(),
-                1,
+                strides(b, tb),
+                c.as_mut_ptr().cast::<F>(),
                 m as isize,
             );
         }

@@ -1,8 +1,11 @@
 //! Reductions (sums, mean) and the mean-squared-error loss.
 
-use nalgebra::DMatrix;
+use std::any::Any;
 
-use super::{checked_len, same_shape, Grads, Op};
+use nalgebra::DMatrix;
+use num_dual::{Dual32, Dual64};
+
+use super::{checked_len, fast, same_shape, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use crate::tape::Var;
@@ -32,7 +35,7 @@ impl Reduce {
 
     fn forward<T: Scalar>(self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         Ok(match self {
-            Reduce::Sum => DMatrix::from_element(1, 1, x.sum()),
+            Reduce::Sum => DMatrix::from_element(1, 1, total(x)),
             Reduce::SumRows => {
                 checked_len::<T>("sum_rows", 1, x.ncols())?;
                 sum_rows(x)
@@ -43,7 +46,7 @@ impl Reduce {
             }
             Reduce::Mean => {
                 not_empty("mean", x)?;
-                DMatrix::from_element(1, 1, x.sum() / T::constant(x.len() as f64))
+                DMatrix::from_element(1, 1, total(x) / T::constant(x.len() as f64))
             }
         })
     }
@@ -73,11 +76,57 @@ fn not_empty<T: Scalar>(op: &'static str, x: &DMatrix<T>) -> Result<()> {
     }
 }
 
+/// Every entry added together. `f32` (and `Dual32`) sums accumulate in `f64` and round once: a sequential
+/// `f32` sum of n terms can be off by n·2⁻²⁴ of their magnitude (2e-3 at n = 32768), where
+/// this stays within an ulp or two; other scalars add in their own arithmetic, in order.
+fn total<T: Scalar>(x: &DMatrix<T>) -> T {
+    if let Some(x) = fast::as_real::<T, f32>(x) {
+        return T::constant(x.iter().map(|&v| f64::from(v)).sum());
+    }
+    if let Some(x) = fast::as_real::<T, Dual32>(x) {
+        let wide: Dual64 = x.iter().map(|v| widen(*v)).sum();
+        let mut narrow = Some(narrow(wide));
+        if let Some(v) = (&mut narrow as &mut dyn Any).downcast_mut::<Option<T>>() {
+            return v.take().unwrap_or_else(T::zero);
+        }
+    }
+    x.sum()
+}
+
+/// A `Dual32` as a `Dual64` (exact).
+fn widen(v: Dual32) -> Dual64 {
+    Dual64::new(f64::from(v.re), f64::from(v.eps))
+}
+
+/// A `Dual64` rounded to a `Dual32`.
+fn narrow(v: Dual64) -> Dual32 {
+    Dual32::new(v.re as f32, v.eps as f32)
+}
+
+/// `x` computed on `f64` (for `f32`) or `Dual64` (for `Dual32`) by `wide`, rounded back;
+/// `None` for other scalars.
+fn in_wide<T: Scalar>(
+    x: &DMatrix<T>,
+    wide_f64: impl Fn(&DMatrix<f64>) -> DMatrix<f64>,
+    wide_dual: impl Fn(&DMatrix<Dual64>) -> DMatrix<Dual64>,
+) -> Option<DMatrix<T>> {
+    if let Some(x) = fast::as_real::<T, f32>(x) {
+        return fast::from_real(wide_f64(&x.map(f64::from)).map(|v| v as f32));
+    }
+    let x = fast::as_real::<T, Dual32>(x)?;
+    fast::from_real(wide_dual(&x.map(widen)).map(narrow))
+}
+
 /// The rows added together (1×c).
 ///
 /// Each column is summed top to bottom from zero (as `column.sum()` does), four columns at
-/// a time so their dependency chains interleave.
+/// a time so their dependency chains interleave. `f32` columns accumulate in `f64` and round
+/// once (`Dual32` in `Dual64`), as [`total`] does.
 pub(crate) fn sum_rows<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
+    in_wide(x, sum_rows_in_order, sum_rows_in_order).unwrap_or_else(|| sum_rows_in_order(x))
+}
+
+fn sum_rows_in_order<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
     let (r, c) = x.shape();
     if r == 0 {
         return DMatrix::zeros(1, c);
@@ -104,8 +153,13 @@ pub(crate) fn sum_rows<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
     DMatrix::from_vec(1, c, sums)
 }
 
-/// The columns added together (r×1).
+/// The columns added together (r×1); `f32` (`Dual32`) rows accumulate in `f64` (`Dual64`)
+/// and round once.
 pub(crate) fn sum_cols<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
+    in_wide(x, sum_cols_in_order, sum_cols_in_order).unwrap_or_else(|| sum_cols_in_order(x))
+}
+
+fn sum_cols_in_order<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
     let mut s = DMatrix::zeros(x.nrows(), 1);
     for c in x.column_iter() {
         s += c;

@@ -1,4 +1,4 @@
-//! Direct `f64` products for tiny shapes, such as a 20-row batch through a 2→50→2 layer.
+//! Direct `f64`/`f32` products for tiny shapes, such as a 20-row batch through a 2→50→2 layer.
 //!
 //! `matrixmultiply` packs both operands into a freshly allocated, aligned buffer on every
 //! call; for products of a few thousand multiply-adds the packing and the allocation cost
@@ -50,20 +50,54 @@ fn has_fma() -> bool {
     false
 }
 
+/// A real type the direct loops run on: `f64` or `f32`.
+pub(crate) trait Lane: Copy + 'static {
+    /// Zero.
+    const ZERO: Self;
+    /// `self · a + b`, fused.
+    fn fma(self, a: Self, b: Self) -> Self;
+    /// `self · a`.
+    fn mul(self, a: Self) -> Self;
+    /// `self + a`.
+    fn add(self, a: Self) -> Self;
+}
+
+macro_rules! lane {
+    ($f:ty) => {
+        impl Lane for $f {
+            const ZERO: Self = 0.0;
+            #[inline(always)]
+            fn fma(self, a: Self, b: Self) -> Self {
+                self.mul_add(a, b)
+            }
+            #[inline(always)]
+            fn mul(self, a: Self) -> Self {
+                self * a
+            }
+            #[inline(always)]
+            fn add(self, a: Self) -> Self {
+                self + a
+            }
+        }
+    };
+}
+lane!(f64);
+lane!(f32);
+
 /// One operand in column-major storage: its entries and its number of rows.
 #[derive(Clone, Copy)]
-pub(crate) struct Operand<'a> {
+pub(crate) struct Operand<'a, F> {
     /// The entries, column by column.
-    pub(crate) data: &'a [f64],
+    pub(crate) data: &'a [F],
     /// Rows of the stored matrix (the column stride).
     pub(crate) rows: usize,
     /// Whether the product uses the transpose.
     pub(crate) transposed: bool,
 }
 
-impl<'a> Operand<'a> {
+impl<'a, F> Operand<'a, F> {
     /// A column-major `rows × (data.len() / rows)` matrix, used transposed or not.
-    pub(crate) fn new(data: &'a [f64], rows: usize, transposed: bool) -> Self {
+    pub(crate) fn new(data: &'a [F], rows: usize, transposed: bool) -> Self {
         Self {
             data,
             rows,
@@ -74,11 +108,11 @@ impl<'a> Operand<'a> {
 
 /// `C = op(A) · op(B)` into `c` (m×n column-major, all of it written), for shapes
 /// [`is_direct`] accepts. `k ≥ 1`.
-pub(crate) fn product(
-    a: Operand<'_>,
-    b: Operand<'_>,
+pub(crate) fn product<F: Lane>(
+    a: Operand<'_, F>,
+    b: Operand<'_, F>,
     (m, k, n): (usize, usize, usize),
-    c: &mut [MaybeUninit<f64>],
+    c: &mut [MaybeUninit<F>],
 ) {
     debug_assert!(k >= 1 && c.len() == m * n && !(a.transposed && b.transposed));
     #[cfg(target_arch = "x86_64")]
@@ -92,21 +126,21 @@ pub(crate) fn product(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn product_avx2_fma(
-    a: Operand<'_>,
-    b: Operand<'_>,
+unsafe fn product_avx2_fma<F: Lane>(
+    a: Operand<'_, F>,
+    b: Operand<'_, F>,
     shape: (usize, usize, usize),
-    c: &mut [MaybeUninit<f64>],
+    c: &mut [MaybeUninit<F>],
 ) {
     product_generic(a, b, shape, c);
 }
 
 #[inline(always)]
-fn product_generic(
-    a: Operand<'_>,
-    b: Operand<'_>,
+fn product_generic<F: Lane>(
+    a: Operand<'_, F>,
+    b: Operand<'_, F>,
     (m, k, n): (usize, usize, usize),
-    c: &mut [MaybeUninit<f64>],
+    c: &mut [MaybeUninit<F>],
 ) {
     if a.transposed {
         dots(a, b, (m, k, n), c);
@@ -118,11 +152,11 @@ fn product_generic(
 /// `C[:, j] = Σ_p op(B)[p, j] · A[:, p]` (A m×k stored as is), eight then four rows at a
 /// time held in registers across the whole sum, the last rows one by one.
 #[inline(always)]
-fn columns(
-    a: Operand<'_>,
-    b: Operand<'_>,
+fn columns<F: Lane>(
+    a: Operand<'_, F>,
+    b: Operand<'_, F>,
     (m, k, n): (usize, usize, usize),
-    c: &mut [MaybeUninit<f64>],
+    c: &mut [MaybeUninit<F>],
 ) {
     for (j, col) in c.chunks_exact_mut(m.max(1)).enumerate().take(n) {
         // op(B)[:, j] is B's column j, or B's row j when transposed.
@@ -134,15 +168,15 @@ fn columns(
         // Direct calls only: a closure here would not inherit the caller's FMA feature.
         let mut i = 0;
         while i + 8 <= m {
-            rows_block::<8>(a, bj, step, k, i, &mut col[i..i + 8]);
+            rows_block::<F, 8>(a, bj, step, k, i, &mut col[i..i + 8]);
             i += 8;
         }
         if i + 4 <= m {
-            rows_block::<4>(a, bj, step, k, i, &mut col[i..i + 4]);
+            rows_block::<F, 4>(a, bj, step, k, i, &mut col[i..i + 4]);
             i += 4;
         }
         while i < m {
-            rows_block::<1>(a, bj, step, k, i, &mut col[i..=i]);
+            rows_block::<F, 1>(a, bj, step, k, i, &mut col[i..=i]);
             i += 1;
         }
     }
@@ -150,24 +184,24 @@ fn columns(
 
 /// Rows `i .. i + W` of one output column: `Σ_p bj[p·step] · A[i.., p]`, summed in order of p.
 #[inline(always)]
-fn rows_block<const W: usize>(
-    a: Operand<'_>,
-    bj: &[f64],
+fn rows_block<F: Lane, const W: usize>(
+    a: Operand<'_, F>,
+    bj: &[F],
     step: usize,
     k: usize,
     i: usize,
-    out: &mut [MaybeUninit<f64>],
+    out: &mut [MaybeUninit<F>],
 ) {
-    let mut acc = [0.0; W];
+    let mut acc = [F::ZERO; W];
     let (a0, b0) = (&a.data[i..i + W], bj[0]);
     for l in 0..W {
-        acc[l] = a0[l] * b0;
+        acc[l] = a0[l].mul(b0);
     }
     for p in 1..k {
         let start = p * a.rows + i;
         let (x, y) = (&a.data[start..start + W], bj[p * step]);
         for l in 0..W {
-            acc[l] = x[l].mul_add(y, acc[l]);
+            acc[l] = x[l].fma(y, acc[l]);
         }
     }
     for (o, v) in out.iter_mut().zip(acc) {
@@ -178,11 +212,11 @@ fn rows_block<const W: usize>(
 /// `C[i, j] = ⟨A[:, i], B[:, j]⟩` (A k×m, B k×n, both stored as is), four output rows at a
 /// time so they share the loads of B's column.
 #[inline(always)]
-fn dots(
-    a: Operand<'_>,
-    b: Operand<'_>,
+fn dots<F: Lane>(
+    a: Operand<'_, F>,
+    b: Operand<'_, F>,
     (m, k, n): (usize, usize, usize),
-    c: &mut [MaybeUninit<f64>],
+    c: &mut [MaybeUninit<F>],
 ) {
     for (j, col) in c.chunks_exact_mut(m.max(1)).enumerate().take(n) {
         let y = &b.data[j * b.rows..j * b.rows + k];
@@ -209,27 +243,27 @@ const LANES: usize = 4;
 /// goes to lane p mod 4 while full groups of four remain), reduced as (0+2)+(1+3), then the
 /// last k mod 4 entries are added in order.
 #[inline(always)]
-fn dot4(x: [&[f64]; 4], y: &[f64]) -> [f64; 4] {
+fn dot4<F: Lane>(x: [&[F]; 4], y: &[F]) -> [F; 4] {
     let k = y.len();
     let full = k - k % LANES;
-    let mut acc = [[0.0f64; LANES]; 4];
+    let mut acc = [[F::ZERO; LANES]; 4];
     let mut p = 0;
     while p < full {
-        let yc: &[f64; LANES] = y[p..p + LANES].try_into().expect("LANES entries");
+        let yc: &[F; LANES] = y[p..p + LANES].try_into().expect("LANES entries");
         for q in 0..4 {
-            let xc: &[f64; LANES] = x[q][p..p + LANES].try_into().expect("LANES entries");
+            let xc: &[F; LANES] = x[q][p..p + LANES].try_into().expect("LANES entries");
             for l in 0..LANES {
-                acc[q][l] = xc[l].mul_add(yc[l], acc[q][l]);
+                acc[q][l] = xc[l].fma(yc[l], acc[q][l]);
             }
         }
         p += LANES;
     }
-    let mut out = [0.0; 4];
+    let mut out = [F::ZERO; 4];
     for q in 0..4 {
         let a = acc[q];
-        let mut s = (a[0] + a[2]) + (a[1] + a[3]);
+        let mut s = (a[0].add(a[2])).add(a[1].add(a[3]));
         for r in full..k {
-            s = x[q][r].mul_add(y[r], s);
+            s = x[q][r].fma(y[r], s);
         }
         out[q] = s;
     }
@@ -241,8 +275,12 @@ mod tests {
     use super::*;
 
     /// `op(A)·op(B)` by the textbook triple loop, `a` and `b` column-major.
-    fn reference(a: Operand<'_>, b: Operand<'_>, (m, k, n): (usize, usize, usize)) -> Vec<f64> {
-        let at = |x: Operand<'_>, r: usize, c: usize| {
+    fn reference(
+        a: Operand<'_, f64>,
+        b: Operand<'_, f64>,
+        (m, k, n): (usize, usize, usize),
+    ) -> Vec<f64> {
+        let at = |x: Operand<'_, f64>, r: usize, c: usize| {
             if x.transposed {
                 x.data[c + r * x.rows]
             } else {
@@ -258,7 +296,7 @@ mod tests {
         c
     }
 
-    fn run(a: Operand<'_>, b: Operand<'_>, shape: (usize, usize, usize)) -> Vec<f64> {
+    fn run<F: Lane>(a: Operand<'_, F>, b: Operand<'_, F>, shape: (usize, usize, usize)) -> Vec<F> {
         let len = shape.0 * shape.2;
         let mut c = Vec::with_capacity(len);
         product(a, b, shape, &mut c.spare_capacity_mut()[..len]);
@@ -269,7 +307,7 @@ mod tests {
 
     /// Every shape with m, n over the row/column block remainders and k over the unrolled
     /// remainders, each transposition the direct path takes.
-    fn cases(mut check: impl FnMut(Operand<'_>, Operand<'_>, (usize, usize, usize))) {
+    fn cases(mut check: impl FnMut(Operand<'_, f64>, Operand<'_, f64>, (usize, usize, usize))) {
         for (ta, tb) in [(false, false), (false, true), (true, false)] {
             for m in [1, 2, 3, 4, 5, 7, 8, 9, 13, 20] {
                 for k in [1, 2, 3, 4, 5, 8, 9, 50] {
@@ -309,12 +347,36 @@ mod tests {
     }
 
     #[test]
+    fn f32_exact_on_integer_entries_for_every_block_remainder() {
+        if !has_fma() {
+            return;
+        }
+        cases(|a, b, shape| {
+            // The same small integers are exact in f32 too (every partial sum is below 2²⁴).
+            let narrow = |x: Operand<'_, f64>| x.data.iter().map(|&v| v as f32).collect::<Vec<_>>();
+            let (na, nb) = (narrow(a), narrow(b));
+            let got = run(
+                Operand::new(&na, a.rows, a.transposed),
+                Operand::new(&nb, b.rows, b.transposed),
+                shape,
+            );
+            let want: Vec<f32> = reference(a, b, shape).iter().map(|&v| v as f32).collect();
+            assert_eq!(
+                got, want,
+                "{shape:?} ta={} tb={}",
+                a.transposed, b.transposed
+            );
+        });
+    }
+
+    #[test]
     fn close_to_the_reference_on_fractional_entries() {
         if !has_fma() {
             return;
         }
         cases(|a, b, shape| {
-            let frac = |x: Operand<'_>| x.data.iter().map(|v| v / 3.0 + 0.1).collect::<Vec<_>>();
+            let frac =
+                |x: Operand<'_, f64>| x.data.iter().map(|v| v / 3.0 + 0.1).collect::<Vec<_>>();
             let (fa, fb) = (frac(a), frac(b));
             let (a, b) = (
                 Operand::new(&fa, a.rows, a.transposed),
