@@ -124,6 +124,14 @@ fn f32_tanh_is_within_one_ulp_of_the_rounded_f64_value_and_passes_nan_and_infini
         worst = worst.max(ulps(y, want));
     }
     assert!(worst <= 1, "tanh is {worst} ulp off");
+    // Dual32's real part is the f32 kernel's, bitwise; its ε part ε·(1 − tanh²).
+    let dual = Tape::<Dual32>::new();
+    let d = DMatrix::from_fn(1, xs.len(), |_, j| Dual32::new(xs[j], 0.5));
+    let yd = dual.constant(d).tanh().value().unwrap();
+    for (d, y) in yd.iter().zip(y.iter()) {
+        assert_eq!(d.re.to_bits(), y.to_bits());
+        assert_eq!(d.eps, 0.5 * (1.0 - y * y));
+    }
     let nan = Tape::<f32>::new();
     let y = nan.constant(DMatrix::from_element(1, 3, f32::NAN)).tanh();
     assert!(y.value().unwrap().iter().all(|v| v.is_nan()));

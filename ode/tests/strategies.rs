@@ -6,41 +6,13 @@ mod common;
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::num_dual::Dual64;
-use ad_core::{Scalar, Tape};
+use ad_core::Tape;
 use common::Rng;
 use common::*;
 use ode::schedule::min_recomputations;
 use ode::{odeint_with, Backsolve, BackwardStats, Options, Strategy};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
-
-/// Gradients `[dL/dh0, dL/dt, dL/dθ…]` of `L = Σ ⟨v_i, h(t_i)⟩` on a `Tape<T>`, with inputs
-/// lifted by `lift(value, input index)` (index 0: h0, 1: the grid, 2…: parameters), and the
-/// backward statistics.
-fn gradients<T: Scalar>(
-    p: &Problem,
-    opts: &Options,
-    strategy: &Strategy,
-    lift: impl Fn(&DMatrix<f64>, usize) -> DMatrix<T>,
-) -> (Vec<DMatrix<T>>, Option<BackwardStats>, usize) {
-    let tape = Tape::<T>::new();
-    let h0 = tape.var(lift(&p.h0, 0));
-    let t = tape.var(lift(&DMatrix::from_row_slice(1, p.grid.len(), &p.grid), 1));
-    let params: Vec<_> = p
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, m)| tape.var(lift(m, i + 2)))
-        .collect();
-    let sol = odeint_with(&tape, &p.f, h0, t, &params, opts, strategy)
-        .unwrap_or_else(|e| panic!("{}: {e}", strategy.name()));
-    let loss = dot_loss(&tape, &sol.outputs, &p.cots).unwrap();
-    let mut g = tape.backward(loss).unwrap();
-    let stats = sol.backward_stats(&g);
-    let mut out = vec![g.take_or_zeros(h0).unwrap(), g.take_or_zeros(t).unwrap()];
-    out.extend(params.iter().map(|&v| g.take_or_zeros(v).unwrap()));
-    (out, stats, sol.steps.len())
-}
 
 fn plain(m: &DMatrix<f64>, _: usize) -> DMatrix<f64> {
     m.clone()

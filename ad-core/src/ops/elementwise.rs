@@ -1,10 +1,9 @@
 //! Elementwise ops: unary maps, same-shape binary ops, scaling, powers, linear combinations.
 
-use std::any::Any;
 use std::ops;
 
 use nalgebra::DMatrix;
-use num_dual::{Dual64, DualNum};
+use num_dual::{Dual32, Dual64, DualNum};
 use smallvec::SmallVec;
 
 use super::reduce::{sum_cols, sum_rows};
@@ -187,16 +186,18 @@ impl Unary {
     }
 }
 
-/// tanh on `Dual64` through the vectorised `f64` kernel: the real part is `t = tanh(x)`, bitwise
-/// the `f64` tape's, and the ε part `ε·(1 − t²)` (num-dual's own tanh goes through sinh and
-/// cosh, several times slower). `None` for other scalars or without the fast kernel.
+/// tanh on `Dual64` (`Dual32`) through the vectorised `f64` (`f32`) kernel: the real part is
+/// `t = tanh(x)`, bitwise the real tape's (so both take the same adaptive steps), and the ε
+/// part `ε·(1 − t²)` (num-dual's own tanh goes through sinh and cosh, several times slower).
+/// `None` for other scalars or without the fast kernel.
 fn dual_tanh<T: Scalar>(x: &DMatrix<T>) -> Option<DMatrix<T>> {
-    let x = (x as &dyn Any).downcast_ref::<DMatrix<Dual64>>()?;
-    let t = fast::tanh(&x.map(|v| v.re))?;
-    let mut y = Some(t.zip_map(x, |t, v| Dual64::new(t, v.eps * (1.0 - t * t))));
-    (&mut y as &mut dyn Any)
-        .downcast_mut::<Option<DMatrix<T>>>()
-        .and_then(Option::take)
+    if let Some(x) = fast::as_real::<T, Dual64>(x) {
+        let t = fast::tanh(&x.map(|v| v.re))?;
+        return fast::from_real(t.zip_map(x, |t, v| Dual64::new(t, v.eps * (1.0 - t * t))));
+    }
+    let x = fast::as_real::<T, Dual32>(x)?;
+    let t = fast::tanh_f32(&x.map(|v| v.re))?;
+    fast::from_real(t.zip_map(x, |t, v| Dual32::new(t, v.eps * (1.0 - t * t))))
 }
 
 impl<'t, T: Scalar> Var<'t, T> {
