@@ -1,7 +1,7 @@
 //! Layers: `Linear` (PyTorch convention), activations, and the `Mlp` that chains them.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Result as TapeResult, Scalar, Var};
+use ad_core::{Precision, Result as TapeResult, Scalar, Var};
 use rand::{Rng, RngCore};
 
 use crate::error::{Error, ModelPart, Result};
@@ -158,7 +158,7 @@ impl Mlp {
     /// assert!(matches!(err, Error::Model { part: ModelPart::Weight(1), .. }), "{err}");
     /// # Ok::<(), nn::Error>(())
     /// ```
-    pub fn from_params(params: &ParamSet, activation: Activation) -> Result<Self> {
+    pub fn from_params<P: Precision>(params: &ParamSet<P>, activation: Activation) -> Result<Self> {
         if params.len() % 2 == 1 {
             return Err(Error::model(
                 ModelPart::Bias(params.len() / 2),
@@ -277,7 +277,7 @@ impl Mlp {
 
     /// Check that `params` fits this architecture (two tensors per layer, right shapes);
     /// errors are [`Error::Model`] naming the layer's weight or bias.
-    pub fn check_params(&self, params: &ParamSet) -> Result<()> {
+    pub fn check_params<P: Precision>(&self, params: &ParamSet<P>) -> Result<()> {
         let shapes: Vec<(usize, usize)> = self
             .layers
             .iter()

@@ -1,19 +1,20 @@
 //! Optimisers and the training step.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Tape, Var};
+use ad_core::{Precision, Tape, Var};
 
 use crate::error::{Error, Result};
 use crate::params::ParamSet;
 
-/// Updates parameters from their gradients.
+/// Updates parameters of precision `P` (`f64` by default, or `f32`) from their gradients.
 ///
 /// A step is all-or-nothing: invalid hyper-parameters, gradients of the wrong count or shape,
 /// non-finite gradients, or an update that would overflow are refused with an error before
-/// any parameter or optimiser state changes.
-pub trait Optimizer {
+/// any parameter or optimiser state changes. [`Sgd`] and [`Adam`] keep their state (velocity,
+/// moments) in `f64` for either precision and round each updated parameter once.
+pub trait Optimizer<P: Precision = f64> {
     /// One update of `params` with `grads` (one tensor per parameter, same shapes).
-    fn step(&mut self, params: &mut ParamSet, grads: &[DMatrix<f64>]) -> Result<()>;
+    fn step(&mut self, params: &mut ParamSet<P>, grads: &[DMatrix<P>]) -> Result<()>;
 }
 
 fn hyper(
@@ -59,17 +60,17 @@ fn check_decay(optimizer: &'static str, name: &'static str, v: f64) -> Result<()
 
 /// Refuse gradients of the wrong count or shape, and non-finite entries (named by index,
 /// parameter name and entry).
-fn check_grads(params: &ParamSet, grads: &[DMatrix<f64>], what: &str) -> Result<()> {
+fn check_grads<P: Precision>(params: &ParamSet<P>, grads: &[DMatrix<P>], what: &str) -> Result<()> {
     params.check_matches(grads, what)?;
     for (index, (g, name)) in grads.iter().zip(params.names()).enumerate() {
-        if let Some(k) = g.iter().position(|x| !x.is_finite()) {
+        if let Some(k) = g.iter().position(|x| !x.as_f64().is_finite()) {
             let (row, col) = (k % g.nrows(), k / g.nrows());
             return Err(Error::NonFiniteGradient {
                 index,
                 name: name.clone(),
                 row,
                 col,
-                value: g[k],
+                value: g[k].as_f64(),
             });
         }
     }
@@ -77,14 +78,14 @@ fn check_grads(params: &ParamSet, grads: &[DMatrix<f64>], what: &str) -> Result<
 }
 
 /// The first non-finite entry of `m` as an error about parameter `index`.
-fn check_update(
+fn check_update<P: Precision, Q: Precision>(
     optimizer: &'static str,
     quantity: &'static str,
-    params: &ParamSet,
+    params: &ParamSet<P>,
     index: usize,
-    m: &DMatrix<f64>,
+    m: &DMatrix<Q>,
 ) -> Result<()> {
-    match m.iter().position(|x| !x.is_finite()) {
+    match m.iter().position(|x| !x.as_f64().is_finite()) {
         None => Ok(()),
         Some(k) => Err(Error::NonFiniteUpdate {
             optimizer,
@@ -93,12 +94,12 @@ fn check_update(
             name: params.names()[index].clone(),
             row: k % m.nrows(),
             col: k / m.nrows(),
-            value: m[k],
+            value: m[k].as_f64(),
         }),
     }
 }
 
-fn zeros_like(grads: &[DMatrix<f64>]) -> Vec<DMatrix<f64>> {
+fn zeros_like<P: Precision>(grads: &[DMatrix<P>]) -> Vec<DMatrix<f64>> {
     grads
         .iter()
         .map(|g| DMatrix::zeros(g.nrows(), g.ncols()))
@@ -145,8 +146,8 @@ impl Sgd {
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self, params: &mut ParamSet, grads: &[DMatrix<f64>]) -> Result<()> {
+impl<P: Precision> Optimizer<P> for Sgd {
+    fn step(&mut self, params: &mut ParamSet<P>, grads: &[DMatrix<P>]) -> Result<()> {
         self.validate()?;
         check_grads(params, grads, "Sgd::step gradients")?;
         let mut velocity = if self.velocity.is_empty() {
@@ -166,10 +167,12 @@ impl Optimizer for Sgd {
             .zip(&mut velocity)
             .enumerate()
         {
-            *v *= self.momentum;
-            *v += g;
+            let mut p = p.clone();
+            for ((p, g), v) in p.iter_mut().zip(g.iter()).zip(v.iter_mut()) {
+                *v = *v * self.momentum + g.as_f64();
+                *p = P::round_from(p.as_f64() - *v * self.lr);
+            }
             check_update("Sgd", "velocity", params, i, v)?;
-            let p = p - &*v * self.lr;
             check_update("Sgd", "parameter", params, i, &p)?;
             updated.push(p);
         }
@@ -249,8 +252,8 @@ impl Adam {
     }
 }
 
-impl Optimizer for Adam {
-    fn step(&mut self, params: &mut ParamSet, grads: &[DMatrix<f64>]) -> Result<()> {
+impl<P: Precision> Optimizer<P> for Adam {
+    fn step(&mut self, params: &mut ParamSet<P>, grads: &[DMatrix<P>]) -> Result<()> {
         self.validate()?;
         check_grads(params, grads, "Adam::step gradients")?;
         let (mut ms, mut vs) = if self.m.is_empty() {
@@ -274,17 +277,18 @@ impl Optimizer for Adam {
             .enumerate()
         {
             let mut p = p.clone();
-            for (((p, &g), m), v) in p
+            for (((p, g), m), v) in p
                 .iter_mut()
                 .zip(g.iter())
                 .zip(m.iter_mut())
                 .zip(v.iter_mut())
             {
+                let g = g.as_f64();
                 *m = self.beta1 * *m + (1.0 - self.beta1) * g;
                 *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
                 let m_hat = *m / c1;
                 let v_hat = *v / c2;
-                *p -= self.lr * m_hat / (v_hat.sqrt() + self.eps);
+                *p = P::round_from(p.as_f64() - self.lr * m_hat / (v_hat.sqrt() + self.eps));
             }
             check_update("Adam", "first moment", params, i, m)?;
             check_update("Adam", "second moment", params, i, v)?;
@@ -341,19 +345,16 @@ pub struct StepStats {
 /// assert_eq!(stats.strategy, "aca");
 /// # Ok::<(), nn::Error>(())
 /// ```
-pub fn train_step_ode<O: Optimizer + ?Sized>(
-    tape: &Tape<f64>,
-    params: &mut ParamSet,
+pub fn train_step_ode<P: Precision, O: Optimizer<P> + ?Sized>(
+    tape: &Tape<P>,
+    params: &mut ParamSet<P>,
     opt: &mut O,
-    loss: impl for<'t> FnOnce(
-        &'t Tape<f64>,
-        &[Var<'t, f64>],
-    ) -> Result<(Var<'t, f64>, ode::Solution<'t, f64>)>,
+    loss: impl for<'t> FnOnce(&'t Tape<P>, &[Var<'t, P>]) -> Result<(Var<'t, P>, ode::Solution<'t, P>)>,
 ) -> Result<StepStats> {
     tape.reset()?;
     let vars = params.to_tape(tape);
     let (l, sol) = loss(tape, &vars)?;
-    let value = l.scalar_value()?;
+    let value = l.scalar_value()?.as_f64();
     let held_bytes = sol.held_bytes()?;
     let mut grads = tape.backward(l)?;
     let nfe_backward = sol.backward_stats(&grads).map_or(0, |b| b.nfe);
@@ -369,18 +370,19 @@ pub fn train_step_ode<O: Optimizer + ?Sized>(
 }
 
 /// One training step: reset `tape`, put `params` on it, build the loss with `loss`, run
-/// backward and update with `opt`. Returns the loss value ([`train_step_ode`] also returns
+/// backward and update with `opt`, in `f64` or `f32` (`P`). Returns the loss value (as an
+/// `f64`) ([`train_step_ode`] also returns
 /// what the solve cost).
-pub fn train_step<O: Optimizer + ?Sized>(
-    tape: &Tape<f64>,
-    params: &mut ParamSet,
+pub fn train_step<P: Precision, O: Optimizer<P> + ?Sized>(
+    tape: &Tape<P>,
+    params: &mut ParamSet<P>,
     opt: &mut O,
-    loss: impl for<'t> FnOnce(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
+    loss: impl for<'t> FnOnce(&'t Tape<P>, &[Var<'t, P>]) -> Result<Var<'t, P>>,
 ) -> Result<f64> {
     tape.reset()?;
     let vars = params.to_tape(tape);
     let l = loss(tape, &vars)?;
-    let value = l.scalar_value()?;
+    let value = l.scalar_value()?.as_f64();
     let mut grads = tape.backward(l)?;
     let g = params.grads(&mut grads, &vars)?;
     opt.step(params, &g)?;

@@ -1,14 +1,15 @@
 //! A named collection of parameter tensors that goes onto a tape and takes gradients back.
 
-use ad_core::nalgebra::DMatrix;
-use ad_core::{Gradients, Scalar, Tape, Var};
+use ad_core::nalgebra::{self, DMatrix};
+use ad_core::{Gradients, Precision, Scalar, Tape, Var};
 
 use crate::error::{Error, Result};
 
 /// Named parameter tensors (`"layers.0.weight"`, ...), in a fixed order.
 ///
-/// The values are `f64`; [`ParamSet::to_tape`] and [`ParamSet::to_tape_with`] put them on a
-/// tape of any scalar, so one model runs in reverse mode (`f64`), forward mode (`Dual64`:
+/// The values are `f64` (the default) or `f32` ([`ParamSet::cast`] converts);
+/// [`ParamSet::to_tape`] and [`ParamSet::to_tape_with`] put them on a tape of any scalar, so
+/// one model runs in `f32` or `f64`, in reverse mode (`f64`), forward mode (`Dual64`:
 /// seed a direction) or forward-over-reverse (Hessian-vector products) without copying
 /// weights by hand. A whole [`crate::NeuralOde`] in forward mode, its dual part checked
 /// against a central difference of the `f64` loss:
@@ -55,20 +56,55 @@ use crate::error::{Error, Result};
 /// assert!((loss.eps - central).abs() < 1e-6 * central.abs(), "{} vs {central}", loss.eps);
 /// # Ok::<(), nn::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ParamSet {
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSet<P: Precision = f64> {
     names: Vec<String>,
-    values: Vec<DMatrix<f64>>,
+    values: Vec<DMatrix<P>>,
+}
+
+impl<P: Precision> Default for ParamSet<P> {
+    fn default() -> Self {
+        Self {
+            names: Vec::new(),
+            values: Vec::new(),
+        }
+    }
 }
 
 impl ParamSet {
-    /// An empty collection.
+    /// An empty `f64` collection (`ParamSet::<f32>::default()` for `f32`, or
+    /// [`ParamSet::cast`] an `f64` one).
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+impl<P: Precision> ParamSet<P> {
+    /// The same tensors in precision `Q` (rounded to nearest for `f64` → `f32`).
+    ///
+    /// ```
+    /// use nn::rand::SeedableRng;
+    /// use nn::{Activation, Mlp};
+    /// let mlp = Mlp::new(&[2, 8, 2], Activation::Tanh)?;
+    /// let params = mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
+    /// let narrow = params.cast::<f32>();
+    /// assert_eq!(narrow.values()[0][(0, 0)], params.values()[0][(0, 0)] as f32);
+    /// assert_eq!(narrow.cast::<f64>().names(), params.names());
+    /// # Ok::<(), nn::Error>(())
+    /// ```
+    pub fn cast<Q: Precision>(&self) -> ParamSet<Q> {
+        ParamSet {
+            names: self.names.clone(),
+            values: self
+                .values
+                .iter()
+                .map(|v| v.map(|x| Q::round_from(x.as_f64())))
+                .collect(),
+        }
+    }
 
     /// Append a tensor.
-    pub fn push(&mut self, name: impl Into<String>, value: DMatrix<f64>) {
+    pub fn push(&mut self, name: impl Into<String>, value: DMatrix<P>) {
         self.names.push(name.into());
         self.values.push(value);
     }
@@ -94,17 +130,17 @@ impl ParamSet {
     }
 
     /// The values, in order.
-    pub fn values(&self) -> &[DMatrix<f64>] {
+    pub fn values(&self) -> &[DMatrix<P>] {
         &self.values
     }
 
     /// Mutable access to the values (shapes must be kept).
-    pub fn values_mut(&mut self) -> &mut [DMatrix<f64>] {
+    pub fn values_mut(&mut self) -> &mut [DMatrix<P>] {
         &mut self.values
     }
 
     /// The tensor called `name`.
-    pub fn get(&self, name: &str) -> Option<&DMatrix<f64>> {
+    pub fn get(&self, name: &str) -> Option<&DMatrix<P>> {
         self.names
             .iter()
             .position(|n| n == name)
@@ -112,11 +148,11 @@ impl ParamSet {
     }
 
     /// Put every tensor on `tape` as a gradient-requiring leaf, in order, lifted to the
-    /// tape's scalar with zero derivative parts.
+    /// tape's scalar with zero derivative parts (rounded if the tape's precision is lower).
     pub fn to_tape<'t, T: Scalar>(&self, tape: &'t Tape<T>) -> Vec<Var<'t, T>> {
         self.values
             .iter()
-            .map(|v| tape.var(v.map(T::constant)))
+            .map(|v| tape.var(v.map(|x| T::constant(x.as_f64()))))
             .collect()
     }
 
@@ -127,7 +163,7 @@ impl ParamSet {
     pub fn to_tape_with<'t, T: Scalar>(
         &self,
         tape: &'t Tape<T>,
-        mut lift: impl FnMut(usize, &DMatrix<f64>) -> DMatrix<T>,
+        mut lift: impl FnMut(usize, &DMatrix<P>) -> DMatrix<T>,
     ) -> Result<Vec<Var<'t, T>>> {
         self.values
             .iter()
@@ -159,7 +195,11 @@ impl ParamSet {
 
     /// Check that `other` (gradients, optimiser state) has one tensor of the same shape per
     /// parameter.
-    pub fn check_matches(&self, other: &[DMatrix<f64>], what: &str) -> Result<()> {
+    pub fn check_matches<Q: nalgebra::Scalar>(
+        &self,
+        other: &[DMatrix<Q>],
+        what: &str,
+    ) -> Result<()> {
         if other.len() != self.len() {
             return Err(Error::Mismatch(format!(
                 "{what}: {} tensors for {} parameters",
@@ -181,9 +221,9 @@ impl ParamSet {
 }
 
 /// `lifted`, the lift of the tensor `name` (of value `value`), if it kept the shape.
-pub(crate) fn lifted<T: Scalar>(
+pub(crate) fn lifted<P: nalgebra::Scalar, T: Scalar>(
     name: &str,
-    value: &DMatrix<f64>,
+    value: &DMatrix<P>,
     lifted: DMatrix<T>,
 ) -> Result<DMatrix<T>> {
     if lifted.shape() == value.shape() {

@@ -229,9 +229,31 @@ impl Problem {
         self.gradients_on(&Tape::new(), strategy)
     }
 
-    /// [`Problem::gradients`] on `tape`, which is reset first (its `Var`s go stale): a loop
-    /// reuses the tape's memory.
-    pub fn gradients_on(&self, tape: &Tape<f64>, strategy: &Strategy) -> Result<ProblemGradients> {
+    /// [`Problem::gradients`] with the solve in `T`: `f32` (the file's `f64` values rounded
+    /// once), `f64`, or a dual number (zero tangents; use [`Problem::record_with`] to seed
+    /// them).
+    ///
+    /// ```
+    /// use nn::{Problem, Strategy};
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/problems/spiral_small.json");
+    /// let problem = Problem::load(path)?;
+    /// let wide = problem.gradients(&Strategy::Taped)?;
+    /// let narrow = problem.gradients_in::<f32>(&Strategy::Taped)?;
+    /// let gap = (narrow.h0.map(f64::from) - &wide.h0).abs().max() / wide.h0.abs().max();
+    /// assert!(gap < 1e-3, "{gap}");
+    /// # Ok::<(), nn::Error>(())
+    /// ```
+    pub fn gradients_in<T: Scalar>(&self, strategy: &Strategy) -> Result<ProblemGradients<T>> {
+        self.gradients_on(&Tape::<T>::new(), strategy)
+    }
+
+    /// [`Problem::gradients`] on `tape` (of any scalar), which is reset first (its `Var`s go
+    /// stale): a loop reuses the tape's memory.
+    pub fn gradients_on<T: Scalar>(
+        &self,
+        tape: &Tape<T>,
+        strategy: &Strategy,
+    ) -> Result<ProblemGradients<T>> {
         tape.reset()?;
         let forward = self.forward(tape, strategy)?;
         let footprint = forward.footprint()?;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::json::{matrix, nested, parse_json};
 use crate::params::ParamSet;
+use ad_core::Precision;
 
 /// The format tag weight files carry.
 pub const WEIGHTS_FORMAT: &str = "costate-weights/1";
@@ -32,11 +33,13 @@ struct NamedTensor {
 /// The parameters as a JSON document (exact: numbers round-trip). Refuses, before writing
 /// anything, a NaN or infinite entry ([`Error::NonFiniteSave`], naming the tensor and entry)
 /// and two tensors with the same name ([`Error::Format`] at `params[i].name`), which could not
-/// be loaded back.
-pub fn to_json(params: &ParamSet) -> Result<String> {
+/// be loaded back. `f32` parameters are written as their exact `f64` values (load them and
+/// [`ParamSet::cast`] back to get the same bits).
+pub fn to_json<P: Precision>(params: &ParamSet<P>) -> Result<String> {
     check_unique(params.names().iter().map(String::as_str))?;
     let mut tensors = Vec::with_capacity(params.len());
     for (i, (name, v)) in params.names().iter().zip(params.values()).enumerate() {
+        let v = v.map(Precision::as_f64);
         if let Some(k) = v.iter().position(|x| !x.is_finite()) {
             let (r, c) = (k % v.nrows(), k / v.nrows());
             return Err(Error::NonFiniteSave {
@@ -48,7 +51,7 @@ pub fn to_json(params: &ParamSet) -> Result<String> {
         tensors.push(NamedTensor {
             name: name.clone(),
             shape: Some([v.nrows(), v.ncols()]),
-            value: nested(v),
+            value: nested(&v),
         });
     }
     let file = WeightsFile {
@@ -151,7 +154,7 @@ pub fn from_json(text: &str, like: Option<&ParamSet>) -> Result<ParamSet> {
 
 /// Write the parameters to `path` (see [`to_json`] for what is refused; on error nothing is
 /// written).
-pub fn save(params: &ParamSet, path: impl AsRef<std::path::Path>) -> Result<()> {
+pub fn save<P: Precision>(params: &ParamSet<P>, path: impl AsRef<std::path::Path>) -> Result<()> {
     let path = path.as_ref();
     let text = to_json(params)?;
     std::fs::write(path, text).map_err(|source| Error::Io {

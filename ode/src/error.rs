@@ -34,7 +34,7 @@ pub enum Error {
         expected: &'static str,
     },
     /// A relative tolerance finer than the scalar's precision can resolve.
-    #[error("`{name}` = {} is below the unit roundoff of {precision} ({}): a step cannot be resolved that finely, so the solve would report an accuracy it does not have; raise {name} to at least {} or solve in f64", num(*value), num(*unit_roundoff), num(*unit_roundoff))]
+    #[error("`{name}` = {} is below the unit roundoff of {precision} ({}): a step cannot be resolved that finely, so the solve would report an accuracy it does not have; raise {name} to at least {}{}", num(*value), num(*unit_roundoff), num(*unit_roundoff), if *precision == "f64" { "" } else { " or solve in f64" })]
     ToleranceBelowPrecision {
         /// The option's name.
         name: &'static str,
