@@ -13,7 +13,9 @@
 //! `taped,backsolve`); every mode's gradient is compared with the first mode's. With
 //! `--problem FILE` (a `costate-problem/1` file) it also prints each mode's error against the
 //! file's `tight` reference gradients. With `--json` it prints one JSON object with an entry
-//! per mode, keyed by the mode's name as given, in the problem file's layout.
+//! per mode, keyed by the mode's name as given, in the problem file's layout. `--precision
+//! f32` runs the tape, the solve and the gradients in `f32` (the file's values rounded once);
+//! gradient errors are then those of the `f32` run.
 
 mod support;
 
@@ -30,16 +32,24 @@ use costate::nn::{BackwardStats, Footprint, Problem, ProblemGradients, Strategy}
 use serde_json::json;
 use support::report::{bytes, median, peak_rss_bytes};
 
+/// The scalar the solves run in.
+#[derive(Clone, Copy, PartialEq)]
+enum Precision {
+    F64,
+    F32,
+}
+
 struct Args {
     problem: Option<String>,
     json: bool,
     reps: usize,
+    precision: Precision,
     /// The requested modes: the name as given and the strategy it parses to.
     modes: Vec<(String, Strategy)>,
 }
 
 const USAGE: &str =
-    "usage: compare_backprop [--problem FILE] [--json] [--reps N] [--modes M1,M2,...]";
+    "usage: compare_backprop [--problem FILE] [--json] [--reps N] [--modes M1,M2,...] [--precision f64|f32]";
 
 /// Parse `--modes`: comma-separated strategy names, no repeats.
 fn parse_modes(list: &str) -> Result<Vec<(String, Strategy)>, String> {
@@ -62,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         problem: None,
         json: false,
         reps: 20,
+        precision: Precision::F64,
         modes: parse_modes("taped,backsolve")?,
     };
     let mut it = std::env::args().skip(1);
@@ -77,11 +88,27 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--reps needs a positive integer")?;
             }
             "--modes" => args.modes = parse_modes(&it.next().ok_or("--modes needs a list")?)?,
+            "--precision" => {
+                args.precision = match it.next().as_deref() {
+                    Some("f64") => Precision::F64,
+                    Some("f32") => Precision::F32,
+                    _ => return Err("--precision needs f64 or f32".into()),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
     Ok(args)
+}
+
+impl Precision {
+    fn name(self) -> &'static str {
+        match self {
+            Precision::F64 => "f64",
+            Precision::F32 => "f32",
+        }
+    }
 }
 
 /// What one mode produced.
@@ -108,8 +135,13 @@ impl Run {
     }
 }
 
-fn run(problem: &Problem, name: &str, mode: &Strategy, reps: usize) -> Result<Run, Box<dyn Error>> {
-    let tape = Tape::<f64>::new();
+fn run<P: costate::ad_core::Precision>(
+    problem: &Problem,
+    name: &str,
+    mode: &Strategy,
+    reps: usize,
+) -> Result<Run, Box<dyn Error>> {
+    let tape = Tape::<P>::new();
     let mut times = Vec::with_capacity(reps);
     let mut first = None;
     for _ in 0..reps {
@@ -122,7 +154,7 @@ fn run(problem: &Problem, name: &str, mode: &Strategy, reps: usize) -> Result<Ru
     }
     Ok(Run {
         name: name.to_owned(),
-        g: first.ok_or("no repetition ran")?,
+        g: first.ok_or("no repetition ran")?.widen(),
         time_ms: median(&times),
     })
 }
@@ -208,14 +240,18 @@ fn weights(problem: &Problem) -> impl Iterator<Item = &DMatrix<f64>> {
 /// rate: each layer's `x Wᵀ` (batch × in · (out × in)ᵀ) timed on its own, median of 15
 /// (after 3 warm-up runs), summed over the layers. Threads as the process has them
 /// (`MATMUL_NUM_THREADS`).
-fn product_seconds_per_evaluation(problem: &Problem) -> Result<f64, Box<dyn Error>> {
-    let tape = Tape::<f64>::new();
+fn product_seconds_per_evaluation<P: costate::ad_core::Precision>(
+    problem: &Problem,
+) -> Result<f64, Box<dyn Error>> {
+    let tape = Tape::<P>::new();
     let _values_only = tape.no_grad();
     let batch = problem.h0.nrows();
     let mut total = 0.0;
     for w in weights(problem) {
-        let x = DMatrix::from_fn(batch, w.ncols(), |i, j| ((i + 3 * j) as f64).sin());
-        let (x, w) = (tape.constant(x), tape.constant(w.clone()));
+        let x = DMatrix::from_fn(batch, w.ncols(), |i, j| {
+            P::round_from(((i + 3 * j) as f64).sin())
+        });
+        let (x, w) = (tape.constant(x), tape.constant(w.map(P::round_from)));
         let mut times = Vec::new();
         for rep in 0..18 {
             let mark = tape.mark();
@@ -238,15 +274,23 @@ fn product_seconds_per_evaluation(problem: &Problem) -> Result<f64, Box<dyn Erro
 /// measures. Taped pulls back every forward evaluation (an overcount by the rejected steps'
 /// stages, none on the shipped problems); each backsolve backward evaluation is f plus its
 /// VJP. Other strategies mix replays and untaped recomputations and are left out.
-fn print_flop_bound(problem: &Problem, runs: &[Run]) -> Result<(), Box<dyn Error>> {
+fn print_flop_bound(
+    problem: &Problem,
+    runs: &[Run],
+    precision: Precision,
+) -> Result<(), Box<dyn Error>> {
     let batch = problem.h0.nrows() as f64;
     let flops_per_eval: f64 = weights(problem)
         .map(|w| 2.0 * batch * (w.nrows() * w.ncols()) as f64)
         .sum();
-    let eval_seconds = product_seconds_per_evaluation(problem)?;
+    let eval_seconds = match precision {
+        Precision::F64 => product_seconds_per_evaluation::<f64>(problem)?,
+        Precision::F32 => product_seconds_per_evaluation::<f32>(problem)?,
+    };
     let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!(
-        "\nproduct bound (MATMUL_NUM_THREADS={threads}): one evaluation's products take {:.3} ms here = {:.1} GFLOP/s",
+        "\nproduct bound ({}, MATMUL_NUM_THREADS={threads}): one evaluation's products take {:.3} ms here = {:.1} GFLOP/s",
+        precision.name(),
         eval_seconds * 1e3,
         flops_per_eval / eval_seconds / 1e9
     );
@@ -304,7 +348,10 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
     let runs = args
         .modes
         .iter()
-        .map(|(name, mode)| run(&problem, name, mode, args.reps))
+        .map(|(name, mode)| match args.precision {
+            Precision::F64 => run::<f64>(&problem, name, mode, args.reps),
+            Precision::F32 => run::<f32>(&problem, name, mode, args.reps),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let reference = problem.file.reference.as_ref();
 
@@ -314,13 +361,14 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
             obj.insert(r.name.clone(), to_json(r));
         }
         obj.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
+        obj.insert("precision".into(), json!(args.precision.name()));
         println!("{}", serde_json::Value::Object(obj));
         return Ok(());
     }
 
     let (b, d) = (problem.h0.nrows(), problem.h0.ncols());
     println!(
-        "neural ODE: batch {b}, dim {d}, {} parameters, {} output times in [{}, {}], {} at rtol {:e} / atol {:e}; median of {} runs\n",
+        "neural ODE: batch {b}, dim {d}, {} parameters, {} output times in [{}, {}], {} at rtol {:e} / atol {:e}, in {}; median of {} runs\n",
         problem.params.numel(),
         problem.t.len(),
         problem.t[0],
@@ -328,6 +376,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
         problem.options.method.name,
         problem.options.rtol,
         problem.options.atol,
+        args.precision.name(),
         args.reps
     );
     let first = &runs[0];
@@ -415,7 +464,7 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
             println!("torchdiffeq forward NFE on this file: {nfe}");
         }
     }
-    print_flop_bound(&problem, &runs)?;
+    print_flop_bound(&problem, &runs, args.precision)?;
     if let Some(rss) = peak_rss_bytes() {
         println!("\npeak RSS of this process: {}", bytes(rss));
     }

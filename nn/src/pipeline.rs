@@ -8,7 +8,7 @@
 //! caller with a loss of its own.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Scalar, Tape, Var};
+use ad_core::{Precision, Scalar, Tape, Var};
 use ode::{BackwardStats, Solution, SolveStats, Strategy, StrategyReport};
 
 use crate::error::Result;
@@ -123,6 +123,24 @@ pub struct ProblemGradients<T: Scalar = f64> {
     /// The tape after the forward solve: measured by [`Problem::gradients`] and
     /// [`Problem::gradients_on`], `None` from [`Recorded::backward`].
     pub footprint: Option<Footprint>,
+}
+
+impl<P: Precision> ProblemGradients<P> {
+    /// The same gradients as `f64` (exact: every `f32` is an `f64`), for comparing an `f32`
+    /// run with an `f64` one or reporting them together.
+    pub fn widen(self) -> ProblemGradients<f64> {
+        let wide = |m: DMatrix<P>| m.map(Precision::as_f64);
+        ProblemGradients {
+            loss: self.loss.as_f64(),
+            h0: wide(self.h0),
+            params: self.params.into_iter().map(wide).collect(),
+            t: wide(self.t),
+            forward: self.forward,
+            backward: self.backward,
+            strategy: self.strategy,
+            footprint: self.footprint,
+        }
+    }
 }
 
 impl Problem {
