@@ -1,11 +1,12 @@
 //! torchdiffeq's `ode_demo`: learn the spiral dy/dt = (y³) A from short random segments.
 //!
-//! `cargo run --release --example spiral -- [--mode taped|adjoint] [--iters 200] [--json] [--svg PATH] [--quiet]`
+//! `cargo run --release --example spiral -- [--mode taped|adjoint] [--iters 200] [--precision f64|f32] [--json] [--svg PATH] [--quiet]`
 //!
 //! True dynamics dy/dt = y³ A with A = [[-0.1, 2], [-2, -0.1]], y0 = [2, 0], 1000 points on
 //! [0, 25]. Each iteration draws 20 random start points and fits 10-point segments with an
 //! `OdeFunc` (2 → 50 → 2, tanh, applied to y³), loss = mean |pred − true|, Adam. Ends with a
 //! phase-plane plot of the true and learned trajectories (default `target/spiral.svg`).
+//! `--precision f32` trains in `f32` (parameters, tape, solves, updates), as `ode_demo` does.
 
 mod support;
 
@@ -14,7 +15,7 @@ use std::time::Instant;
 
 // `dmatrix!` expands to paths through `nalgebra::`: the re-export under that name serves it.
 use costate::ad_core::nalgebra::{self, dmatrix, DMatrix};
-use costate::ad_core::{Result as TapeResult, Scalar, Tape, Var};
+use costate::ad_core::{Precision, Result as TapeResult, Scalar, Tape, Var};
 use costate::nn::{train_step_ode, Activation, Adam, Input, NeuralOde, OdeFunc, Strategy};
 use costate::ode::{self, Dynamics, Options};
 use costate::rand::{Rng, SeedableRng};
@@ -41,6 +42,8 @@ impl<T: Scalar> Dynamics<T> for Spiral {
 struct Args {
     mode: Strategy,
     iters: usize,
+    /// Train in f32 rather than f64.
+    f32: bool,
     json: bool,
     quiet: bool,
     svg: String,
@@ -48,6 +51,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
+        f32: false,
         mode: Strategy::Taped,
         iters: 200,
         json: false,
@@ -64,9 +68,16 @@ fn parse_args() -> Result<Args, String> {
             }
             "--iters" => a.iters = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--iters needs a positive integer")?,
             "--json" => a.json = true,
+            "--precision" => {
+                a.f32 = match it.next().as_deref() {
+                    Some("f32") => true,
+                    Some("f64") => false,
+                    _ => return Err("--precision needs f64 or f32".into()),
+                }
+            }
             "--quiet" => a.quiet = true,
             "--svg" => a.svg = it.next().ok_or("--svg needs a path")?,
-            _ => return Err(format!("unknown argument {arg:?}; usage: spiral [--mode taped|adjoint|aca|checkpointed:K|...] [--iters N] [--json] [--svg PATH] [--quiet]")),
+            _ => return Err(format!("unknown argument {arg:?}; usage: spiral [--mode taped|adjoint|aca|checkpointed:K|...] [--iters N] [--precision f64|f32] [--json] [--svg PATH] [--quiet]")),
         }
     }
     Ok(a)
@@ -78,6 +89,96 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// What a training run produced: the final parameters (as f64) and per-iteration figures.
+struct Training {
+    params: costate::nn::ParamSet,
+    losses: Vec<f64>,
+    times: Vec<f64>,
+    nfe_fwd: Vec<f64>,
+    nfe_bwd: Vec<f64>,
+}
+
+/// `args.iters` Adam iterations in precision `P` from `params`.
+fn train<P: Precision>(
+    args: &Args,
+    model: &NeuralOde,
+    mut params: costate::nn::ParamSet<P>,
+    true_y: &[DMatrix<f64>],
+    batch_t: &DMatrix<f64>,
+    rng: &mut costate::rand::rngs::StdRng,
+) -> Result<Training, Box<dyn Error>> {
+    let bar = if args.quiet || args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.iters as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let tape = Tape::<P>::new();
+    let mut opt = Adam::new(1e-2);
+    let lift = |m: &DMatrix<f64>| m.map(P::round_from);
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let (mut nfe_fwd, mut nfe_bwd) = (Vec::new(), Vec::new());
+    for _ in 0..args.iters {
+        // 20 distinct start indices, as np.random.choice(..., replace=False).
+        let mut starts: Vec<usize> = Vec::with_capacity(BATCH_SIZE);
+        while starts.len() < BATCH_SIZE {
+            let s = rng.random_range(0..DATA_SIZE - BATCH_TIME);
+            if !starts.contains(&s) {
+                starts.push(s);
+            }
+        }
+        let batch_y0 = lift(&DMatrix::from_fn(BATCH_SIZE, 2, |i, j| {
+            true_y[starts[i]][(0, j)]
+        }));
+        let batch_y: Vec<DMatrix<P>> = (0..BATCH_TIME)
+            .map(|k| {
+                lift(&DMatrix::from_fn(BATCH_SIZE, 2, |i, j| {
+                    true_y[starts[i] + k][(0, j)]
+                }))
+            })
+            .collect();
+        let start = Instant::now();
+        let stats = train_step_ode(&tape, &mut params, &mut opt, |tape, p| {
+            let sol = model.forward(
+                tape,
+                tape.constant(batch_y0.clone()),
+                tape.constant(lift(batch_t)),
+                p,
+            )?;
+            let terms: Vec<(P, Var<'_, P>)> = sol
+                .outputs
+                .iter()
+                .zip(&batch_y)
+                .map(|(pred, y)| {
+                    Ok((
+                        P::round_from(1.0 / BATCH_TIME as f64),
+                        pred.sub(tape.constant(y.clone()))?.abs().mean(),
+                    ))
+                })
+                .collect::<TapeResult<_>>()?;
+            Ok((tape.fixed_weighted_sum(&terms)?, sol))
+        })?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        let loss = stats.loss;
+        losses.push(loss);
+        nfe_fwd.push(stats.nfe_forward as f64);
+        nfe_bwd.push(stats.nfe_backward as f64);
+        bar.set_message(format!("loss {loss:.4}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Training {
+        params: params.cast(),
+        losses,
+        times,
+        nfe_fwd,
+        nfe_bwd,
+    })
 }
 
 fn run() -> Result<(), Box<dyn Error>> {
@@ -106,64 +207,20 @@ fn run() -> Result<(), Box<dyn Error>> {
         };
     }
     let model = NeuralOde::new(func, args.mode.clone());
-    let mut opt = Adam::new(1e-2);
     let batch_t = DMatrix::from_row_slice(1, BATCH_TIME, &t[..BATCH_TIME]);
 
-    let bar = if args.quiet || args.json {
-        ProgressBar::hidden()
+    let run = if args.f32 {
+        train::<f32>(&args, &model, params.cast(), &true_y, &batch_t, &mut rng)?
     } else {
-        ProgressBar::new(args.iters as u64)
+        train::<f64>(&args, &model, params, &true_y, &batch_t, &mut rng)?
     };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let tape = Tape::<f64>::new();
-    let (mut losses, mut times) = (Vec::new(), Vec::new());
-    let (mut nfe_fwd, mut nfe_bwd) = (Vec::new(), Vec::new());
-    for _ in 0..args.iters {
-        // 20 distinct start indices, as np.random.choice(..., replace=False).
-        let mut starts: Vec<usize> = Vec::with_capacity(BATCH_SIZE);
-        while starts.len() < BATCH_SIZE {
-            let s = rng.random_range(0..DATA_SIZE - BATCH_TIME);
-            if !starts.contains(&s) {
-                starts.push(s);
-            }
-        }
-        let batch_y0 = DMatrix::from_fn(BATCH_SIZE, 2, |i, j| true_y[starts[i]][(0, j)]);
-        let batch_y: Vec<DMatrix<f64>> = (0..BATCH_TIME)
-            .map(|k| DMatrix::from_fn(BATCH_SIZE, 2, |i, j| true_y[starts[i] + k][(0, j)]))
-            .collect();
-        let start = Instant::now();
-        let stats = train_step_ode(&tape, &mut params, &mut opt, |tape, p| {
-            let sol = model.forward(
-                tape,
-                tape.constant(batch_y0.clone()),
-                tape.constant(batch_t.clone()),
-                p,
-            )?;
-            let terms: Vec<(f64, Var<'_, f64>)> = sol
-                .outputs
-                .iter()
-                .zip(&batch_y)
-                .map(|(pred, y)| {
-                    Ok((
-                        1.0 / BATCH_TIME as f64,
-                        pred.sub(tape.constant(y.clone()))?.abs().mean(),
-                    ))
-                })
-                .collect::<TapeResult<_>>()?;
-            Ok((tape.fixed_weighted_sum(&terms)?, sol))
-        })?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-        let loss = stats.loss;
-        losses.push(loss);
-        nfe_fwd.push(stats.nfe_forward as f64);
-        nfe_bwd.push(stats.nfe_backward as f64);
-        bar.set_message(format!("loss {loss:.4}"));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let Training {
+        params,
+        losses,
+        times,
+        nfe_fwd,
+        nfe_bwd,
+    } = run;
 
     let bwd_nfe = median(&nfe_bwd) as usize;
 
@@ -188,15 +245,16 @@ fn run() -> Result<(), Box<dyn Error>> {
     if args.json {
         println!(
             "{}",
-            json!({"mode": model.strategy.name(), "iters": args.iters, "loss_first": first, "loss_last": last,
+            json!({"mode": model.strategy.name(), "iters": args.iters, "precision": if args.f32 { "f32" } else { "f64" }, "loss_first": first, "loss_last": last,
                    "iteration_ms_median": median(&times), "nfe_forward_median": median(&nfe_fwd),
                    "nfe_backward": bwd_nfe, "trajectory_max_error": traj_err, "svg": args.svg})
         );
     } else {
         println!(
-            "mode {} · {} iterations · Adam(1e-2)",
+            "mode {} · {} iterations · Adam(1e-2) · {}",
             model.strategy.name(),
-            args.iters
+            args.iters,
+            if args.f32 { "f32" } else { "f64" }
         );
         println!("loss (median of first / last {window} iterations): {first:.4} → {last:.4}  ({:.1}× lower)", first / last);
         println!(
