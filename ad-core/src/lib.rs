@@ -32,14 +32,20 @@
 //!
 //! ## Threads
 //!
-//! `f64` products large enough to pay for it (m·k + k·n ≥ 2¹⁵ per extra thread, e.g. a
-//! 256×128 batch through a 256-wide layer) are split across threads by `matrixmultiply`;
-//! smaller ones, such as a 32×64 batch through 64-wide layers, stay on the calling thread.
-//! The split is over blocks of the output, never over the sum, so values and gradients are
-//! bitwise the same for any thread count. `MATMUL_NUM_THREADS` caps the threads (default:
-//! the number of physical cores; read once, at the first large product). Tiny products
-//! (m·n·k ≤ 4000, e.g. a 20-row batch through a 2→50→2 layer) skip `matrixmultiply`'s
-//! packing for direct loops on the calling thread, also in a fixed order per shape.
+//! `f32` and `f64` products large enough to pay for it (at least 2²⁰ multiply-adds per
+//! thread, e.g. a 256×128 batch through a 256-wide layer) are cut into bands of output
+//! columns (or rows), one per thread; the calling thread computes one band and workers the
+//! others. Elementwise passes over large tensors (tanh and its VJP, the RK stage
+//! combinations; at least 2¹³ entries per band) are split the same way. Each band runs the
+//! same single-threaded kernel with its blocking over k unchanged, so values and gradients
+//! are bitwise the same for any thread count. `MATMUL_NUM_THREADS` caps the threads (default:
+//! the available parallelism; read once, at the first large product). The workers start at
+//! the first product that is split, stay hot (spinning, then yielding) for about a
+//! millisecond after each job, since a solve alternates products with short elementwise
+//! passes, and then park. Smaller products, such as a 32×64 batch through 64-wide layers,
+//! stay on the calling thread; tiny ones (m·n·k ≤ 4000, e.g. a 20-row batch through a
+//! 2→50→2 layer) skip `matrixmultiply`'s packing for direct loops, also in a fixed order per
+//! shape.
 #![warn(missing_docs)]
 
 mod backward;

@@ -1,32 +1,44 @@
 //! Products large enough to be split across threads give bitwise the same values and
-//! gradients for any thread count: matrixmultiply splits the output into blocks, never the
-//! sum over k. The thread count is read once per process (`MATMUL_NUM_THREADS`), so the test
+//! gradients for any thread count: the output is cut into bands, never the sum over k, and
+//! large elementwise passes into ranges. The thread count is read once per process (`MATMUL_NUM_THREADS`), so the test
 //! runs itself as a child process once per count and compares what the children print.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::Tape;
+use ad_core::{Precision, Tape};
 
 const CHILD: &str = "COSTATE_THREADS_TEST_CHILD";
 
-/// The bits of a forward+backward through two products big enough to be threaded
-/// (m·k + k·n well above matrixmultiply's 2¹⁵ threshold for two threads).
+/// The bits of a forward+backward through two products big enough to be threaded (15.7M
+/// and 10.5M multiply-adds, above 2²⁰ per band even for four bands), a tanh over 81920
+/// entries and an RK-style combination.
 fn fingerprint() -> Vec<u64> {
-    let tape = Tape::<f64>::new();
-    let x = tape.var(DMatrix::from_fn(256, 192, |i, j| {
+    let mut bits = run::<f64>();
+    bits.extend(run::<f32>());
+    bits
+}
+
+fn run<P: Precision>() -> Vec<u64> {
+    let tape = Tape::<P>::new();
+    let lift = |m: DMatrix<f64>| m.map(P::round_from);
+    let x = tape.var(lift(DMatrix::from_fn(256, 192, |i, j| {
         ((i * 7 + j * 3) as f64).sin()
-    }));
-    let w = tape.var(DMatrix::from_fn(320, 192, |i, j| {
+    })));
+    let w = tape.var(lift(DMatrix::from_fn(320, 192, |i, j| {
         ((i + 2 * j) as f64 * 0.01).cos()
-    }));
-    let v = tape.var(DMatrix::from_fn(320, 128, |i, j| {
+    })));
+    let v = tape.var(lift(DMatrix::from_fn(320, 128, |i, j| {
         ((i * j) as f64 * 1e-3).sin()
-    }));
+    })));
     let y = x.matmul_t(w).unwrap().tanh().matmul(v).unwrap();
-    let loss = y.square().sum();
+    let c = |x: f64| P::round_from(x);
+    let z = tape
+        .fixed_weighted_sum(&[(c(0.3), y), (c(-1.1), y.square()), (c(0.7), y.sin())])
+        .unwrap();
+    let loss = z.square().sum();
     let grads = tape.backward(loss).unwrap();
-    let mut bits = vec![loss.value().unwrap()[(0, 0)].to_bits()];
+    let mut bits = vec![loss.value().unwrap()[(0, 0)].as_f64().to_bits()];
     for var in [x, w, v] {
-        bits.extend(grads.get(var).unwrap().iter().map(|g| g.to_bits()));
+        bits.extend(grads.get(var).unwrap().iter().map(|g| g.as_f64().to_bits()));
     }
     bits
 }

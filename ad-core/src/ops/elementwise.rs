@@ -7,6 +7,7 @@ use num_dual::{Dual32, Dual64, DualNum};
 use smallvec::SmallVec;
 
 use super::reduce::{sum_cols, sum_rows};
+use super::threads::split_mut;
 use super::{buffer, fast, same_shape, Grads, Op};
 use crate::error::{Error, Result, Shape};
 use crate::scalar::{carries_derivatives, Precision, Scalar};
@@ -175,11 +176,17 @@ impl Unary {
             return false;
         }
         if let (Some(y), Some(g)) = (fast::as_f64(y), fast::as_f64_mut(g)) {
-            tanh_vjp(1.0, y.as_slice(), g.as_mut_slice());
+            let y = y.as_slice();
+            split_mut(g.as_mut_slice(), &|at, g| {
+                tanh_vjp(1.0, &y[at..at + g.len()], g)
+            });
             return true;
         }
         if let (Some(y), Some(g)) = (fast::as_real::<T, f32>(y), fast::as_real_mut::<T, f32>(g)) {
-            tanh_vjp(1.0, y.as_slice(), g.as_mut_slice());
+            let y = y.as_slice();
+            split_mut(g.as_mut_slice(), &|at, g| {
+                tanh_vjp(1.0, &y[at..at + g.len()], g)
+            });
             return true;
         }
         false
@@ -590,41 +597,55 @@ pub(crate) fn weighted_sum_vjp<T: Scalar>(
     out
 }
 
-/// `y += c x` over the column-major buffers (a plain slice loop, which vectorises).
-fn axpy<T: Scalar>(y: &mut DMatrix<T>, c: T, x: &DMatrix<T>) {
-    for (y, &x) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
-        *y += c * x;
-    }
-}
-
 /// `Σ cᵢ xᵢ` over same-shape matrices (at least one): `c₀x₀ + c₁x₁` in one pass, then two
-/// more terms per pass, half the memory traffic of one pass per term.
+/// more terms per pass, half the memory traffic of one pass per term. Large ones are split
+/// into bands over the threads, each running the passes on its own range (cache-resident);
+/// each entry is the same arithmetic whichever band computes it.
 fn combination<T: Scalar>(c: &[T], x: &[&DMatrix<T>]) -> DMatrix<T> {
-    let mut y = match (c, x) {
-        ([c0, c1, ..], [x0, x1, ..]) => x0.zip_map(x1, |a, b| *c0 * a + *c1 * b),
-        _ => x[0] * c[0],
-    };
-    let rest: SmallVec<[(T, &DMatrix<T>); 8]> =
-        c.iter().copied().zip(x.iter().copied()).skip(2).collect();
-    for pair in rest.chunks(2) {
-        match *pair {
-            [(c, a), (d, b)] => axpy2(&mut y, c, a, d, b),
-            [(c, a)] => axpy(&mut y, c, a),
-            _ => {}
-        }
-    }
-    y
-}
-
-/// `y += c a + d b` in one pass.
-fn axpy2<T: Scalar>(y: &mut DMatrix<T>, c: T, a: &DMatrix<T>, d: T, b: &DMatrix<T>) {
-    for (y, (&a, &b)) in y
-        .as_mut_slice()
-        .iter_mut()
-        .zip(a.as_slice().iter().zip(b.as_slice()))
-    {
-        *y += c * a + d * b;
-    }
+    let (rows, cols) = x[0].shape();
+    let terms: SmallVec<[(T, &[T]); 8]> =
+        c.iter().zip(x).map(|(&c, m)| (c, m.as_slice())).collect();
+    fast::filled(rows, cols, |y| {
+        split_mut(y, &|at, y| {
+            let n = y.len();
+            fn seg<T>(m: &[T], at: usize, n: usize) -> &[T] {
+                &m[at..at + n]
+            }
+            match *terms.as_slice() {
+                [(c0, x0), (c1, x1), ..] => {
+                    for (y, (&a, &b)) in y.iter_mut().zip(seg(x0, at, n).iter().zip(seg(x1, at, n)))
+                    {
+                        y.write(c0 * a + c1 * b);
+                    }
+                }
+                [(c0, x0)] => {
+                    for (y, &a) in y.iter_mut().zip(seg(x0, at, n)) {
+                        y.write(a * c0);
+                    }
+                }
+                [] => return,
+            }
+            // SAFETY: the pass above wrote every entry of the band.
+            let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [T]) };
+            for pair in terms.get(2..).unwrap_or_default().chunks(2) {
+                match *pair {
+                    [(c, a), (d, b)] => {
+                        for (y, (&a, &b)) in
+                            y.iter_mut().zip(seg(a, at, n).iter().zip(seg(b, at, n)))
+                        {
+                            *y += c * a + d * b;
+                        }
+                    }
+                    [(c, a)] => {
+                        for (y, &a) in y.iter_mut().zip(seg(a, at, n)) {
+                            *y += c * a;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    })
 }
 
 pub(crate) fn fixed_weighted_sum_vjp<T: Scalar>(

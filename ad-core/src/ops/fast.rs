@@ -18,6 +18,7 @@ use std::mem::MaybeUninit;
 
 use nalgebra::DMatrix;
 
+use super::threads::split_mut;
 use crate::scalar::Scalar;
 
 /// `m` as an `f64` matrix, when `T` is `f64`.
@@ -189,9 +190,12 @@ fn tanh_loop_x86() -> Option<TanhLoop> {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn tanh(x: &DMatrix<f64>) -> Option<DMatrix<f64>> {
     let run = tanh_loop_x86()?;
+    let xs = x.as_slice();
     Some(filled(x.nrows(), x.ncols(), |y| {
-        // SAFETY: `tanh_loop_x86` picked a loop whose features the CPU has.
-        unsafe { run(x.as_slice(), y) }
+        split_mut(y, &|start, y| {
+            // SAFETY: `tanh_loop_x86` picked a loop whose features the CPU has.
+            unsafe { run(&xs[start..start + y.len()], y) }
+        })
     }))
 }
 
@@ -305,9 +309,12 @@ pub(crate) fn tanh_f32(x: &DMatrix<f32>) -> Option<DMatrix<f32>> {
     } else {
         tanh_loop_f32_avx2_fma
     };
+    let xs = x.as_slice();
     Some(filled(x.nrows(), x.ncols(), |y| {
-        // SAFETY: the loop picked is compiled for features this CPU has.
-        unsafe { run(x.as_slice(), y) }
+        split_mut(y, &|start, y| {
+            // SAFETY: the loop picked is compiled for features this CPU has.
+            unsafe { run(&xs[start..start + y.len()], y) }
+        })
     }))
 }
 

@@ -7,7 +7,7 @@ use std::any::Any;
 use nalgebra::DMatrix;
 use num_dual::Dual;
 
-use super::{checked_len, fast, small_product, Grads, Op};
+use super::{checked_len, fast, small_product, threads, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::{Precision, Scalar};
 use crate::tape::Var;
@@ -172,27 +172,57 @@ fn blocked<F: Kernel>(a: &DMatrix<F>, ta: bool, b: &DMatrix<F>, tb: bool) -> DMa
         );
         return fast::filled(m, n, |c| small_product::product(a, b, (m, k, n), c));
     }
+    let (sa, sb) = (strides(a, ta), strides(b, tb));
+    // Cut C into bands along its longer side (see `threads`); band 0 runs inline.
+    let along_columns = n >= m;
+    let extent = if along_columns { n } else { m };
+    let count = threads::bands(m, n, k, extent);
+    let band = extent.div_ceil(count).next_multiple_of(8);
+    let (a_ptr, b_ptr) = (Shared(a.as_ptr()), Shared(b.as_ptr()));
     // With β = 0 the kernel writes every entry of C without reading it, so C needs no
     // zero-fill: it is handed the uninitialised capacity of a fresh buffer.
     fast::filled(m, n, |c| {
-        // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the strides
-        // given, as the shapes above guarantee; `c` is a fresh m·n buffer, not aliased, and
-        // the kernel with β = 0 initialises all of it.
-        unsafe {
-            F::gemm(
-                m,
-                k,
-                n,
-                a.as_ptr(),
-                strides(a, ta),
-                b.as_ptr(),
-                strides(b, tb),
-                c.as_mut_ptr().cast::<F>(),
-                m as isize,
-            );
-        }
+        let c_ptr = Shared(c.as_mut_ptr().cast::<F>().cast_const());
+        threads::run_bands(count, &|i| {
+            let start = i * band;
+            if start >= extent {
+                return;
+            }
+            let len = band.min(extent - start);
+            // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the
+            // strides given, as the shapes above guarantee; the bands are disjoint column
+            // (or row) ranges of the fresh m·n buffer `c`, so no two write the same entry,
+            // and the kernel with β = 0 initialises every entry of its band. The offsets stay
+            // inside the operands: column `start` of op(B) (row `start` of op(A)) exists.
+            unsafe {
+                let (a, b, c) = (a_ptr.get(), b_ptr.get(), c_ptr.get().cast_mut());
+                if along_columns {
+                    let b = b.offset(start as isize * sb.1);
+                    F::gemm(m, k, len, a, sa, b, sb, c.add(start * m), m as isize);
+                } else {
+                    let a = a.offset(start as isize * sa.0);
+                    F::gemm(len, k, n, a, sa, b, sb, c.add(start), m as isize);
+                }
+            }
+        });
     })
 }
+
+/// A pointer shared with the product's bands, which read (A, B) or write disjoint parts (C).
+#[derive(Clone, Copy)]
+struct Shared<F>(*const F);
+
+impl<F> Shared<F> {
+    /// The pointer (a method, so closures capture the whole `Shared`, not its field).
+    fn get(self) -> *const F {
+        self.0
+    }
+}
+
+// SAFETY: the bands only read A and B, and write disjoint entries of C (see `blocked`).
+unsafe impl<F> Send for Shared<F> {}
+// SAFETY: as above.
+unsafe impl<F> Sync for Shared<F> {}
 
 impl<'t, T: Scalar> Var<'t, T> {
     /// Matrix product `self · other` ((m×k)·(k×n) → m×n); an m×n of more than

@@ -12,6 +12,7 @@ mod linalg;
 mod reduce;
 mod shape;
 mod small_product;
+mod threads;
 
 pub(crate) use custom::CustomNode;
 pub use custom::{BoxError, CustomOp, Report, ReportedVjp};

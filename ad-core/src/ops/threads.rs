@@ -1,0 +1,263 @@
+//! The threads large products are split over, and how work is handed to them.
+//!
+//! A product `C = op(A)·op(B)` with enough multiply-adds is cut into bands of C's columns
+//! (or rows, when C is taller than wide); each band is a complete single-threaded product of
+//! the same kernel. The sum over k is never split, and each band runs the kernel's blocking
+//! over k unchanged, so every entry is computed in the same order as by one thread: results
+//! are bitwise the same for any thread count. The calling thread computes the first band
+//! itself and hands the others to `threads − 1` workers.
+//!
+//! The workers stay hot between products (spinning, then yielding, for about a millisecond
+//! before they park): a solve alternates products with elementwise passes of 50–200 µs, and
+//! waking a parked thread costs tens of microseconds per product. The pool starts at the
+//! first product large enough to split, so small workloads never start it.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// Multiply-adds a band must have to be worth a hand-off to another thread (about 10 µs of
+/// kernel time at 100 GFLOP/s).
+const MIN_BAND_WORK: usize = 1 << 20;
+
+/// How long an idle worker stays hot before it parks.
+const HOT: Duration = Duration::from_millis(1);
+
+/// The number of threads products may use: `MATMUL_NUM_THREADS` if it is a positive
+/// integer, else the machine's available parallelism. Read once per process.
+pub(crate) fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("MATMUL_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+    })
+}
+
+/// How many bands a product of `m·n·k` multiply-adds over an output dimension of `extent`
+/// is cut into: one per thread, fewer if a band would have too little work or fewer than
+/// eight rows or columns.
+pub(crate) fn bands(m: usize, n: usize, k: usize, extent: usize) -> usize {
+    let work = m.saturating_mul(n).saturating_mul(k);
+    threads().min(work / MIN_BAND_WORK).min(extent / 8).max(1)
+}
+
+/// A band of work as the workers see it: the caller's closure with its lifetime erased.
+/// Sound because [`run_bands`] does not return (nor unwind) before every worker it posted
+/// to has finished.
+type Job = *const (dyn Fn(usize) + Sync + 'static);
+
+/// One worker's mailbox.
+struct Slot {
+    /// Set by the caller once `job` holds work, cleared by the worker when it is done.
+    pending: AtomicBool,
+    /// Set by the worker if its band panicked.
+    panicked: AtomicBool,
+    /// The band to run; written only while `pending` is false, read only while it is true.
+    job: UnsafeCell<Option<(Job, usize)>>,
+    /// The worker's thread, to unpark it.
+    thread: OnceLock<Thread>,
+}
+
+// SAFETY: `job` is handed over through `pending` (release on post, acquire on take), so the
+// caller and the worker never access it at the same time; the job itself is `Sync`.
+unsafe impl Sync for Slot {}
+// SAFETY: as above.
+unsafe impl Send for Slot {}
+
+struct Pool {
+    slots: Vec<Arc<Slot>>,
+    /// Held by the one caller using the workers; others run their bands inline.
+    busy: AtomicBool,
+}
+
+fn pool() -> Option<&'static Pool> {
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = threads().saturating_sub(1);
+        let mut slots = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let slot = Arc::new(Slot {
+                pending: AtomicBool::new(false),
+                panicked: AtomicBool::new(false),
+                job: UnsafeCell::new(None),
+                thread: OnceLock::new(),
+            });
+            let mine = Arc::clone(&slot);
+            let spawned = std::thread::Builder::new()
+                .name(format!("costate-matmul-{i}"))
+                .spawn(move || work(&mine));
+            match spawned {
+                Ok(handle) => {
+                    let _ = slot.thread.set(handle.thread().clone());
+                    slots.push(slot);
+                }
+                // Fewer threads than asked: the bands they would have run run inline.
+                Err(_) => break,
+            }
+        }
+        (!slots.is_empty()).then(|| Pool {
+            slots,
+            busy: AtomicBool::new(false),
+        })
+    })
+    .as_ref()
+}
+
+/// A worker: wait hot for work, run it, report, repeat; park after [`HOT`] without work.
+fn work(slot: &Slot) {
+    loop {
+        let idle = Instant::now();
+        let mut spins = 0u32;
+        while !slot.pending.load(Ordering::Acquire) {
+            spins = spins.wrapping_add(1);
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else if idle.elapsed() < HOT {
+                std::thread::yield_now();
+            } else {
+                // `run_bands` unparks after posting, so a post between this check and the
+                // park leaves a token and the park returns at once.
+                std::thread::park();
+                spins = 0;
+            }
+        }
+        // SAFETY: `pending` is set, so the caller wrote `job` and does not touch it until
+        // this worker clears `pending`.
+        if let Some((job, index)) = unsafe { (*slot.job.get()).take() } {
+            // SAFETY: the caller keeps the closure alive until `pending` is cleared.
+            let run = std::panic::AssertUnwindSafe(|| unsafe { (*job)(index) });
+            if std::panic::catch_unwind(run).is_err() {
+                slot.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+        slot.pending.store(false, Ordering::Release);
+    }
+}
+
+/// Waits, when dropped (also while unwinding), until every posted worker is done.
+struct Posted<'a> {
+    slots: &'a [Arc<Slot>],
+    busy: &'a AtomicBool,
+}
+
+impl Drop for Posted<'_> {
+    fn drop(&mut self) {
+        for slot in self.slots {
+            let mut spins = 0u32;
+            while slot.pending.load(Ordering::Acquire) {
+                spins = spins.wrapping_add(1);
+                if spins < 1 << 14 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Run `band(i)` for `i` in `0..count`: band 0 on the calling thread, the others on the
+/// workers (inline when there are none, or another thread is using them), returning when
+/// all are done. A band that panics on a worker panics here.
+pub(crate) fn run_bands(count: usize, band: &(dyn Fn(usize) + Sync)) {
+    let pool = match pool() {
+        Some(pool)
+            if count > 1
+                && pool
+                    .busy
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok() =>
+        {
+            pool
+        }
+        _ => return (0..count).for_each(band),
+    };
+    let used = (count - 1).min(pool.slots.len());
+    // SAFETY: only the lifetime is erased; `Posted` below waits for every worker before
+    // this function returns or unwinds, so the closure outlives every use.
+    let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(band) };
+    let posted = Posted {
+        slots: &pool.slots[..used],
+        busy: &pool.busy,
+    };
+    for (i, slot) in posted.slots.iter().enumerate() {
+        // SAFETY: `pending` is false (every earlier use waited for it), so the worker does
+        // not read `job` now.
+        unsafe { *slot.job.get() = Some((job, i + 1)) };
+        slot.pending.store(true, Ordering::Release);
+        if let Some(thread) = slot.thread.get() {
+            thread.unpark();
+        }
+    }
+    // Bands beyond the workers (more bands than threads) run here too.
+    band(0);
+    for i in used + 1..count {
+        band(i);
+    }
+    let slots = posted.slots;
+    drop(posted);
+    if slots
+        .iter()
+        .any(|s| s.panicked.swap(false, Ordering::Relaxed))
+    {
+        panic!("a band of a threaded product panicked on a worker thread");
+    }
+}
+
+/// Entries an elementwise band must have to be worth a hand-off (about 10 µs of a simple
+/// pass over `f64`s).
+const MIN_BAND_ENTRIES: usize = 1 << 13;
+
+/// Fill `out` in bands: `fill(start, band)` for disjoint consecutive `band = &mut
+/// out[start..]` slices, on the workers when `out` is long enough to pay for it. For
+/// elementwise passes: each entry is computed by the same arithmetic whichever band it is
+/// in, so the result does not depend on the thread count.
+pub(crate) fn split_mut<E: Send>(out: &mut [E], fill: &(dyn Fn(usize, &mut [E]) + Sync)) {
+    let n = out.len();
+    let count = threads().min(n / MIN_BAND_ENTRIES).max(1);
+    if count == 1 {
+        return fill(0, out);
+    }
+    let chunk = n.div_ceil(count).next_multiple_of(64);
+    let base = SharedMut(out.as_mut_ptr());
+    run_bands(count, &|i| {
+        let start = i * chunk;
+        if start >= n {
+            return;
+        }
+        let len = chunk.min(n - start);
+        // SAFETY: bands cover disjoint ranges `start..start + len` of `out`, which is
+        // borrowed mutably for the whole call, so no two slices alias.
+        let band = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), len) };
+        fill(start, band);
+    });
+}
+
+/// `out`'s base pointer, shared with the bands, which write disjoint ranges of it.
+struct SharedMut<E>(*mut E);
+
+impl<E> Clone for SharedMut<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for SharedMut<E> {}
+
+impl<E> SharedMut<E> {
+    /// The pointer (a method, so closures capture the whole `SharedMut`, not its field).
+    fn get(self) -> *mut E {
+        self.0
+    }
+}
+
+// SAFETY: the bands write disjoint ranges (see `split_mut`); `E: Send` moves across threads.
+unsafe impl<E: Send> Send for SharedMut<E> {}
+// SAFETY: as above.
+unsafe impl<E: Send> Sync for SharedMut<E> {}
