@@ -2,8 +2,10 @@
 //!
 //! Values are dense matrices (`nalgebra::DMatrix<T>`, rows = batch, columns = features).
 //! Operations on [`Var`] handles append nodes to a [`Tape`]; [`Tape::backward`] walks them in
-//! reverse. The scalar `T` is `f64` for speed or a `num-dual` number, so the same code also
-//! yields forward-mode derivatives, e.g. Hessian-vector products (forward-over-reverse).
+//! reverse. The scalar `T` is `f64` or `f32` for speed, or a `num-dual` number over either
+//! (`Dual64`, `Dual32`, …), so the same code also yields forward-mode derivatives, e.g.
+//! Hessian-vector products (forward-over-reverse). Controllers and reports read values in
+//! `f64` through [`Scalar::primal`] whatever the precision ([`Precision`]).
 //!
 //! ```
 //! use ad_core::Tape;

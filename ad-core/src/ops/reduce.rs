@@ -107,14 +107,38 @@ fn narrow(v: Dual64) -> Dual32 {
 /// `None` for other scalars.
 fn in_wide<T: Scalar>(
     x: &DMatrix<T>,
-    wide_f64: impl Fn(&DMatrix<f64>) -> DMatrix<f64>,
+    wide_f64: impl Fn(&DMatrix<f32>) -> DMatrix<f64>,
     wide_dual: impl Fn(&DMatrix<Dual64>) -> DMatrix<Dual64>,
 ) -> Option<DMatrix<T>> {
     if let Some(x) = fast::as_real::<T, f32>(x) {
-        return fast::from_real(wide_f64(&x.map(f64::from)).map(|v| v as f32));
+        return fast::from_real(wide_f64(x).map(|v| v as f32));
     }
     let x = fast::as_real::<T, Dual32>(x)?;
     fast::from_real(wide_dual(&x.map(widen)).map(narrow))
+}
+
+/// The rows of an `f32` matrix added together in `f64` (1×c), each column top to bottom.
+fn sum_rows_f32_in_f64(x: &DMatrix<f32>) -> DMatrix<f64> {
+    let r = x.nrows();
+    if r == 0 {
+        return DMatrix::zeros(1, x.ncols());
+    }
+    let sums = x
+        .as_slice()
+        .chunks_exact(r)
+        .map(|col| col.iter().fold(0.0f64, |acc, &v| acc + f64::from(v)));
+    DMatrix::from_iterator(1, x.ncols(), sums)
+}
+
+/// The columns of an `f32` matrix added together in `f64` (r×1), left to right.
+fn sum_cols_f32_in_f64(x: &DMatrix<f32>) -> DMatrix<f64> {
+    let mut s = DMatrix::<f64>::zeros(x.nrows(), 1);
+    for col in x.as_slice().chunks_exact(x.nrows().max(1)) {
+        for (s, &v) in s.iter_mut().zip(col) {
+            *s += f64::from(v);
+        }
+    }
+    s
 }
 
 /// The rows added together (1×c).
@@ -123,7 +147,7 @@ fn in_wide<T: Scalar>(
 /// a time so their dependency chains interleave. `f32` columns accumulate in `f64` and round
 /// once (`Dual32` in `Dual64`), as [`total`] does.
 pub(crate) fn sum_rows<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
-    in_wide(x, sum_rows_in_order, sum_rows_in_order).unwrap_or_else(|| sum_rows_in_order(x))
+    in_wide(x, sum_rows_f32_in_f64, sum_rows_in_order).unwrap_or_else(|| sum_rows_in_order(x))
 }
 
 fn sum_rows_in_order<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
@@ -156,7 +180,7 @@ fn sum_rows_in_order<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
 /// The columns added together (r×1); `f32` (`Dual32`) rows accumulate in `f64` (`Dual64`)
 /// and round once.
 pub(crate) fn sum_cols<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
-    in_wide(x, sum_cols_in_order, sum_cols_in_order).unwrap_or_else(|| sum_cols_in_order(x))
+    in_wide(x, sum_cols_f32_in_f64, sum_cols_in_order).unwrap_or_else(|| sum_cols_in_order(x))
 }
 
 fn sum_cols_in_order<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
