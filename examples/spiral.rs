@@ -173,7 +173,7 @@ fn train<P: Precision>(
     }
     bar.finish_and_clear();
     Ok(Training {
-        params: params.cast(),
+        params: params.cast()?,
         losses,
         times,
         nfe_fwd,
@@ -210,7 +210,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let batch_t = DMatrix::from_row_slice(1, BATCH_TIME, &t[..BATCH_TIME]);
 
     let run = if args.f32 {
-        train::<f32>(&args, &model, params.cast(), &true_y, &batch_t, &mut rng)?
+        train::<f32>(&args, &model, params.cast()?, &true_y, &batch_t, &mut rng)?
     } else {
         train::<f64>(&args, &model, params, &true_y, &batch_t, &mut rng)?
     };

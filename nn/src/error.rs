@@ -69,6 +69,24 @@ pub enum Error {
         /// The value.
         value: f64,
     },
+    /// A finite value does not fit in the precision it is converted to (an `f64` beyond
+    /// ±3.4e38 for `f32`): it would become infinite.
+    #[error(
+        "`{tensor}`[{row}, {col}] = {value:e} does not fit in {precision}: it would become \
+         infinite; rescale it or run in f64"
+    )]
+    Overflow {
+        /// The tensor (`layers.0.weight`, `h0`, `t`, ...).
+        tensor: String,
+        /// Row of the entry.
+        row: usize,
+        /// Column of the entry.
+        col: usize,
+        /// The value.
+        value: f64,
+        /// The precision converted to (`f32`).
+        precision: &'static str,
+    },
     /// An optimiser hyper-parameter is outside its valid range.
     #[error("{optimizer}: {name} = {value} is invalid: {expected}")]
     Hyperparameter {

@@ -9,7 +9,7 @@
 //! [`Problem::record_with`] on a tape of any scalar); [`weights`] saves and loads
 //! parameters; [`json`] holds the helpers both file formats share.
 //!
-//! Everything runs in `f32` as well: `params.cast::<f32>()` gives a `ParamSet<f32>`,
+//! Everything runs in `f32` as well: `params.cast::<f32>()?` gives a `ParamSet<f32>`,
 //! [`train_step`] and [`train_step_ode`] take a `Tape<f32>`, and
 //! [`Problem::gradients_in::<f32>`](Problem::gradients_in) runs a problem file in `f32`.
 //!

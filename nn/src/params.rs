@@ -80,27 +80,33 @@ impl ParamSet {
 }
 
 impl<P: Precision> ParamSet<P> {
-    /// The same tensors in precision `Q` (rounded to nearest for `f64` → `f32`).
+    /// The same tensors in precision `Q` (rounded to nearest for `f64` → `f32`); a finite
+    /// entry beyond `Q`'s range is an [`Error::Overflow`] naming it (NaN and ±inf pass as
+    /// they are).
     ///
     /// ```
     /// use nn::rand::SeedableRng;
     /// use nn::{Activation, Mlp};
     /// let mlp = Mlp::new(&[2, 8, 2], Activation::Tanh)?;
-    /// let params = mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
-    /// let narrow = params.cast::<f32>();
+    /// let mut params = mlp.init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(0));
+    /// let narrow = params.cast::<f32>()?;
     /// assert_eq!(narrow.values()[0][(0, 0)], params.values()[0][(0, 0)] as f32);
-    /// assert_eq!(narrow.cast::<f64>().names(), params.names());
+    /// assert_eq!(narrow.cast::<f64>()?.names(), params.names());
+    /// params.values_mut()[1][(0, 3)] = 1e39;
+    /// assert!(matches!(params.cast::<f32>(), Err(nn::Error::Overflow { col: 3, .. })));
     /// # Ok::<(), nn::Error>(())
     /// ```
-    pub fn cast<Q: Precision>(&self) -> ParamSet<Q> {
-        ParamSet {
+    pub fn cast<Q: Precision>(&self) -> Result<ParamSet<Q>> {
+        let values = self
+            .names
+            .iter()
+            .zip(&self.values)
+            .map(|(name, v)| lower(name, v))
+            .collect::<Result<_>>()?;
+        Ok(ParamSet {
             names: self.names.clone(),
-            values: self
-                .values
-                .iter()
-                .map(|v| v.map(|x| Q::round_from(x.as_f64())))
-                .collect(),
-        }
+            values,
+        })
     }
 
     /// Append a tensor.
@@ -217,6 +223,29 @@ impl<P: Precision> ParamSet<P> {
             }
         }
         Ok(())
+    }
+}
+
+/// `value` in precision `Q`, or [`Error::Overflow`] at its first finite entry that does not
+/// fit.
+pub(crate) fn lower<P: Precision, Q: Precision>(
+    name: &str,
+    value: &DMatrix<P>,
+) -> Result<DMatrix<Q>> {
+    let out = value.map(|x| Q::round_from(x.as_f64()));
+    let overflow = value
+        .iter()
+        .zip(out.iter())
+        .position(|(x, y)| x.as_f64().is_finite() && !y.as_f64().is_finite());
+    match overflow {
+        None => Ok(out),
+        Some(k) => Err(Error::Overflow {
+            tensor: name.to_owned(),
+            row: k % value.nrows(),
+            col: k / value.nrows(),
+            value: value[k].as_f64(),
+            precision: Q::NAME,
+        }),
     }
 }
 

@@ -13,7 +13,7 @@ use ode::{BackwardStats, Solution, SolveStats, Strategy, StrategyReport};
 
 use crate::error::Result;
 use crate::odefunc::NeuralOde;
-use crate::params::lifted;
+use crate::params::{lifted, lower};
 use crate::problem::Problem;
 
 /// Which input of a problem a tensor is: what [`Problem::forward_with`]'s `lift` is told.
@@ -154,13 +154,29 @@ impl Problem {
     }
 
     /// Put h0, the parameters and the time grid on `tape` (lifted with zero derivative
-    /// parts) and solve with `strategy`.
+    /// parts; a value beyond the range of `T`'s precision is an [`crate::Error::Overflow`])
+    /// and solve with `strategy`.
     pub fn forward<'t, T: Scalar>(
         &self,
         tape: &'t Tape<T>,
         strategy: &Strategy,
     ) -> Result<Forward<'t, T>> {
+        self.check_fits::<T::Primitive>()?;
         self.forward_with(tape, strategy, |_, value| value.map(T::constant))
+    }
+
+    /// Refuse a value of the file that would overflow precision `Q` when lifted
+    /// ([`crate::Error::Overflow`], naming the tensor and entry).
+    fn check_fits<Q: Precision>(&self) -> Result<()> {
+        if Q::EPSILON <= f64::EPSILON {
+            return Ok(()); // f64 holds every value of the file
+        }
+        for (name, value) in self.params.names().iter().zip(self.params.values()) {
+            lower::<f64, Q>(name, value)?;
+        }
+        lower::<f64, Q>("h0", &self.h0)?;
+        lower::<f64, Q>("t", &DMatrix::from_row_slice(1, self.t.len(), &self.t))?;
+        Ok(())
     }
 
     /// [`Problem::forward`] with each input's value on the tape given by `lift(leaf,
@@ -213,6 +229,7 @@ impl Problem {
         tape: &'t Tape<T>,
         strategy: &Strategy,
     ) -> Result<Recorded<'t, T>> {
+        self.check_fits::<T::Primitive>()?;
         self.record_with(tape, strategy, |_, value| value.map(T::constant))
     }
 

@@ -160,6 +160,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Hyperparameter { .. } => "Hyperparameter",
         Error::NonFiniteGradient { .. } => "NonFiniteGradient",
         Error::NonFiniteUpdate { .. } => "NonFiniteUpdate",
+        Error::Overflow { .. } => "Overflow",
     }
 }
 
@@ -195,6 +196,13 @@ fn run(text: &str) -> Result<Outcome, String> {
     let mut p = p;
     p.options.max_num_steps = p.options.max_num_steps.min(2_000);
     let forward = p.gradients(&Strategy::Taped).map(|_| ());
+    // The same problem in f32 runs or fails with a typed error too (values beyond f32's
+    // range, tolerances below its precision); a panic is caught by the caller.
+    if let Err(e) = p.gradients_in::<f32>(&Strategy::Taped) {
+        if e.to_string().is_empty() {
+            return Err("empty f32 error message".into());
+        }
+    }
     Ok(Outcome::Loaded {
         forward: forward.map_err(|e| variant(&e).to_owned()),
     })

@@ -34,7 +34,8 @@ fn train<P: Precision>(strategy: Strategy, steps: usize) -> (Vec<f64>, ParamSet<
     let mut params: ParamSet<P> = func
         .mlp
         .init_params(&mut rand::rngs::StdRng::seed_from_u64(3))
-        .cast();
+        .cast()
+        .unwrap();
     let model = NeuralOde {
         options: Options::default().tolerances(1e-5, 1e-7),
         ..NeuralOde::new(func, strategy)
@@ -89,7 +90,7 @@ fn training_in_f32_tracks_training_in_f64() {
             "{name}: {worst:.1e} / {params:.1e}"
         );
         // The f32 run really ran in f32: its parameters are not the f64 ones rounded.
-        assert_ne!(p32, p64.cast::<f32>(), "{name}");
+        assert_ne!(p32, p64.cast::<f32>().unwrap(), "{name}");
     }
 }
 
@@ -164,11 +165,50 @@ fn f32_weights_round_trip_through_a_file_bit_for_bit() {
     let params: ParamSet<f32> = func
         .mlp
         .init_params(&mut rand::rngs::StdRng::seed_from_u64(9))
-        .cast();
+        .cast()
+        .unwrap();
     let path =
         std::env::temp_dir().join(format!("costate-f32-weights-{}.json", std::process::id()));
     nn::weights::save(&params, &path).unwrap();
-    let back = nn::weights::load(&path, None).unwrap().cast::<f32>();
+    let back = nn::weights::load(&path, None)
+        .unwrap()
+        .cast::<f32>()
+        .unwrap();
     std::fs::remove_file(&path).ok();
     assert_eq!(back, params);
+}
+
+#[test]
+fn values_beyond_f32_are_refused_by_name_not_turned_into_infinities() {
+    let mut p = problems().remove(1);
+    let name = p.params.names()[2].clone();
+    p.params.values_mut()[2][(1, 0)] = -1e39;
+    let err = p.gradients_in::<f32>(&Strategy::Taped).unwrap_err();
+    match &err {
+        nn::Error::Overflow {
+            tensor,
+            row: 1,
+            col: 0,
+            precision: "f32",
+            ..
+        } => assert_eq!(tensor, &name),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("run in f64"), "{err}");
+    // f64 holds it (the loss is then finite or a typed error, never an overflow refusal).
+    assert!(!matches!(
+        p.gradients(&Strategy::Taped),
+        Err(nn::Error::Overflow { .. })
+    ));
+    let mut q = problems().remove(1);
+    q.h0[(0, 1)] = 4e38;
+    let tape = Tape::<f32>::new();
+    assert!(matches!(
+        q.record(&tape, &Strategy::backsolve()),
+        Err(nn::Error::Overflow { row: 0, col: 1, .. })
+    ));
+    // The tape is still usable.
+    let x = tape.var(DMatrix::from_element(1, 1, 2.0f32));
+    let g = tape.backward(x.square().sum()).unwrap();
+    assert_eq!(g.get(x).unwrap()[(0, 0)], 4.0);
 }

@@ -222,3 +222,29 @@ fn tolerances_finer_than_the_precision_are_refused_with_the_fix() {
     // The tape stays usable after the refusal.
     assert!(tape.backward(h0.sum()).is_ok());
 }
+
+#[test]
+fn an_f32_solve_that_overflows_stops_with_a_typed_error_and_leaves_the_tape_usable() {
+    // h' = −k h with k = −1e6: h grows like e^(1e6 t) and leaves f32's range (3.4e38) at
+    // t ≈ 9e-5, long before t = 1, where f64 (1.8e308) would still hold it up to 7e-4.
+    for strategy in strategies() {
+        let tape = Tape::<f32>::new();
+        let h0 = tape.var(DMatrix::from_element(2, 2, 1.0f32));
+        let k = tape.var(DMatrix::from_element(1, 1, -1e6f32));
+        let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0f32, 1.0]));
+        let opts = Options::with_method("dopri5")
+            .unwrap()
+            .tolerances(1e-5, 1e-7);
+        let result =
+            odeint_with(&tape, &Decay, h0, t, &[k], &opts, &strategy).map(|s| s.outputs.len());
+        let err = result.expect_err(strategy.name().as_str());
+        eprintln!("{}: {err}", strategy.name());
+        assert!(
+            matches!(err, Error::NonFinite { .. }),
+            "{}: {err}",
+            strategy.name()
+        );
+        let g = tape.backward(h0.sum()).unwrap();
+        assert_eq!(g.get(h0).unwrap()[(0, 0)], 1.0);
+    }
+}
