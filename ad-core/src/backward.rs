@@ -295,11 +295,7 @@ impl<T: Scalar> Tape<T> {
 
 fn accumulate<T: Scalar>(slot: &mut Option<DMatrix<T>>, g: DMatrix<T>) {
     match slot {
-        Some(acc) => {
-            for (a, b) in acc.as_mut_slice().iter_mut().zip(g.as_slice()) {
-                *a += *b;
-            }
-        }
+        Some(acc) => crate::ops::add_into(acc, &g),
         None => *slot = Some(g),
     }
 }

@@ -10,7 +10,7 @@ const CHILD: &str = "COSTATE_THREADS_TEST_CHILD";
 
 /// The bits of a forward+backward through two products big enough to be threaded (15.7M
 /// and 10.5M multiply-adds, above 2²⁰ per band even for four bands), a tanh over 81920
-/// entries and an RK-style combination.
+/// entries, an RK-style combination, binary ops and backward's gradient accumulation.
 fn fingerprint() -> Vec<u64> {
     let mut bits = run::<f64>();
     bits.extend(run::<f32>());
@@ -33,6 +33,15 @@ fn run<P: Precision>() -> Vec<u64> {
     let c = |x: f64| P::round_from(x);
     let z = tape
         .fixed_weighted_sum(&[(c(0.3), y), (c(-1.1), y.square()), (c(0.7), y.sin())])
+        .unwrap();
+    // Same-shape binary ops and their VJPs, and gradient accumulation (y is read 6 times).
+    let one = c(1.0);
+    let z = z
+        .sub(y)
+        .unwrap()
+        .mul(y)
+        .unwrap()
+        .div(y.square().add_scalar(one))
         .unwrap();
     let loss = z.square().sum();
     let grads = tape.backward(loss).unwrap();

@@ -7,7 +7,7 @@ use num_dual::{Dual32, Dual64, DualNum};
 use smallvec::SmallVec;
 
 use super::reduce::{sum_cols, sum_rows};
-use super::threads::split_mut;
+use super::threads::{self, split_mut};
 use super::{buffer, fast, same_shape, Grads, Op};
 use crate::error::{Error, Result, Shape};
 use crate::scalar::{carries_derivatives, Precision, Scalar};
@@ -416,10 +416,10 @@ impl Binary {
 
     fn forward<T: Scalar>(self, a: &DMatrix<T>, b: &DMatrix<T>) -> DMatrix<T> {
         match self {
-            Binary::Add => a + b,
-            Binary::Sub => a - b,
-            Binary::Mul => a.component_mul(b),
-            Binary::Div => a.component_div(b),
+            Binary::Add => threads::zip_map(a, b, |a, b| a + b),
+            Binary::Sub => threads::zip_map(a, b, |a, b| a - b),
+            Binary::Mul => threads::zip_map(a, b, |a, b| a * b),
+            Binary::Div => threads::zip_map(a, b, |a, b| a / b),
         }
     }
 
@@ -435,16 +435,16 @@ impl Binary {
             // d(a+b) = da + db
             Binary::Add => (wants[0].then(|| g.clone()), Some(g)),
             // d(a-b) = da - db
-            Binary::Sub => (wants[0].then(|| g.clone()), Some(-g)),
+            Binary::Sub => (wants[0].then(|| g.clone()), Some(threads::map(&g, |g| -g))),
             // d(ab) = b da + a db
             Binary::Mul => (
-                wants[0].then(|| g.component_mul(b)),
-                Some(g.component_mul(a)),
+                wants[0].then(|| threads::zip_map(&g, b, |g, b| g * b)),
+                Some(threads::zip_map(&g, a, |g, a| g * a)),
             ),
             // d(a/b) = da / b - (a/b) db / b
             Binary::Div => {
-                let ga = g.component_div(b);
-                let gb = wants[1].then(|| -ga.component_mul(y));
+                let ga = threads::zip_map(&g, b, |g, b| g / b);
+                let gb = wants[1].then(|| threads::zip_map(&ga, y, |ga, y| -(ga * y)));
                 (Some(ga), gb)
             }
         };

@@ -233,3 +233,9 @@ pub(crate) struct VjpReads {
     /// The values of its inputs.
     pub inputs: bool,
 }
+
+/// `acc += g` entrywise (same shape), split over the threads for large tensors: the
+/// gradient accumulation of backward.
+pub(crate) fn add_into<T: Scalar>(acc: &mut DMatrix<T>, g: &DMatrix<T>) {
+    threads::zip_apply(acc.as_mut_slice(), g.as_slice(), |a, b| a + b);
+}

@@ -18,6 +18,10 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use nalgebra::DMatrix;
+
+use super::fast;
+
 /// Multiply-adds a band must have to be worth a hand-off to another thread (about 10 µs of
 /// kernel time at 100 GFLOP/s).
 const MIN_BAND_WORK: usize = 1 << 20;
@@ -261,3 +265,51 @@ impl<E> SharedMut<E> {
 unsafe impl<E: Send> Send for SharedMut<E> {}
 // SAFETY: as above.
 unsafe impl<E: Send> Sync for SharedMut<E> {}
+
+/// `f(a[i], b[i])` for every entry, split as [`split_mut`] splits (same shape assumed).
+pub(crate) fn zip_map<T, F>(a: &DMatrix<T>, b: &DMatrix<T>, f: F) -> DMatrix<T>
+where
+    T: nalgebra::Scalar + Copy + Send + Sync,
+    F: Fn(T, T) -> T + Sync,
+{
+    let (xa, xb) = (a.as_slice(), b.as_slice());
+    fast::filled(a.nrows(), a.ncols(), |y| {
+        split_mut(y, &|at, y| {
+            let n = y.len();
+            for (y, (&a, &b)) in y.iter_mut().zip(xa[at..at + n].iter().zip(&xb[at..at + n])) {
+                y.write(f(a, b));
+            }
+        })
+    })
+}
+
+/// `f(a[i])` for every entry, split as [`split_mut`] splits.
+pub(crate) fn map<T, F>(a: &DMatrix<T>, f: F) -> DMatrix<T>
+where
+    T: nalgebra::Scalar + Copy + Send + Sync,
+    F: Fn(T) -> T + Sync,
+{
+    let xa = a.as_slice();
+    fast::filled(a.nrows(), a.ncols(), |y| {
+        split_mut(y, &|at, y| {
+            let n = y.len();
+            for (y, &a) in y.iter_mut().zip(&xa[at..at + n]) {
+                y.write(f(a));
+            }
+        })
+    })
+}
+
+/// `y[i] = f(y[i], x[i])` in place, split as [`split_mut`] splits (same length assumed).
+pub(crate) fn zip_apply<T, F>(y: &mut [T], x: &[T], f: F)
+where
+    T: Copy + Send + Sync,
+    F: Fn(T, T) -> T + Sync,
+{
+    split_mut(y, &|at, y| {
+        let n = y.len();
+        for (y, &x) in y.iter_mut().zip(&x[at..at + n]) {
+            *y = f(*y, x);
+        }
+    });
+}
