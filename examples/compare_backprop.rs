@@ -238,8 +238,8 @@ fn weights(problem: &Problem) -> impl Iterator<Item = &DMatrix<f64>> {
 
 /// Seconds the matrix products of one evaluation of f take at this process's own product
 /// rate: each layer's `x Wᵀ` (batch × in · (out × in)ᵀ) timed on its own, median of 15
-/// (after 3 warm-up runs), summed over the layers. Threads as the process has them
-/// (`MATMUL_NUM_THREADS`).
+/// (after 3 warm-up runs), summed over the layers, at the thread count in effect
+/// (`MATMUL_NUM_THREADS`, lowered by `ad_core::set_max_threads`).
 fn product_seconds_per_evaluation<P: costate::ad_core::Precision>(
     problem: &Problem,
 ) -> Result<f64, Box<dyn Error>> {
@@ -271,9 +271,10 @@ fn product_seconds_per_evaluation<P: costate::ad_core::Precision>(
 /// The distance to the product-bound for taped and backsolve on an MLP field: the FLOPs of
 /// the evaluations and VJPs performed (an evaluation's products are F = 2·batch·Σ in·out, a
 /// VJP's 2F: the input's and the weights' cotangents), at the product rate this process
-/// measures. Taped pulls back every forward evaluation (an overcount by the rejected steps'
-/// stages, none on the shipped problems); each backsolve backward evaluation is f plus its
-/// VJP. Other strategies mix replays and untaped recomputations and are left out.
+/// measures on one core and on all the cores it may use. Taped pulls back every forward
+/// evaluation (an overcount by the rejected steps' stages, none on the shipped problems);
+/// each backsolve backward evaluation is f plus its VJP. Other strategies mix replays and
+/// untaped recomputations and are left out.
 fn print_flop_bound(
     problem: &Problem,
     runs: &[Run],
@@ -283,25 +284,34 @@ fn print_flop_bound(
     let flops_per_eval: f64 = weights(problem)
         .map(|w| 2.0 * batch * (w.nrows() * w.ncols()) as f64)
         .sum();
-    let eval_seconds = match precision {
-        Precision::F64 => product_seconds_per_evaluation::<f64>(problem)?,
-        Precision::F32 => product_seconds_per_evaluation::<f32>(problem)?,
+    let measure = || match precision {
+        Precision::F64 => product_seconds_per_evaluation::<f64>(problem),
+        Precision::F32 => product_seconds_per_evaluation::<f32>(problem),
     };
-    let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into());
-    println!(
-        "\nproduct bound ({}, MATMUL_NUM_THREADS={threads}): one evaluation's products take {:.3} ms here = {:.1} GFLOP/s",
-        precision.name(),
-        eval_seconds * 1e3,
-        flops_per_eval / eval_seconds / 1e9
-    );
+    // The products' rate on one core and on every core this process may use, in one run.
+    let cores = costate::ad_core::set_max_threads(1);
+    let one_core = measure();
+    costate::ad_core::set_max_threads(cores);
+    let (one_core, all_cores) = (one_core?, measure()?);
+    for (n, seconds) in [(1, one_core), (cores, all_cores)] {
+        println!(
+            "\nproduct bound ({}, {n} thread{}): one evaluation's products take {:.3} ms here = {:.1} GFLOP/s",
+            precision.name(),
+            if n == 1 { "" } else { "s" },
+            seconds * 1e3,
+            flops_per_eval / seconds / 1e9
+        );
+    }
     let mut t = TextTable::new(&[
         "mode",
         "f evals",
         "VJPs",
         "GFLOP",
-        "bound ms",
+        "bound 1 core ms",
+        &format!("bound {cores} cores ms"),
         "measured ms",
-        "measured / bound",
+        "measured / bound 1",
+        &format!("measured / bound {cores}"),
     ]);
     for r in runs {
         let (evals, vjps) = match r.ran() {
@@ -313,15 +323,17 @@ fn print_flop_bound(
             _ => continue,
         };
         let units = evals as f64 + 2.0 * vjps as f64;
-        let bound_ms = units * eval_seconds * 1e3;
+        let (bound_1, bound_n) = (units * one_core * 1e3, units * all_cores * 1e3);
         t.row(vec![
             r.name.clone(),
             evals.to_string(),
             vjps.to_string(),
             format!("{:.2}", units * flops_per_eval / 1e9),
-            format!("{bound_ms:.2}"),
+            format!("{bound_1:.2}"),
+            format!("{bound_n:.2}"),
             format!("{:.2}", r.time_ms),
-            format!("{:.2}", r.time_ms / bound_ms),
+            format!("{:.2}", r.time_ms / bound_1),
+            format!("{:.2}", r.time_ms / bound_n),
         ]);
     }
     print!("{t}");

@@ -41,7 +41,8 @@
 //! combinations; at least 2¹³ entries per band) are split the same way. Each band runs the
 //! same single-threaded kernel with its blocking over k unchanged, so values and gradients
 //! are bitwise the same for any thread count. `MATMUL_NUM_THREADS` caps the threads (default:
-//! the available parallelism; read once, at the first large product). The workers start at
+//! the available parallelism; read once, at the first large product), and
+//! [`set_max_threads`] lowers the cap at run time. The workers start at
 //! the first product that is split, stay hot (spinning, then yielding) for about a
 //! millisecond after each job, since a solve alternates products with short elementwise
 //! passes, and then park. Smaller products, such as a 32×64 batch through 64-wide layers,
@@ -64,7 +65,7 @@ pub use check::{
     GradcheckReport, GradcheckSettings, TapeFunction, TapeFunctionF64, Tolerance,
 };
 pub use error::{Error, Message, Result, Shape};
-pub use ops::{BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
+pub use ops::{set_max_threads, BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
 pub use scalar::{all_finite, carries_derivatives, Precision, Scalar};
 pub use table::TextTable;
 pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};

@@ -14,6 +14,8 @@ mod shape;
 mod small_product;
 mod threads;
 
+pub use threads::set_max_threads;
+
 pub(crate) use custom::CustomNode;
 pub use custom::{BoxError, CustomOp, Report, ReportedVjp};
 pub(crate) use elementwise::{Binary, Unary};

@@ -13,7 +13,7 @@
 //! first product large enough to split, so small workloads never start it.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -29,9 +29,9 @@ const MIN_BAND_WORK: usize = 1 << 20;
 /// How long an idle worker stays hot before it parks.
 const HOT: Duration = Duration::from_millis(1);
 
-/// The number of threads products may use: `MATMUL_NUM_THREADS` if it is a positive
-/// integer, else the machine's available parallelism. Read once per process.
-pub(crate) fn threads() -> usize {
+/// The threads the process may use: `MATMUL_NUM_THREADS` if it is a positive integer, else
+/// the machine's available parallelism. Read once per process; the workers are sized by it.
+fn process_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| {
         std::env::var("MATMUL_NUM_THREADS")
@@ -40,6 +40,41 @@ pub(crate) fn threads() -> usize {
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
     })
+}
+
+/// The cap [`set_max_threads`] set (0: none).
+static CAP: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of threads large products and passes use now: the process's count
+/// ([`process_threads`]), capped by [`set_max_threads`].
+pub(crate) fn threads() -> usize {
+    match CAP.load(Ordering::Relaxed) {
+        0 => process_threads(),
+        cap => cap.min(process_threads()),
+    }
+}
+
+/// Cap the threads large products and elementwise passes use from now on, at `max` (at
+/// least 1), below the process's count (`MATMUL_NUM_THREADS`, or the available parallelism).
+/// Returns the count in effect before. Results are bitwise the same for any count, so this
+/// only trades speed for cores, e.g. to leave cores to other work, or to time one core.
+///
+/// ```
+/// use ad_core::{nalgebra::DMatrix, set_max_threads, Tape};
+/// let product = || {
+///     let tape = Tape::<f64>::new();
+///     let a = tape.constant(DMatrix::from_fn(256, 256, |i, j| ((i * j) as f64).sin()));
+///     a.matmul(a).unwrap().value().unwrap()
+/// };
+/// let before = set_max_threads(1);
+/// let one = product();
+/// set_max_threads(before);
+/// assert_eq!(one, product());
+/// ```
+pub fn set_max_threads(max: usize) -> usize {
+    let before = threads();
+    CAP.store(max.max(1), Ordering::Relaxed);
+    before
 }
 
 /// How many bands a product of `m·n·k` multiply-adds over an output dimension of `extent`
@@ -82,7 +117,7 @@ struct Pool {
 fn pool() -> Option<&'static Pool> {
     static POOL: OnceLock<Option<Pool>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let workers = threads().saturating_sub(1);
+        let workers = process_threads().saturating_sub(1);
         let mut slots = Vec::with_capacity(workers);
         for i in 0..workers {
             let slot = Arc::new(Slot {
