@@ -1,7 +1,9 @@
 //! Products large enough to be split across threads give bitwise the same values and
 //! gradients for any thread count: the output is cut into bands, never the sum over k, and
-//! large elementwise passes into ranges. The thread count is read once per process (`MATMUL_NUM_THREADS`), so the test
-//! runs itself as a child process once per count and compares what the children print.
+//! large elementwise passes into ranges. The workers are sized once per process
+//! (`MATMUL_NUM_THREADS`), so the test runs itself as a child process once per count and
+//! compares what the children print; a second test lowers the cap in-process with
+//! `set_max_threads`.
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Precision, Tape};
@@ -85,4 +87,17 @@ fn threaded_products_do_not_depend_on_the_thread_count() {
     let one = run("1");
     assert_eq!(one, run("2"), "2 threads");
     assert_eq!(one, run("4"), "4 threads");
+}
+
+#[test]
+fn a_run_time_cap_gives_the_same_bits() {
+    if std::env::var_os(CHILD).is_some() {
+        return; // the children run only the fingerprint above
+    }
+    let all = fingerprint();
+    let before = ad_core::set_max_threads(1);
+    let one = fingerprint();
+    ad_core::set_max_threads(before);
+    assert_eq!(one, all);
+    assert_eq!(fingerprint(), all);
 }

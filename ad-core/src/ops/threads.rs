@@ -226,6 +226,8 @@ pub(crate) fn run_bands(count: usize, band: &(dyn Fn(usize) + Sync)) {
         busy: &pool.busy,
     };
     for (i, slot) in posted.slots.iter().enumerate() {
+        // A panic left over from a call that unwound before reporting it is not this call's.
+        slot.panicked.store(false, Ordering::Relaxed);
         // SAFETY: `pending` is false (every earlier use waited for it), so the worker does
         // not read `job` now.
         unsafe { *slot.job.get() = Some((job, i + 1)) };
