@@ -5,7 +5,8 @@
 //! the same kernel. The sum over k is never split, and each band runs the kernel's blocking
 //! over k unchanged, so every entry is computed in the same order as by one thread: results
 //! are bitwise the same for any thread count. The calling thread computes the first band
-//! itself and hands the others to `threads − 1` workers.
+//! itself and hands the others to `threads − 1` workers. Elementwise passes over large
+//! tensors are cut into ranges the same way ([`split_mut`]).
 //!
 //! The workers stay hot between products (spinning, then yielding, for about a millisecond
 //! before they park): a solve alternates products with elementwise passes of 50–200 µs, and
@@ -22,7 +23,7 @@ use nalgebra::DMatrix;
 
 use super::fast;
 
-/// Multiply-adds a band must have to be worth a hand-off to another thread (about 10 µs of
+/// Multiply-adds a band must have to be worth a hand-off to another thread (about 20 µs of
 /// kernel time at 100 GFLOP/s).
 const MIN_BAND_WORK: usize = 1 << 20;
 
