@@ -148,8 +148,8 @@ impl Unary {
     fn forward_f64<T: Scalar>(self, x: &DMatrix<T>) -> Option<DMatrix<T>> {
         match self {
             Unary::Tanh => {
-                if let Some(x) = fast::as_f64(x) {
-                    fast::from_f64(fast::tanh(x)?)
+                if let Some(x) = fast::as_real::<T, f64>(x) {
+                    fast::from_real(fast::tanh(x)?)
                 } else if let Some(x) = fast::as_real::<T, f32>(x) {
                     fast::from_real(fast::tanh_f32(x)?)
                 } else {
@@ -175,7 +175,7 @@ impl Unary {
         if self != Unary::Tanh {
             return false;
         }
-        if let (Some(y), Some(g)) = (fast::as_f64(y), fast::as_f64_mut(g)) {
+        if let (Some(y), Some(g)) = (fast::as_real::<T, f64>(y), fast::as_real_mut::<T, f64>(g)) {
             let y = y.as_slice();
             split_mut(g.as_mut_slice(), &|at, g| {
                 tanh_vjp(1.0, &y[at..at + g.len()], g)

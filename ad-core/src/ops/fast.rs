@@ -19,44 +19,22 @@ use std::mem::MaybeUninit;
 use nalgebra::DMatrix;
 
 use super::threads::split_mut;
-use crate::scalar::Scalar;
-
-/// `m` as an `f64` matrix, when `T` is `f64`.
-#[inline]
-pub(crate) fn as_f64<T: Scalar>(m: &DMatrix<T>) -> Option<&DMatrix<f64>> {
-    (m as &dyn Any).downcast_ref::<DMatrix<f64>>()
-}
-
-/// `m` as a `T` matrix, when `T` is `f64`.
-#[inline]
-pub(crate) fn as_f64_mut<T: Scalar>(m: &mut DMatrix<T>) -> Option<&mut DMatrix<f64>> {
-    (m as &mut dyn Any).downcast_mut::<DMatrix<f64>>()
-}
-
-/// An `f64` matrix as a `DMatrix<T>`; `None` unless `T` is `f64`.
-#[inline]
-pub(crate) fn from_f64<T: Scalar>(m: DMatrix<f64>) -> Option<DMatrix<T>> {
-    let mut m = Some(m);
-    (&mut m as &mut dyn Any)
-        .downcast_mut::<Option<DMatrix<T>>>()
-        .and_then(Option::take)
-}
 
 /// `m` as an `F` matrix, when `T` is `F`.
 #[inline]
-pub(crate) fn as_real<T: Scalar, F: 'static>(m: &DMatrix<T>) -> Option<&DMatrix<F>> {
+pub(crate) fn as_real<T: 'static, F: 'static>(m: &DMatrix<T>) -> Option<&DMatrix<F>> {
     (m as &dyn Any).downcast_ref::<DMatrix<F>>()
 }
 
 /// `m` as an `F` matrix, when `T` is `F`.
 #[inline]
-pub(crate) fn as_real_mut<T: Scalar, F: 'static>(m: &mut DMatrix<T>) -> Option<&mut DMatrix<F>> {
+pub(crate) fn as_real_mut<T: 'static, F: 'static>(m: &mut DMatrix<T>) -> Option<&mut DMatrix<F>> {
     (m as &mut dyn Any).downcast_mut::<DMatrix<F>>()
 }
 
 /// An `F` matrix as a `DMatrix<T>`; `None` unless `T` is `F`.
 #[inline]
-pub(crate) fn from_real<F: 'static, T: Scalar>(m: DMatrix<F>) -> Option<DMatrix<T>> {
+pub(crate) fn from_real<F: 'static, T: 'static>(m: DMatrix<F>) -> Option<DMatrix<T>> {
     let mut m = Some(m);
     (&mut m as &mut dyn Any)
         .downcast_mut::<Option<DMatrix<T>>>()

@@ -2,8 +2,6 @@
 //! blocked kernels (tiny ones through the direct loops of `small_product`); transposed
 //! operands are passed as strided views, never copied.
 
-use std::any::Any;
-
 use nalgebra::DMatrix;
 use num_dual::Dual;
 
@@ -35,19 +33,6 @@ pub(crate) fn gemm<T: Scalar>(a: &DMatrix<T>, ta: bool, b: &DMatrix<T>, tb: bool
     }
 }
 
-/// `T` viewed as `F`, when they are the same type.
-fn same<T: 'static, F: 'static>(m: &DMatrix<T>) -> Option<&DMatrix<F>> {
-    (m as &dyn Any).downcast_ref::<DMatrix<F>>()
-}
-
-/// An `F` matrix handed back as `T`, when they are the same type.
-fn back<F: 'static, T: 'static>(m: DMatrix<F>) -> Option<DMatrix<T>> {
-    let mut m = Some(m);
-    (&mut m as &mut dyn Any)
-        .downcast_mut::<Option<DMatrix<T>>>()
-        .and_then(Option::take)
-}
-
 /// The blocked product when `T` is the real type `F`.
 fn real_gemm<T: Scalar, F: Kernel>(
     a: &DMatrix<T>,
@@ -55,7 +40,12 @@ fn real_gemm<T: Scalar, F: Kernel>(
     b: &DMatrix<T>,
     tb: bool,
 ) -> Option<DMatrix<T>> {
-    back(blocked(same::<T, F>(a)?, ta, same::<T, F>(b)?, tb))
+    fast::from_real(blocked(
+        fast::as_real::<T, F>(a)?,
+        ta,
+        fast::as_real::<T, F>(b)?,
+        tb,
+    ))
 }
 
 /// `op(a) · op(b)` on `Dual<F>` (`Dual64`, `Dual32`) as real products of the parts:
@@ -69,7 +59,10 @@ fn dual_gemm<T: Scalar, F: Kernel>(
     b: &DMatrix<T>,
     tb: bool,
 ) -> Option<DMatrix<T>> {
-    let (a, b) = (same::<T, Dual<F>>(a)?, same::<T, Dual<F>>(b)?);
+    let (a, b) = (
+        fast::as_real::<T, Dual<F>>(a)?,
+        fast::as_real::<T, Dual<F>>(b)?,
+    );
     let parts = |m: &DMatrix<Dual<F>>| {
         let re = m.map(|x| x.re);
         let eps = m.map(|x| x.eps);
@@ -86,7 +79,7 @@ fn dual_gemm<T: Scalar, F: Kernel>(
             Some(blocked(a_eps, ta, &b_re, tb) + blocked(&a_re, ta, b_eps, tb))
         }
     };
-    back(match eps {
+    fast::from_real(match eps {
         Some(eps) => re.zip_map(&eps, Dual::new),
         None => re.map(Dual::from_re),
     })
