@@ -62,6 +62,16 @@ pub(crate) trait System<'t, T: Scalar> {
     }
 }
 
+impl<'t, T: Scalar, S: System<'t, T>> System<'t, T> for &mut S {
+    fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
+        (**self).eval(t, tv, y)
+    }
+
+    fn reads(&self, c: usize) -> bool {
+        (**self).reads(c)
+    }
+}
+
 /// The quadrature components of one step on a tape that is not recording: each stage's
 /// values are added into `y + dt Σ b_i k_i` as the stage arrives and then released, so a
 /// step holds one running sum per quadrature instead of all `s` stages (the adjoint's

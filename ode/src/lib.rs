@@ -122,30 +122,33 @@
 //! random problems.
 #![warn(missing_docs)]
 
-mod adjoint;
 #[cfg(feature = "proptest")]
 pub mod arbitrary;
-mod auto;
-mod checkpoint;
 mod controller;
 mod dynamics;
 mod engine;
 mod error;
+mod forward;
+mod input;
+mod node;
 mod options;
 pub mod schedule;
+mod solution;
 mod solve;
 mod stepper;
+mod strategies;
 mod strategy;
 pub mod tableau;
 pub mod verify;
 
-pub use adjoint::odeint_adjoint;
 pub use controller::StepRecord;
 pub use dynamics::Dynamics;
 pub use engine::SolveStats;
 pub use error::{Error, Result};
+pub use input::check_grid;
 pub use options::{method_by_name, AdjointNorm, Norm, NormFn, Options};
-pub use solve::{check_grid, odeint, odeint_with, solve, Solution};
+pub use solution::Solution;
+pub use solve::{odeint, odeint_adjoint, odeint_with, solve};
 pub use strategy::{Backsolve, BackwardStats, Drift, ParseStrategyError, Strategy, StrategyReport};
 pub use verify::{
     adjoint_residual, tolerance_study, AdjointResidualReport, GradientProblem, ProblemVector,

@@ -209,3 +209,14 @@ impl Options {
 pub fn method_by_name(name: &str) -> Result<&'static Tableau> {
     tableau::by_name(name).ok_or_else(|| Error::UnknownMethod { name: name.into() })
 }
+
+impl Norm {
+    /// The norm's name, for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Norm::Rms => "rms",
+            Norm::MaxRms => "max_rms",
+            Norm::Custom(_) => "custom",
+        }
+    }
+}

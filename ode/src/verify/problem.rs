@@ -8,8 +8,9 @@ use ad_core::{Scalar, Tape};
 
 use super::{max_abs, max_abs_diff, relative, Result, VerifyError};
 use crate::dynamics::Dynamics;
+use crate::input::check_grid;
 use crate::options::Options;
-use crate::solve::{check_grid, odeint_with, solve};
+use crate::solve::{odeint_with, solve};
 use crate::strategy::Strategy;
 
 /// A solve `h' = f_θ(t, h)`, `h(t_0) = h0`, on `grid`, and the loss

@@ -19,8 +19,10 @@ use super::problem::GradientProblem;
 use super::table::{render, sci};
 use super::{max_abs, relative, Result, VerifyError};
 use crate::dynamics::Dynamics;
+use crate::forward::check_field_output;
+use crate::input::{check_grid, direction};
 use crate::options::Options;
-use crate::solve::{check_field_output, check_grid, direction, odeint, solve};
+use crate::solve::{odeint, solve};
 
 /// Where [`adjoint_residual`] evaluates the residual.
 #[derive(Clone, Debug, Default)]

@@ -9,7 +9,9 @@ use ad_core::{Scalar, Tape, Var};
 
 use crate::dynamics::Dynamics;
 use crate::error::{Error, Result};
-use crate::solve::{grid_row, taped, Solution, SolveInput};
+use crate::input::{grid_row, SolveInput};
+use crate::solution::Solution;
+use crate::strategies::{backsolve, replay, taped};
 use crate::strategy::{Backsolve, StrategyReport};
 
 /// Bytes of one f evaluation recorded on a tape, measured on a throwaway tape.
@@ -62,7 +64,7 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     let first = 2 * step_estimate + transient;
     let fits_first = first + first / 4 <= budget;
     if fits_first {
-        let result = taped(input, f, |acc| {
+        let result = taped::taped(input, f, |acc| {
             let this_step = input.tape.bytes_since(acc.mark());
             if let Some(prev) = previous {
                 released_total += input.tape.bytes_since(prev).saturating_sub(this_step);
@@ -114,13 +116,13 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         let reason = format!(
             "auto: {taped_note}; {slots} states of {state} bytes fit beside one step's replay ({step_peak} bytes)"
         );
-        let mut sol = crate::checkpoint::exact(input, f, Some(slots), reason)?;
+        let mut sol = replay::exact(input, f, Some(slots), reason)?;
         if sol.strategy.stored_states >= sol.steps.len() {
             sol.strategy.name = "aca".into();
         }
         return Ok(sol);
     }
-    let mut sol = crate::adjoint::backsolve(input, f, &Backsolve::default(), 1)?;
+    let mut sol = backsolve::backsolve(input, f, &Backsolve::default(), 1)?;
     sol.strategy.reason = format!(
         "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), so backsolve (not exact)"
     );

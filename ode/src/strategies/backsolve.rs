@@ -5,40 +5,16 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Mark, Scalar, Tape, Var};
 
-use crate::checkpoint::forward_keeping;
 use crate::dynamics::Dynamics;
 use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
+use crate::forward::{check_field_output, forward_controller, forward_keeping};
+use crate::input::{direction, SolveInput};
+use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
-use crate::solve::{
-    check_field_output, check_tape, direction, forward_controller, odeint_with, NodeBackward,
-    Solution, SolveInput,
-};
+use crate::solution::Solution;
 use crate::stepper::{Memory, Start, Stepper};
 use crate::strategy::{Backsolve, BackwardStats, Drift, Strategy, StrategyReport};
-
-/// Constant-memory gradients with the backsolve adjoint and its default settings: the
-/// torchdiffeq-familiar shorthand for [`odeint_with`] with [`Strategy::backsolve`]. The
-/// forward solve records nothing, and the tape gets one node (plus one output node per grid
-/// time). Its VJP solves the augmented system `[h, a, a_θ, a_t]` from `t_n` back to `t_0`,
-/// resetting `h` to the stored forward value at every output time and adding that output's
-/// cotangent to `a`. Gradients reach `h0`, every parameter and every time in `t`, accurate
-/// to the solver tolerance. The backward solve uses the forward's method and tolerances and
-/// carries the step size from one segment between output times to the next instead of
-/// restarting the controller; [`Backsolve`] sets them apart.
-///
-/// `f` is cloned into the node, so it must be `Clone + 'static` (keep weights in `params`).
-pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
-    tape: &'t Tape<T>,
-    f: &F,
-    h0: Var<'t, T>,
-    t: Var<'t, T>,
-    params: &[Var<'t, T>],
-    opts: &Options,
-) -> Result<Solution<'t, T>> {
-    check_tape(tape, "odeint_adjoint", [&h0, &t].into_iter().chain(params))?;
-    odeint_with(tape, f, h0, t, params, opts, &Strategy::backsolve())
-}
 
 /// The backsolve strategy with `checkpoints` stored states (1: only `h0`).
 pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(

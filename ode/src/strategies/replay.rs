@@ -1,4 +1,4 @@
-//! The exact opaque strategies: store every step (ACA) and K-slot binomial checkpointing.
+//! The exact replay strategies: store every step (ACA) and K-slot binomial checkpointing.
 //! The forward runs untaped and records every accepted step; the backward replays each step
 //! on a local tape with its recorded step size and pulls the cotangent back through it,
 //! recomputing unstored start states from the nearest stored one (see `crate::schedule`).
@@ -11,95 +11,14 @@ use ad_core::{Mark, Scalar, Tape, Var};
 use crate::controller::StepRecord;
 use crate::dynamics::Dynamics;
 use crate::error::Result;
+use crate::forward::{forward_controller, forward_keeping, FieldSystem};
+use crate::input::{direction, SolveInput};
+use crate::node::NodeBackward;
 use crate::options::Options;
 use crate::schedule::{min_recomputations, split};
-use crate::solve::{
-    direction, forward_controller, forward_values, FieldSystem, Forward, NodeBackward, NodeInputs,
-    Solution, SolveInput,
-};
+use crate::solution::Solution;
 use crate::stepper::{Memory, Start, Stepper};
 use crate::strategy::{BackwardStats, Strategy, StrategyReport};
-
-/// Keeps at most `slots` states of a forward solve, evenly spread over its accepted steps
-/// without knowing their number: states at multiples of a stride, which doubles (dropping
-/// every other state) whenever the slots overflow. The initial state (index 0) is always
-/// kept and takes one slot; it is not copied (the caller has it).
-pub(crate) struct Thinning<T: Scalar> {
-    slots: usize,
-    stride: usize,
-    kept: Vec<(usize, f64, Option<DMatrix<T>>)>,
-}
-
-impl<T: Scalar> Thinning<T> {
-    pub fn new(slots: usize) -> Self {
-        Self {
-            slots: slots.max(1),
-            stride: 1,
-            kept: vec![(0, f64::NAN, None)],
-        }
-    }
-
-    /// Whether the state at accepted step `k` would be kept.
-    pub fn wants(&self, k: usize) -> bool {
-        k.is_multiple_of(self.stride)
-    }
-
-    pub fn push(&mut self, k: usize, t: f64, y: DMatrix<T>) {
-        self.kept.push((k, t, Some(y)));
-        if self.kept.len() > self.slots {
-            self.stride *= 2;
-            let stride = self.stride;
-            self.kept.retain(|e| e.0.is_multiple_of(stride));
-        }
-    }
-
-    /// The kept states after the initial one: (step index, time, state).
-    pub fn into_states(self) -> Vec<(usize, f64, DMatrix<T>)> {
-        self.kept
-            .into_iter()
-            .filter_map(|(k, t, y)| y.map(|y| (k, t, y)))
-            .collect()
-    }
-}
-
-/// A stored forward state: its step index, its time and its value.
-pub(crate) struct Checkpoint<T: Scalar> {
-    pub step: usize,
-    pub t: f64,
-    pub y: DMatrix<T>,
-}
-
-/// The untaped forward of an opaque strategy, keeping at most `slots` step start states
-/// (the initial one, not copied, included) evenly spread by [`Thinning`]. Takes the
-/// parameter values out of `values`.
-pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
-    values: &mut NodeInputs<'_, T>,
-    f: &F,
-    opts: &Options,
-    slots: usize,
-) -> Result<(Forward<T>, Vec<Checkpoint<T>>)> {
-    let mut thinning = Thinning::new(slots);
-    let forward = forward_values(
-        f,
-        &values.h0,
-        &values.times,
-        // The forward is their only reader: moved, not copied.
-        std::mem::take(&mut values.params),
-        opts,
-        |k, step, y| {
-            if k > 0 && thinning.wants(k) {
-                thinning.push(k, step.t, y.value()?);
-            }
-            Ok(())
-        },
-    )?;
-    let kept = thinning
-        .into_states()
-        .into_iter()
-        .map(|(step, t, y)| Checkpoint { step, t, y })
-        .collect();
-    Ok((forward, kept))
-}
 
 /// The exact strategy with at most `slots` stored states (`None`: every step's).
 pub(crate) fn exact<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(

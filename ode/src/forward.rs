@@ -1,0 +1,256 @@
+//! The untaped forward every opaque strategy runs first: the counting vector-field system,
+//! the forward controller, and the recording forward solve on a scratch tape (with the
+//! evenly spread stored states of the checkpointed strategies).
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{all_finite, Scalar, Tape, Var};
+
+use crate::controller::{Controller, StepRecord};
+use crate::dynamics::Dynamics;
+use crate::engine::{SolveStats, State, System};
+use crate::error::{Error, Result};
+use crate::input::{check_grid, check_h0, direction, NodeInputs};
+use crate::options::Options;
+use crate::stepper::{Memory, Start, Stepper};
+
+/// The forward controller from options.
+pub(crate) fn forward_controller(opts: &Options) -> Controller {
+    Controller {
+        tableau: opts.method,
+        rtol: opts.rtol,
+        atol: opts.atol,
+        safety: opts.safety,
+        ifactor: opts.ifactor,
+        dfactor: opts.dfactor,
+        min_step: opts.min_step,
+        max_step: opts.max_step,
+        max_num_steps: opts.max_num_steps,
+        fixed_step: if opts.method.b_error.is_none() {
+            opts.step_size
+        } else {
+            None
+        },
+        first_step: opts.first_step,
+        norm: opts.norm.clone(),
+        mask: None,
+        replay: None,
+    }
+}
+
+/// `h' = f(t, h)` as an engine system: counts evaluations, checks shape and finiteness.
+pub(crate) struct FieldSystem<'a, 't, T: Scalar, F: Dynamics<T>> {
+    pub f: &'a F,
+    pub params: &'a [Var<'t, T>],
+    pub shape: (usize, usize),
+    pub nfe: usize,
+}
+
+impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> {
+    fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
+        self.nfe += 1;
+        let tape = tv.tape();
+        // On a tape that is not recording (the untaped forward, recomputations), f's
+        // intermediate values are dropped as soon as it returns: otherwise every stage's
+        // activations would stay until the step ends (the forward's peak heap).
+        let compact = (!tape.is_grad_enabled()).then(|| tape.mark());
+        let out = self.f.eval(tv, y[0], self.params)?;
+        check_field_output(out, self.shape, t)?;
+        match compact {
+            Some(mark) => Ok(tape.rewind_keep(mark, &[out])?),
+            None => Ok(vec![out]),
+        }
+    }
+}
+
+pub(crate) fn check_field_output<T: Scalar>(
+    out: Var<'_, T>,
+    shape: (usize, usize),
+    t: f64,
+) -> Result<()> {
+    let got = out.shape()?;
+    if got != shape {
+        return Err(Error::Shape {
+            what: "f(t, h)".into(),
+            expected: shape,
+            got,
+        });
+    }
+    if !out.with_value(all_finite)? {
+        return Err(Error::NonFinite {
+            what: "derivative",
+            t,
+        });
+    }
+    Ok(())
+}
+
+/// What the untaped forward of an opaque strategy hands its node.
+pub(crate) struct Forward<T: Scalar> {
+    /// `h(t_1), …, h(t_n)`.
+    pub outputs: Vec<DMatrix<T>>,
+    /// Every accepted step.
+    pub steps: Vec<StepRecord>,
+    /// `first_output[k]`: the index into `outputs` of the first output inside step `k`
+    /// (one entry per step, then `n − 1`): step `k` emits `first_output[k]..first_output[k + 1]`.
+    pub first_output: Vec<usize>,
+    pub stats: SolveStats,
+}
+
+/// The untaped forward: values only on a scratch tape rewound after every step (the
+/// parameter values are moved onto it, not copied: they are as large as θ), calling
+/// `keep(k, step, y_k)` with every accepted step's start state so the strategy can store
+/// what it needs.
+pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
+    f: &F,
+    h0: &DMatrix<T>,
+    t: &[T],
+    params: Vec<DMatrix<T>>,
+    opts: &Options,
+    mut keep: impl FnMut(usize, &StepRecord, &Var<'_, T>) -> Result<()>,
+) -> Result<Forward<T>> {
+    let grid = check_grid(t)?;
+    check_h0(h0, grid[0])?;
+    let scratch = Tape::new();
+    let _no_grad = scratch.no_grad();
+    let params: Vec<Var<'_, T>> = params.into_iter().map(|p| scratch.constant(p)).collect();
+    let times: Vec<(f64, Var<'_, T>)> = grid
+        .iter()
+        .zip(t)
+        .skip(1)
+        .map(|(&g, &tv)| (g, scratch.constant(DMatrix::from_element(1, 1, tv))))
+        .collect();
+    let t_base = scratch.constant(DMatrix::from_element(1, 1, t[0]));
+    let y0 = scratch.constant(h0.clone());
+    let base = scratch.mark();
+    let sys = FieldSystem {
+        f,
+        params: &params,
+        shape: h0.shape(),
+        nfe: 0,
+    };
+    let start = Start {
+        t0: grid[0],
+        t_base,
+        t: grid[0],
+        y: vec![y0],
+        k0: None,
+        dt: None,
+        dir: direction(&grid),
+    };
+    let mut stepper = Stepper::new(
+        &scratch,
+        sys,
+        forward_controller(opts),
+        Memory::Scratch(base),
+        start,
+    )?;
+    let mut outputs = Vec::with_capacity(t.len() - 1);
+    let mut steps = Vec::new();
+    let mut first_output = Vec::new();
+    stepper.run(
+        &times,
+        false,
+        |_, s| {
+            // Emitted values are read once, here: move them out of the scratch tape.
+            outputs.push(s[0].take_value()?);
+            Ok(())
+        },
+        |acc, emitted| {
+            keep(steps.len(), &acc.record, &acc.step.y0[0])?;
+            steps.push(acc.record);
+            first_output.push(emitted.start);
+            Ok(())
+        },
+    )?;
+    first_output.push(outputs.len());
+    Ok(Forward {
+        outputs,
+        steps,
+        first_output,
+        stats: SolveStats {
+            nfe: stepper.sys.nfe,
+            ..stepper.stats
+        },
+    })
+}
+
+/// Keeps at most `slots` states of a forward solve, evenly spread over its accepted steps
+/// without knowing their number: states at multiples of a stride, which doubles (dropping
+/// every other state) whenever the slots overflow. The initial state (index 0) is always
+/// kept and takes one slot; it is not copied (the caller has it).
+pub(crate) struct Thinning<T: Scalar> {
+    slots: usize,
+    stride: usize,
+    kept: Vec<(usize, f64, Option<DMatrix<T>>)>,
+}
+
+impl<T: Scalar> Thinning<T> {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: slots.max(1),
+            stride: 1,
+            kept: vec![(0, f64::NAN, None)],
+        }
+    }
+
+    /// Whether the state at accepted step `k` would be kept.
+    pub fn wants(&self, k: usize) -> bool {
+        k.is_multiple_of(self.stride)
+    }
+
+    pub fn push(&mut self, k: usize, t: f64, y: DMatrix<T>) {
+        self.kept.push((k, t, Some(y)));
+        if self.kept.len() > self.slots {
+            self.stride *= 2;
+            let stride = self.stride;
+            self.kept.retain(|e| e.0.is_multiple_of(stride));
+        }
+    }
+
+    /// The kept states after the initial one: (step index, time, state).
+    pub fn into_states(self) -> Vec<(usize, f64, DMatrix<T>)> {
+        self.kept
+            .into_iter()
+            .filter_map(|(k, t, y)| y.map(|y| (k, t, y)))
+            .collect()
+    }
+}
+
+/// A stored forward state: its step index, its time and its value.
+pub(crate) struct Checkpoint<T: Scalar> {
+    pub step: usize,
+    pub t: f64,
+    pub y: DMatrix<T>,
+}
+
+/// The untaped forward of an opaque strategy, keeping at most `slots` step start states
+/// (the initial one, not copied, included) evenly spread by [`Thinning`]. Takes the
+/// parameter values out of `values`.
+pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
+    values: &mut NodeInputs<'_, T>,
+    f: &F,
+    opts: &Options,
+    slots: usize,
+) -> Result<(Forward<T>, Vec<Checkpoint<T>>)> {
+    let mut thinning = Thinning::new(slots);
+    let forward = forward_values(
+        f,
+        &values.h0,
+        &values.times,
+        // The forward is their only reader: moved, not copied.
+        std::mem::take(&mut values.params),
+        opts,
+        |k, step, y| {
+            if k > 0 && thinning.wants(k) {
+                thinning.push(k, step.t, y.value()?);
+            }
+            Ok(())
+        },
+    )?;
+    let kept = thinning
+        .into_states()
+        .into_iter()
+        .map(|(step, t, y)| Checkpoint { step, t, y })
+        .collect();
+    Ok((forward, kept))
+}
