@@ -396,6 +396,7 @@ fn family(s: &Strategy) -> &'static str {
         Strategy::StoreEveryStep => "aca",
         Strategy::Checkpointed { .. } => "checkpointed:K",
         Strategy::Auto { .. } => "auto",
+        Strategy::Reversible { .. } => "reversible",
     }
 }
 

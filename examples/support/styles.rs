@@ -14,5 +14,6 @@ pub fn strategy_style(strategy: &Strategy) -> (u32, Marker) {
         Strategy::StoreEveryStep => (0x2ca02c, Marker::Triangle),
         Strategy::Checkpointed { .. } => (0xff7f0e, Marker::Square),
         Strategy::Auto { .. } => (0x9467bd, Marker::Diamond),
+        Strategy::Reversible { .. } => (0x8c564b, Marker::Triangle),
     }
 }

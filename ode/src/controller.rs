@@ -9,6 +9,7 @@ use ad_core::{Scalar, Tape, Var};
 use crate::engine::{combine_where, counted, Step, System, Time};
 use crate::error::{Error, Result};
 use crate::options::Norm;
+use crate::scheme::Scheme;
 use crate::tableau::Tableau;
 
 /// One accepted step as numbers: where it started, where it ended and with which signed
@@ -47,6 +48,8 @@ pub(crate) struct Controller {
     pub mask: Option<Vec<bool>>,
     /// Replay mode: take these accepted steps, in order, instead of choosing step sizes.
     pub replay: Option<VecDeque<StepRecord>>,
+    /// The step taken from the tableau (plain or reversible).
+    pub scheme: Scheme,
 }
 
 impl Controller {

@@ -46,7 +46,7 @@ pub enum Error {
         unit_roundoff: f64,
     },
     /// No method has this name.
-    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8")]
+    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8, reversible_heun")]
     UnknownMethod {
         /// The name asked for.
         name: String,
@@ -126,6 +126,22 @@ pub enum Error {
         /// The configured maximum.
         max_num_steps: usize,
         /// The time reached.
+        t: f64,
+    },
+    /// A gradient strategy that cannot differentiate a solve over the options' step scheme.
+    #[error("the `{strategy}` gradient strategy cannot differentiate {scheme}: {fix}")]
+    SchemeNotSupported {
+        /// The strategy asked for.
+        strategy: String,
+        /// The solve's scheme (e.g. `the reversible dopri5 (coupling 0.999)`).
+        scheme: String,
+        /// What to use instead.
+        fix: &'static str,
+    },
+    /// The reversible strategy's backward reconstruction of a state overflowed.
+    #[error("the reversible solve's backward reconstruction of the state is not finite at t = {}: inverting the steps amplified rounding until it overflowed (the dynamics expand too fast backwards for these step sizes and this coupling); take smaller steps (tighter rtol or a smaller step_size), use a coupling closer to 1, or use an exact replay strategy (aca or checkpointed:K) on the plain method", num(*t))]
+    ReconstructionFailed {
+        /// The start time of the step whose inversion failed.
         t: f64,
     },
     /// The tape rejected an operation (a foreign or stale `Var`, a shape error inside the

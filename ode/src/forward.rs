@@ -11,6 +11,7 @@ use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
 use crate::input::{check_grid, check_h0, direction, NodeInputs};
 use crate::options::Options;
+use crate::scheme::Scheme;
 use crate::stepper::{Memory, Start, Stepper};
 
 /// The forward controller from options.
@@ -25,7 +26,7 @@ pub(crate) fn forward_controller(opts: &Options) -> Controller {
         min_step: opts.min_step,
         max_step: opts.max_step,
         max_num_steps: opts.max_num_steps,
-        fixed_step: if opts.method.b_error.is_none() {
+        fixed_step: if opts.method.b_error.is_none() || opts.constant_steps {
             opts.step_size
         } else {
             None
@@ -34,6 +35,7 @@ pub(crate) fn forward_controller(opts: &Options) -> Controller {
         norm: opts.norm.clone(),
         mask: None,
         replay: None,
+        scheme: Scheme::of(opts),
     }
 }
 
@@ -94,6 +96,8 @@ pub(crate) struct Forward<T: Scalar> {
     /// (one entry per step, then `n − 1`): step `k` emits `first_output[k]..first_output[k + 1]`.
     pub first_output: Vec<usize>,
     pub stats: SolveStats,
+    /// The stepper's final state: `[h(t_n)]`, or `[y_N, z_N]` for a reversible scheme.
+    pub last: Vec<DMatrix<T>>,
 }
 
 /// The untaped forward: values only on a scratch tape rewound after every step (the
@@ -121,6 +125,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
         .collect();
     let t_base = scratch.constant(DMatrix::from_element(1, 1, t[0]));
     let y0 = scratch.constant(h0.clone());
+    let scheme = Scheme::of(opts);
     let base = scratch.mark();
     let sys = FieldSystem {
         f,
@@ -132,7 +137,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
         t0: grid[0],
         t_base,
         t: grid[0],
-        y: vec![y0],
+        y: scheme.initial_state(y0),
         k0: None,
         dt: None,
         dir: direction(&grid),
@@ -147,7 +152,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     let mut outputs = Vec::with_capacity(t.len() - 1);
     let mut steps = Vec::new();
     let mut first_output = Vec::new();
-    stepper.run(
+    let last = stepper.run(
         &times,
         false,
         |_, s| {
@@ -163,10 +168,22 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
         },
     )?;
     first_output.push(outputs.len());
+    // The emitted outputs are nodes of their own (y₁ plus a zero shift), so the end state is
+    // still there; the strategies that reconstruct states read it.
+    let last = match last {
+        Some(acc) => acc
+            .step
+            .y1
+            .iter()
+            .map(|v| v.value())
+            .collect::<ad_core::Result<_>>()?,
+        None => Vec::new(),
+    };
     Ok(Forward {
         outputs,
         steps,
         first_output,
+        last,
         stats: SolveStats {
             nfe: stepper.sys.nfe,
             ..stepper.stats

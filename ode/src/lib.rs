@@ -133,6 +133,7 @@ mod input;
 mod node;
 mod options;
 pub mod schedule;
+mod scheme;
 mod solution;
 mod solve;
 mod stepper;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ad_core::nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
-use crate::tableau::{self, Tableau};
+use crate::tableau::{self, StepKind, Tableau};
 
 /// A user-supplied error norm: receives the scaled error `err / (atol + rtol·max(|y₀|, |y₁|))`
 /// of every state component and returns one number; a step is accepted when it is ≤ 1.
@@ -70,8 +70,20 @@ pub struct Options {
     pub rtol: f64,
     /// Absolute tolerance of adaptive methods.
     pub atol: f64,
-    /// Step size of fixed-step methods (required for them, ignored by adaptive ones).
+    /// Step size of fixed-step methods (required for them, ignored by adaptive ones unless
+    /// `constant_steps` is set).
     pub step_size: Option<f64>,
+    /// Take every step at `step_size` even with an adaptive method, whose error estimate is
+    /// then unused (Diffrax's `ConstantStepSize`). [`Options::fixed`] sets it.
+    pub constant_steps: bool,
+    /// Solve with McCallum & Foster's reversible scheme over `method` (arXiv 2410.11648):
+    /// the state is a pair `(y, z)`, `z₀ = y₀`, and each step is
+    /// `y₁ = λ(y₀ − z₀) + Φ_h(t₀, z₀)`, `z₁ = y₁ + z₀ − Φ_{−h}(t₁, y₁)` with `Φ` a step of
+    /// `method` and `λ` this coupling, in (0, 1]. The outputs are `y`; steps land on every
+    /// output time. [`crate::Strategy::Reversible`] inverts the steps for an exact
+    /// gradient in O(state + parameters) memory (and sets this itself); the taped strategy
+    /// differentiates the same discrete solve. `None`: the plain step of `method`.
+    pub coupling: Option<f64>,
     /// First step of adaptive methods; `None` selects it automatically (Hairer's algorithm).
     pub first_step: Option<f64>,
     /// Smallest step the controller may take; asking for less is a `StepSizeUnderflow`.
@@ -97,6 +109,8 @@ impl Default for Options {
             rtol: 1e-7,
             atol: 1e-9,
             step_size: None,
+            constant_steps: false,
+            coupling: None,
             first_step: None,
             min_step: 0.0,
             max_step: f64::INFINITY,
@@ -118,12 +132,21 @@ impl Options {
         })
     }
 
-    /// Default options for a fixed-step method with step `dt`.
+    /// Default options for steps of constant size `dt` with the method called `name`
+    /// (adaptive methods too: their error estimate is then unused).
     pub fn fixed(name: &str, dt: f64) -> Result<Self> {
         Ok(Self {
             step_size: Some(dt),
+            constant_steps: true,
             ..Self::with_method(name)?
         })
+    }
+
+    /// These options with McCallum & Foster's reversible scheme over the method, with
+    /// coupling `coupling` (see [`Options::coupling`]).
+    pub fn reversible(mut self, coupling: f64) -> Self {
+        self.coupling = Some(coupling);
+        self
     }
 
     /// Set both tolerances.
@@ -181,7 +204,17 @@ impl Options {
             });
         }
         self.method.validate()?;
-        if self.method.b_error.is_none() && self.step_size.is_none() {
+        if let Some(c) = self.coupling {
+            check_coupling(c)?;
+            if self.method.step != StepKind::Explicit {
+                return Err(Error::BadOption {
+                    name: "coupling",
+                    value: c,
+                    expected: "must not be set: the method is reversible by itself (reversible_heun); leave Options::coupling at None",
+                });
+            }
+        }
+        if (self.method.b_error.is_none() || self.constant_steps) && self.step_size.is_none() {
             return Err(Error::MissingStepSize {
                 option: "step_size",
                 method: self.method.name,
@@ -202,6 +235,20 @@ impl Options {
             });
         }
         Ok(())
+    }
+}
+
+/// Check a reversible scheme's coupling λ: it must lie in (0, 1] (λ = 0 makes the step
+/// impossible to invert, λ > 1 amplifies the `y − z` gap every step).
+pub(crate) fn check_coupling(c: f64) -> Result<()> {
+    if c > 0.0 && c <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::BadOption {
+            name: "coupling",
+            value: c,
+            expected: "must lie in (0, 1]: 0 cannot be inverted and above 1 the y − z gap grows every step; McCallum & Foster use 0.999",
+        })
     }
 }
 

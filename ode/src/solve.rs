@@ -7,13 +7,14 @@ use ad_core::{Scalar, Tape, Var};
 
 use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::forward::forward_values;
 use crate::input::{check_grid, check_h0, check_precision, check_tape, SolveInput};
 use crate::options::Options;
+use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::strategies::{auto, backsolve, replay, taped};
-use crate::strategy::Strategy;
+use crate::strategies::{auto, backsolve, replay, reversible, taped};
+use crate::strategy::{reversible_options, Strategy};
 
 /// Solve with any gradient [`Strategy`]: the one entry point behind [`odeint`] (taped) and
 /// [`crate::odeint_adjoint`] (backsolve).
@@ -68,6 +69,14 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     if let Some(sol) = input.without_steps(strategy)? {
         return Ok(sol);
     }
+    let scheme = Scheme::of(opts);
+    if scheme.is_reversible() && !strategy.runs_reversible_schemes() {
+        return Err(Error::SchemeNotSupported {
+            strategy: strategy.name(),
+            scheme: reversible::scheme_name(scheme, opts.method),
+            fix: "use `reversible` (exact, O(d + |θ|) memory), `taped` or `auto:BYTES`, or solve with a plain method (no Options::coupling)",
+        });
+    }
     match strategy {
         Strategy::Taped => taped::taped(&input, f, |_| Ok(())),
         Strategy::Backsolve(b) => backsolve::backsolve(&input, f, b, 1),
@@ -78,6 +87,14 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         Strategy::StoreEveryStep => replay::exact(&input, f, None, String::new()),
         Strategy::Checkpointed { slots } => replay::exact(&input, f, Some(*slots), String::new()),
         Strategy::Auto { budget_bytes } => auto::solve(&input, f, *budget_bytes),
+        Strategy::Reversible { coupling } => {
+            let opts = reversible_options(opts, *coupling)?;
+            let input = SolveInput {
+                opts: &opts,
+                ..input
+            };
+            reversible::reversible(&input, f, strategy, String::new())
+        }
     }
 }
 

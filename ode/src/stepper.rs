@@ -11,8 +11,9 @@ use ad_core::nalgebra::DMatrix;
 use ad_core::{Mark, Scalar, Tape, Var};
 
 use crate::controller::{Controller, StepRecord};
-use crate::engine::{interpolate, rk_step, Method, SolveStats, State, Step, System, Time};
+use crate::engine::{interpolate, Method, SolveStats, State, Step, System, Time};
 use crate::error::{Error, Result};
+use crate::scheme::Scheme;
 
 /// What happens to the tape behind an accepted step.
 #[derive(Clone, Copy, Debug)]
@@ -92,9 +93,10 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
         start: Start<'t, T>,
     ) -> Result<Self> {
         let t_var = time_var(start.t_base, start.t0, start.t);
+        let field_input = ctl.scheme.field_input(&start.y);
         let k0 = match start.k0 {
             Some(k0) => k0,
-            None => sys.eval(start.t, t_var, &start.y)?,
+            None => sys.eval(start.t, t_var, field_input)?,
         };
         let dt = match (ctl.is_replaying(), ctl.fixed_step, start.dt, ctl.first_step) {
             (true, ..) => 0.0,
@@ -105,7 +107,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                     at: start.t,
                     var: t_var,
                 };
-                ctl.initial_step(tape, &mut sys, t, start.dir, &start.y, &k0)?
+                ctl.initial_step(tape, &mut sys, t, start.dir, field_input, &k0)?
             }
         };
         // Adaptive steps never start below min_step either.
@@ -139,9 +141,12 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
     /// A method without its own interpolant gets a cubic Hermite, O(dt⁴) locally: far below
     /// a high-order adaptive method's accuracy at its large steps (dopri8 at rtol 1e-8:
     /// errors of 1e-4). Such methods step onto every output time instead.
+    /// A reversible scheme has no dense output: its outputs are the `y` of steps that land
+    /// on them.
     pub fn lands_on_every_output(&self) -> bool {
         let tab = self.ctl.tableau;
-        tab.interpolant.is_none() && tab.b_error.is_some() && tab.order > 4
+        self.ctl.scheme.is_reversible()
+            || (tab.interpolant.is_none() && tab.b_error.is_some() && tab.order > 4)
     }
 
     /// Take one accepted step towards `target` (rejected attempts are retried inside);
@@ -195,7 +200,8 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             let t_var = time_var(self.t_base, self.t0, self.t);
             let method = Method {
                 tableau: tab,
-                estimate_error: replayed.is_none(),
+                // Constant steps leave an adaptive method's error estimate unused.
+                estimate_error: replayed.is_none() && self.ctl.fixed_step.is_none(),
                 error_mask: self.ctl.mask.as_deref(),
                 final_stage: self.final_stage,
             };
@@ -203,7 +209,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 at: self.t,
                 var: t_var,
             };
-            let step = rk_step(
+            let step = self.ctl.scheme.step(
                 self.tape,
                 &mut self.sys,
                 method,
@@ -233,6 +239,10 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 continue;
             }
             self.stats.accepted += 1;
+            let step = self
+                .ctl
+                .scheme
+                .finish(self.tape, &mut self.sys, tab, time, step, dt)?;
             let t1 = match replayed {
                 Some(r) => r.t1,
                 None if landed => target,
@@ -274,15 +284,20 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
         if let Some(k) = &acc.k_next {
             return Ok(k.clone());
         }
-        let k = match (
-            self.ctl.tableau.fsal && acc.step.complete,
-            acc.step.k.last(),
-        ) {
+        // Reversible Heun's last stage is F(t₁, z₁); the coupled scheme's stages are those
+        // of the step from z₀, so F(t₁, z₁) is a fresh evaluation.
+        let last_stage_is_next = match self.ctl.scheme {
+            Scheme::Explicit => self.ctl.tableau.fsal && acc.step.complete,
+            Scheme::ReversibleHeun => true,
+            Scheme::Coupled(_) => false,
+        };
+        let k = match (last_stage_is_next, acc.step.k.last()) {
             (true, Some(k)) => k.clone(),
             _ => {
                 let t1 = acc.record.t1;
                 let t1_var = time_var(self.t_base, self.t0, t1);
-                self.sys.eval(t1, t1_var, &acc.step.y1)?
+                let input = self.ctl.scheme.field_input(&acc.step.y1);
+                self.sys.eval(t1, t1_var, input)?
             }
         };
         acc.k_next = Some(k.clone());
@@ -423,7 +438,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
 }
 
 /// The time `t` as a variable relative to the solve's start: `t_base + (t − t0)`.
-fn time_var<'t, T: Scalar>(t_base: Var<'t, T>, t0: f64, t: f64) -> Var<'t, T> {
+pub(crate) fn time_var<'t, T: Scalar>(t_base: Var<'t, T>, t0: f64, t: f64) -> Var<'t, T> {
     if t == t0 {
         t_base
     } else {

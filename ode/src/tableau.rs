@@ -28,6 +28,22 @@ pub struct Tableau {
     /// coefficient of `θ^(k+1)` in `b_i(θ)`, and `y(t + θ dt) = y + dt Σ_i b_i(θ) k_i`.
     /// `None`: cubic Hermite interpolation on `(y, f(t, y), y₁, f(t + dt, y₁))`.
     pub interpolant: Option<&'static [&'static [f64]]>,
+    /// How a step reads the arrays: the explicit Runge–Kutta step, or a scheme of its own
+    /// for which the arrays give the stage times, order and error estimate.
+    pub step: StepKind,
+}
+
+/// How a step reads a [`Tableau`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// The explicit Runge–Kutta step `y₁ = y + dt Σ b_i k_i`.
+    Explicit,
+    /// Reversible Heun (Kidger, Foster, Li & Lyons 2021): the state is a pair `(y, z)`,
+    /// `z₁ = 2y₀ − z₀ + dt f(t₀, z₀)`, `y₁ = y₀ + dt (f(t₀, z₀) + f(t₁, z₁)) / 2`, one
+    /// evaluation per step (`f(t₁, z₁)` is the next step's first), and algebraically
+    /// invertible: `z₀ = 2y₁ − z₁ − dt f(t₁, z₁)`, then `y₀` likewise. The arrays are
+    /// Heun's with Euler embedded, so the error estimate is `dt (f(t₁, z₁) − f(t₀, z₀)) / 2`.
+    ReversibleHeun,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -45,6 +61,7 @@ pub static EULER: Tableau = Tableau {
     b_error: None,
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Explicit midpoint rule, order 2.
@@ -58,6 +75,7 @@ pub static MIDPOINT: Tableau = Tableau {
     b_error: None,
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Heun's second-order method (explicit trapezoidal rule), order 2.
@@ -71,6 +89,7 @@ pub static HEUN2: Tableau = Tableau {
     b_error: None,
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Heun's third-order method (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.1), order 3.
@@ -84,6 +103,7 @@ pub static HEUN3: Tableau = Tableau {
     b_error: None,
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Kutta's 3/8 rule, order 4 (what torchdiffeq's `"rk4"` uses: `rk4_alt_step_func`).
@@ -97,6 +117,7 @@ pub static RK4: Tableau = Tableau {
     b_error: None,
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -125,6 +146,7 @@ pub static FEHLBERG2: Tableau = Tableau {
     b_error: Some(&[-1.0 / 512.0, 0.0, 1.0 / 512.0]),
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Heun–Euler 2(1): Heun's trapezoidal rule with forward Euler (`b̂ = [1, 0]`) embedded.
@@ -148,6 +170,7 @@ pub static ADAPTIVE_HEUN: Tableau = Tableau {
     b_error: Some(&[-1.0 / 2.0, 1.0 / 2.0]),
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Bogacki–Shampine 3(2) (1989), FSAL. Embedded weights `b̂ = [7/24, 1/4, 1/3, 1/8]`.
@@ -166,6 +189,7 @@ pub static BOSH3: Tableau = Tableau {
     b_error: Some(&[-5.0 / 72.0, 1.0 / 12.0, 1.0 / 9.0, -1.0 / 8.0]),
     fsal: true,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
 /// Dormand–Prince 5(4) (1980), FSAL, 7 stages, as in Hairer & Wanner's `dopri5.f`.
@@ -270,6 +294,7 @@ pub static DOPRI5: Tableau = Tableau {
             69997945.0 / 29380423.0,
         ],
     ]),
+    step: StepKind::Explicit,
 };
 
 /// Tsitouras 5(4) (Ch. Tsitouras, "Runge–Kutta pairs of order 5(4) satisfying only the first
@@ -364,6 +389,7 @@ pub static TSIT5: Tableau = Tableau {
         ],
         &[0.0, 1.5, -4.0, 2.5],
     ]),
+    step: StepKind::Explicit,
 };
 
 /// Prince–Dormand RK8(7)13M ("High order embedded Runge–Kutta formulae", J. Comput. Appl.
@@ -510,9 +536,26 @@ pub static DOPRI8: Tableau = Tableau {
     ]),
     fsal: false,
     interpolant: None,
+    step: StepKind::Explicit,
 };
 
-/// Every tableau above.
+/// Reversible Heun (see [`StepKind::ReversibleHeun`]), order 2 with an order-1 error
+/// estimate; algebraically reversible, so [`crate::Strategy::Reversible`] gives its exact
+/// discrete gradient in O(state + parameters) memory at one evaluation per step.
+pub static REVERSIBLE_HEUN: Tableau = Tableau {
+    name: "reversible_heun",
+    order: 2,
+    embedded_order: Some(1),
+    c: &[0.0, 1.0],
+    a: &[&[], &[1.0]],
+    b: &[1.0 / 2.0, 1.0 / 2.0],
+    b_error: Some(&[-1.0 / 2.0, 1.0 / 2.0]),
+    fsal: false,
+    interpolant: None,
+    step: StepKind::ReversibleHeun,
+};
+
+/// Every explicit Runge–Kutta tableau above.
 pub static ALL: &[&Tableau] = &[
     &EULER,
     &MIDPOINT,
@@ -526,6 +569,9 @@ pub static ALL: &[&Tableau] = &[
     &TSIT5,
     &DOPRI8,
 ];
+
+/// The methods with a step of their own ([`StepKind`] other than `Explicit`).
+pub static REVERSIBLE: &[&Tableau] = &[&REVERSIBLE_HEUN];
 
 impl Tableau {
     /// Check that the arrays fit each other: `s = c.len() ≥ 1` stages, `a` lower triangular
@@ -615,5 +661,8 @@ pub struct TableauError {
 
 /// The tableau with this (torchdiffeq) name, if any.
 pub fn by_name(name: &str) -> Option<&'static Tableau> {
-    ALL.iter().copied().find(|t| t.name == name)
+    ALL.iter()
+        .chain(REVERSIBLE)
+        .copied()
+        .find(|t| t.name == name)
 }

@@ -153,6 +153,7 @@ fn clone_of(t: &'static Tableau) -> Tableau {
         b_error: t.b_error,
         fsal: t.fsal,
         interpolant: t.interpolant,
+        step: t.step,
     }
 }
 

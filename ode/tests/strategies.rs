@@ -18,22 +18,6 @@ fn plain(m: &DMatrix<f64>, _: usize) -> DMatrix<f64> {
     m.clone()
 }
 
-/// `max |a − b| / max |b|` over one gradient tensor (0 when both are 0).
-fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
-    let scale = max_abs(b);
-    let d = max_diff(a, b);
-    if scale > 0.0 {
-        d / scale
-    } else {
-        d
-    }
-}
-
-/// The worst relative difference over the gradient tensors (h0, t, each parameter).
-fn worst(a: &[DMatrix<f64>], b: &[DMatrix<f64>]) -> f64 {
-    a.iter().zip(b).map(|(a, b)| rel(a, b)).fold(0.0, f64::max)
-}
-
 fn re(m: &[DMatrix<Dual64>]) -> Vec<DMatrix<f64>> {
     m.iter().map(|m| m.map(|x| x.re)).collect()
 }

@@ -2,7 +2,9 @@
 //! budget. Taped runs while its tape (and what its backward will need on top) fits; it is
 //! abandoned, and the tape rewound, before a step that would not fit. Then store-every-step
 //! or K-slot checkpointing takes over with as many slots as fit beside one step's replay
-//! tape, and backsolve only when not even two states fit.
+//! tape, and backsolve only when not even two states fit. A solve over a reversible scheme
+//! (which the user chose: it changes the discrete solution) goes to the reversible strategy
+//! instead of the replays.
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Scalar, Tape, Var};
@@ -10,9 +12,10 @@ use ad_core::{Scalar, Tape, Var};
 use crate::dynamics::Dynamics;
 use crate::error::{Error, Result};
 use crate::input::{grid_row, SolveInput};
+use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::strategies::{backsolve, replay, taped};
-use crate::strategy::{Backsolve, StrategyReport};
+use crate::strategies::{backsolve, replay, reversible, taped};
+use crate::strategy::{Backsolve, Strategy, StrategyReport};
 
 /// Bytes of one f evaluation recorded on a tape, measured on a throwaway tape.
 fn eval_bytes<T: Scalar, F: Dynamics<T>>(input: &SolveInput<'_, '_, T>, f: &F) -> Result<usize> {
@@ -108,6 +111,15 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         }
         None => format!("taped needs about {first} bytes for its first step (budget {budget})"),
     };
+    // A reversible solve (the user chose the scheme, so its solution is the one asked for)
+    // is reversed in O(d + |θ|): no stored state at all.
+    if Scheme::of(input.opts).is_reversible() {
+        let reason = format!(
+            "auto: {taped_note}; the solve is reversible, so its states are reconstructed by inverting the steps, with none stored"
+        );
+        let strategy = Strategy::Reversible { coupling: None };
+        return reversible::reversible(input, f, &strategy, reason);
+    }
     // Replay strategies: slots·state + one step's replay tape + the backward's buffers.
     let step_peak = 2 * largest_step.max(step_estimate);
     let room = budget.saturating_sub(step_peak + transient + 2 * state);

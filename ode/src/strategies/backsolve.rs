@@ -12,6 +12,7 @@ use crate::forward::{check_field_output, forward_controller, forward_keeping};
 use crate::input::{direction, SolveInput};
 use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
+use crate::scheme::Scheme;
 use crate::solution::Solution;
 use crate::stepper::{Memory, Start, Stepper};
 use crate::strategy::{Backsolve, BackwardStats, Drift, Strategy, StrategyReport};
@@ -182,6 +183,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             // The forward's first step is for the forward; the backward picks its own
             // (and then carries its step size across stops).
             first_step: None,
+            scheme: Scheme::Explicit,
             ..forward_controller(o)
         }
     }

@@ -6,4 +6,5 @@
 pub(crate) mod auto;
 pub(crate) mod backsolve;
 pub(crate) mod replay;
+pub(crate) mod reversible;
 pub(crate) mod taped;

@@ -7,6 +7,7 @@ use crate::engine::SolveStats;
 use crate::error::Result;
 use crate::forward::{forward_controller, FieldSystem};
 use crate::input::{check_h0, direction, grid_row, SolveInput};
+use crate::scheme::Scheme;
 use crate::solution::Solution;
 use crate::stepper::{Accepted, Memory, Start, Stepper};
 use crate::strategy::{Strategy, StrategyReport};
@@ -58,7 +59,7 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         t0: grid[0],
         t_base: row.slice_cols(0, 1)?,
         t: grid[0],
-        y: vec![h0],
+        y: Scheme::of(opts).initial_state(h0),
         k0: None,
         dt: None,
         dir: direction(&grid),

@@ -204,6 +204,22 @@ pub fn max_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
         .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
+/// `max |a − b| / max |b|` over one gradient tensor (0 when both are 0).
+pub fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let scale = max_abs(b);
+    let d = max_diff(a, b);
+    if scale > 0.0 {
+        d / scale
+    } else {
+        d
+    }
+}
+
+/// The worst relative difference over the gradient tensors (h0, t, each parameter).
+pub fn worst(a: &[DMatrix<f64>], b: &[DMatrix<f64>]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| rel(a, b)).fold(0.0, f64::max)
+}
+
 /// Every adaptive method's name.
 pub const ADAPTIVE: [&str; 6] = [
     "fehlberg2",

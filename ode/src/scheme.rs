@@ -1,0 +1,208 @@
+//! How one step is taken from a tableau: the plain explicit Runge–Kutta step of
+//! `crate::engine`, or one of the algebraically reversible schemes over it, whose state is a
+//! pair `(y, z)` (component 0 is `y`, the solution; component 1 is `z`). A step is still a
+//! pure function of `(t, y, dt)` up to the nodes it records, so every strategy's stepper runs
+//! any scheme; `crate::strategies::reversible` inverts them.
+
+use ad_core::{Scalar, Tape, Var};
+
+use crate::engine::{rk_step, Method, State, Step, System, Time};
+use crate::error::Result;
+use crate::options::Options;
+use crate::tableau::{StepKind, Tableau};
+
+/// The step a stepper takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Scheme {
+    /// One explicit Runge–Kutta step of the tableau.
+    Explicit,
+    /// McCallum & Foster's reversible scheme over the tableau with coupling λ:
+    /// `y₁ = λ(y₀ − z₀) + Φ_h(t₀, z₀)`, `z₁ = y₁ + z₀ − Φ_{−h}(t₁, y₁)`.
+    Coupled(f64),
+    /// Reversible Heun ([`StepKind::ReversibleHeun`]).
+    ReversibleHeun,
+}
+
+impl Scheme {
+    /// The scheme the forward options ask for.
+    pub fn of(opts: &Options) -> Self {
+        match (opts.method.step, opts.coupling) {
+            (StepKind::ReversibleHeun, _) => Scheme::ReversibleHeun,
+            (StepKind::Explicit, Some(c)) => Scheme::Coupled(c),
+            (StepKind::Explicit, None) => Scheme::Explicit,
+        }
+    }
+
+    /// Whether the state is the pair `(y, z)`.
+    pub fn is_reversible(self) -> bool {
+        self != Scheme::Explicit
+    }
+
+    /// The stepper's state at the start of a solve from `h0`: `[h0]`, or `[h0, h0]` for a
+    /// reversible scheme (`z₀ = y₀`).
+    pub fn initial_state<'t, T: Scalar>(self, h0: Var<'t, T>) -> State<'t, T> {
+        if self.is_reversible() {
+            vec![h0, h0]
+        } else {
+            vec![h0]
+        }
+    }
+
+    /// The components the vector field is evaluated at between steps: the whole state, or
+    /// `z` for a reversible scheme (its first stage is `F(t, z)`).
+    pub fn field_input<'a, 't, T: Scalar>(self, y: &'a [Var<'t, T>]) -> &'a [Var<'t, T>] {
+        if self.is_reversible() {
+            &y[1..2]
+        } else {
+            y
+        }
+    }
+
+    /// One step from `(t, y)` with `k0 = F(t, field_input(y))`, complete but for what
+    /// [`Scheme::finish`] adds once the step is accepted. For the reversible schemes the
+    /// returned stages are those of the step from `z₀` (whose error estimate controls the
+    /// step), and `y1` is `[y₁, z₁]` after `finish`.
+    // rk_step's arguments and the scheme itself.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step<'t, T: Scalar, S: System<'t, T>>(
+        self,
+        tape: &'t Tape<T>,
+        sys: &mut S,
+        method: Method<'_>,
+        t: Time<'t, T>,
+        y: &[Var<'t, T>],
+        k0: State<'t, T>,
+        dt: f64,
+    ) -> Result<Step<'t, T>> {
+        match self {
+            Scheme::Explicit => rk_step(tape, sys, method, t, y, k0, dt),
+            Scheme::Coupled(_) => coupled_proposal(tape, sys, method, t, y, k0, dt),
+            Scheme::ReversibleHeun => reversible_heun_step(tape, sys, method, t, y, k0, dt),
+        }
+    }
+}
+
+impl Scheme {
+    /// Complete an accepted step: the coupled scheme's `y₁ = λ(y₀ − z₀) + Φ_h(t₀, z₀)` and
+    /// `z₁ = y₁ + z₀ − Φ_{−h}(t₁, y₁)` (left until now so that a rejected step costs only
+    /// its proposal); the other schemes' steps are already complete.
+    pub fn finish<'t, T: Scalar, S: System<'t, T>>(
+        self,
+        tape: &'t Tape<T>,
+        sys: &mut S,
+        tableau: &Tableau,
+        t: Time<'t, T>,
+        mut step: Step<'t, T>,
+        dt: f64,
+    ) -> Result<Step<'t, T>> {
+        let Scheme::Coupled(coupling) = self else {
+            return Ok(step);
+        };
+        let (y0, z0, ahead) = (step.y0[0], step.y0[1], step.y1[0]);
+        let y1 = combination(tape, &[(coupling, y0), (-coupling, z0), (1.0, ahead)])?;
+        let back = backward_base_step(tape, sys, tableau, step_end(t, dt), y1, dt)?;
+        let z1 = combination(tape, &[(1.0, y1), (1.0, z0), (-1.0, back)])?;
+        step.y1 = vec![y1, z1];
+        // Its outputs are y₁ itself: nothing reads the proposal's left-out last stage.
+        step.complete = true;
+        Ok(step)
+    }
+}
+
+/// The end time of a step as a number and a variable, formed the same way by the forward and
+/// by the reversible backward (so both evaluate at bitwise the same times).
+pub(crate) fn step_end<'t, T: Scalar>(t: Time<'t, T>, dt: f64) -> Time<'t, T> {
+    Time {
+        at: t.at + dt,
+        var: t.var.add_scalar(T::constant(dt)),
+    }
+}
+
+/// `Σ w_i x_i` as one node.
+pub(crate) fn combination<'t, T: Scalar>(
+    tape: &'t Tape<T>,
+    terms: &[(f64, Var<'t, T>)],
+) -> Result<Var<'t, T>> {
+    let terms: Vec<(T, Var<'t, T>)> = terms.iter().map(|&(w, v)| (T::constant(w), v)).collect();
+    Ok(tape.fixed_weighted_sum(&terms)?)
+}
+
+/// The proposal of a coupled step: `Φ_h(t₀, z₀)` with the base method's error estimate
+/// (`y1` holds only `Φ_h(t₀, z₀)` until [`Scheme::finish`]). An FSAL method's last stage
+/// `F(t₁, Φ)` serves only that estimate (the next step starts from `z₁`), so it is left out
+/// when no estimate is wanted.
+fn coupled_proposal<'t, T: Scalar, S: System<'t, T>>(
+    tape: &'t Tape<T>,
+    sys: &mut S,
+    method: Method<'_>,
+    t: Time<'t, T>,
+    y: &[Var<'t, T>],
+    k0: State<'t, T>,
+    dt: f64,
+) -> Result<Step<'t, T>> {
+    let forward_method = Method {
+        final_stage: method.estimate_error,
+        ..method
+    };
+    let ahead = rk_step(tape, sys, forward_method, t, &y[1..2], k0, dt)?;
+    Ok(Step {
+        y0: y.to_vec(),
+        ..ahead
+    })
+}
+
+/// `Φ_{−h}(t₁, y₁)`: the base method's step from `t₁` back by `dt`, without error
+/// estimate (and without an FSAL method's last stage, which nothing reads).
+pub(crate) fn backward_base_step<'t, T: Scalar, S: System<'t, T>>(
+    tape: &'t Tape<T>,
+    sys: &mut S,
+    tableau: &Tableau,
+    t1: Time<'t, T>,
+    y1: Var<'t, T>,
+    dt: f64,
+) -> Result<Var<'t, T>> {
+    let k = sys.eval(t1.at, t1.var, &[y1])?;
+    let method = Method {
+        tableau,
+        estimate_error: false,
+        error_mask: None,
+        final_stage: false,
+    };
+    let step = rk_step(tape, sys, method, t1, &[y1], k, -dt)?;
+    Ok(step.y1[0])
+}
+
+fn reversible_heun_step<'t, T: Scalar, S: System<'t, T>>(
+    tape: &'t Tape<T>,
+    sys: &mut S,
+    method: Method<'_>,
+    t: Time<'t, T>,
+    y: &[Var<'t, T>],
+    k0: State<'t, T>,
+    dt: f64,
+) -> Result<Step<'t, T>> {
+    let (y0, z0, f0) = (y[0], y[1], k0[0]);
+    let z1 = combination(tape, &[(2.0, y0), (-1.0, z0), (dt, f0)])?;
+    let t1 = step_end(t, dt);
+    let k1 = sys.eval(t1.at, t1.var, &[z1])?;
+    let f1 = k1[0];
+    let y1 = combination(tape, &[(1.0, y0), (0.5 * dt, f0), (0.5 * dt, f1)])?;
+    let err = if method.estimate_error {
+        let e = ad_core::Var::with_values(&[f0, f1], |v| {
+            v[0].iter()
+                .zip(v[1].iter())
+                .map(|(a, b)| 0.5 * dt * (b.primal() - a.primal()))
+                .collect::<Vec<f64>>()
+        })?;
+        Some(vec![e])
+    } else {
+        None
+    };
+    Ok(Step {
+        y0: vec![y0, z0],
+        k: vec![k0, k1],
+        y1: vec![y1, z1],
+        err,
+        complete: true,
+    })
+}
