@@ -1,7 +1,13 @@
 //! Checkpointing between the two extremes: store K intermediate states during the forward
-//! pass and use the adjoint method between them (`backsolve-checkpointed:K`), or recompute the
-//! steps between them exactly (`checkpointed:K`, binomial/revolve), for K = 1, 5, 10, 50 —
-//! against pure backprop (`taped`), pure adjoint (`backsolve`) and store-every-step (`aca`).
+//! pass and use the adjoint method between them (`backsolve-checkpointed:K`), recompute the
+//! steps between them exactly (`checkpointed:K`, binomial/revolve), or re-solve them for the
+//! dense output that the Gauss and interpolating adjoints read (`gauss:K`,
+//! `interpolating:K`), for K = 1, 5, 10, 50 (the continuous adjoints from 5) — against pure
+//! backprop (`taped`), pure adjoint (`backsolve`), store-every-step (`aca`), the continuous
+//! adjoints over the whole dense output (`gauss`, `interpolating`) and the reversible solver
+//! (`reversible`: McCallum & Foster's scheme over the same method with coupling 0.999, whose
+//! gradient is compared with the taped gradient of that same reversible solve,
+//! `taped-reversible`).
 //!
 //! ```sh
 //! cargo run --release --example checkpointing                      # both workloads, 3 reps
@@ -21,8 +27,9 @@
 //! taped reference (rtol 1e-10, atol 1e-12); held bytes (kept between forward and backward,
 //! outputs excluded); peak heap during forward+backward (counting allocator, less the live
 //! bytes before); forward and backward NFE; untaped step recomputations; the largest drift
-//! of the backward reconstruction of h at a reset (backsolve variants); and the median time
-//! of forward+backward over `--reps N` (default 3).
+//! of the backward reconstruction of h at a reset (backsolve variants) or the largest
+//! reconstruction error of the reversible backward; and the median time of forward+backward
+//! over `--reps N` (default 3).
 //!
 //! Prints a table per workload (or, with `--json`, one object `{"runs": [...]}`) and writes
 //! a log-log chart of peak heap against gradient error (default `target/checkpointing.svg`,
@@ -37,7 +44,7 @@ use costate::ad_core::Tape;
 use costate::ad_core::TextTable;
 use costate::nn::{Activation, Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
-use costate::ode::Options;
+use costate::ode::{ContinuousAdjoint, Options};
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Marker, Series};
@@ -203,6 +210,7 @@ struct Measured {
     nfe_forward: usize,
     nfe_backward: usize,
     recomputed_steps: usize,
+    /// Backsolve's largest drift, or the reversible backward's largest reconstruction error.
     max_drift: Option<f64>,
     time_ms: f64,
 }
@@ -245,7 +253,9 @@ fn measure(w: &Workload, strategy: &Strategy, options: &Options, reps: usize) ->
                 nfe_forward: sol.stats.nfe,
                 nfe_backward: back.as_ref().map_or(0, |b| b.nfe),
                 recomputed_steps: back.as_ref().map_or(0, |b| b.recomputed_steps),
-                max_drift: back.as_ref().and_then(|b| b.max_drift()),
+                max_drift: back
+                    .as_ref()
+                    .and_then(|b| b.max_drift().or(b.max_reconstruction_error())),
                 time_ms: 0.0,
             });
         }
@@ -255,13 +265,35 @@ fn measure(w: &Workload, strategy: &Strategy, options: &Options, reps: usize) ->
     Ok(m)
 }
 
-/// The strategies of the exercise, grouped by family.
-fn strategies() -> Vec<Strategy> {
+/// The strategies of the exercise, grouped by family, each with whether it runs over the
+/// reversible scheme.
+fn strategies() -> Vec<(Strategy, bool)> {
     let mut v = vec![Strategy::Taped, Strategy::backsolve()];
     v.extend(KS.iter().map(|&k| Strategy::backsolve_checkpointed(k)));
     v.push(Strategy::StoreEveryStep);
     v.extend(KS.iter().map(|&k| Strategy::Checkpointed { slots: k }));
+    // A stretch's dense output is the continuous adjoints' working set: K = 1 would hold
+    // every step's, as without checkpoints.
+    let continuous_ks = || KS.iter().copied().filter(|&k| k > 1);
+    v.push(Strategy::Gauss(ContinuousAdjoint::default()));
+    v.extend(continuous_ks().map(|k| Strategy::Gauss(ContinuousAdjoint::checkpointed(k))));
+    v.push(Strategy::Interpolating(ContinuousAdjoint::default()));
+    v.extend(continuous_ks().map(|k| Strategy::Interpolating(ContinuousAdjoint::checkpointed(k))));
+    let mut v: Vec<(Strategy, bool)> = v.into_iter().map(|s| (s, false)).collect();
+    v.push((Strategy::Taped, true));
+    v.push((Strategy::Reversible { coupling: None }, true));
     v
+}
+
+/// The coupling of the reversible rows.
+const COUPLING: f64 = 0.999;
+
+/// A row's name: the strategy's, `taped-reversible` for the taped reversible solve.
+fn row_name(s: &Strategy, reversible: bool) -> String {
+    match (s, reversible) {
+        (Strategy::Taped, true) => "taped-reversible".into(),
+        _ => s.name(),
+    }
 }
 
 /// The K of a checkpointed strategy.
@@ -269,6 +301,7 @@ fn k_of(s: &Strategy) -> Option<usize> {
     match s {
         Strategy::BacksolveCheckpointed { checkpoints, .. } => Some(*checkpoints),
         Strategy::Checkpointed { slots } => Some(*slots),
+        Strategy::Gauss(c) | Strategy::Interpolating(c) => c.checkpoints,
         _ => None,
     }
 }
@@ -284,6 +317,8 @@ fn is_backsolve(s: &Strategy) -> bool {
 struct Run {
     workload: &'static str,
     strategy: Strategy,
+    /// Over the reversible scheme.
+    reversible: bool,
     err_vs_taped: f64,
     err_vs_reference: f64,
     m: Measured,
@@ -300,29 +335,44 @@ fn run_workload(w: &Workload, reps: usize, progress: bool) -> Result<(Vec<Run>, 
         eprintln!("{}: reference (taped, rtol {REFERENCE_RTOL:e})", w.name);
     }
     let reference = measure(w, &Strategy::Taped, &tight, 1)?;
+    let reversible_options = w.options.clone().reversible(COUPLING);
     let mut measured = Vec::new();
-    for s in strategies() {
+    for (s, reversible) in strategies() {
         if progress {
-            eprintln!("{}: {}", w.name, s.name());
+            eprintln!("{}: {}", w.name, row_name(&s, reversible));
         }
-        let m = measure(w, &s, &w.options, reps)?;
-        measured.push((s, m));
+        let options = if reversible {
+            &reversible_options
+        } else {
+            &w.options
+        };
+        let m = measure(w, &s, options, reps)?;
+        measured.push((s, reversible, m));
     }
-    let taped = measured
-        .iter()
-        .find(|(s, _)| matches!(s, Strategy::Taped))
-        .map(|(_, m)| Grad {
-            h0: m.grad.h0.clone(),
-            params: m.grad.params.clone(),
-        })
-        .ok_or("no taped run")?;
+    // Each row against the taped gradient of its own discrete solve.
+    let taped_of = |reversible: bool| {
+        measured
+            .iter()
+            .find(|(s, r, _)| matches!(s, Strategy::Taped) && *r == reversible)
+            .map(|(_, _, m)| Grad {
+                h0: m.grad.h0.clone(),
+                params: m.grad.params.clone(),
+            })
+            .ok_or("no taped run")
+    };
+    let (taped, taped_reversible) = (taped_of(false)?, taped_of(true)?);
     let runs = measured
         .into_iter()
-        .map(|(strategy, m)| Run {
+        .map(|(strategy, reversible, m)| Run {
             workload: w.name,
-            err_vs_taped: m.grad.rel_err(&taped),
+            err_vs_taped: m.grad.rel_err(if reversible {
+                &taped_reversible
+            } else {
+                &taped
+            }),
             err_vs_reference: m.grad.rel_err(&reference.grad),
             strategy,
+            reversible,
             m,
         })
         .collect();
@@ -347,13 +397,13 @@ fn print_table(w: &Workload, runs: &[Run], reference_steps: usize, reps: usize) 
         "NFE bwd",
         "recomputed",
         "t(N,K)",
-        "max drift",
+        "drift / recon",
         "ms",
     ]);
     let dash = || "—".to_string();
     for r in runs {
         table.row(vec![
-            r.strategy.name(),
+            row_name(&r.strategy, r.reversible),
             k_of(&r.strategy).map_or_else(dash, |k| k.to_string()),
             format!("{:.2e}", r.err_vs_taped),
             format!("{:.2e}", r.err_vs_reference),
@@ -381,8 +431,9 @@ fn print_table(w: &Workload, runs: &[Run], reference_steps: usize, reps: usize) 
         .map(|r| r.err_vs_taped)
         .fold(0.0, f64::max);
     println!(
-        "\nexact strategies (aca, checkpointed:K): largest error vs taped {exact:.2e}\n\
+        "\nexact strategies (aca, checkpointed:K, reversible): largest error vs the taped gradient of the same solve {exact:.2e}\n\
          err = max abs gradient difference over dL/dh0 and dL/dθ / max abs of the taped (or reference) gradient;\n\
+         drift / recon = backsolve's largest drift of h at a reset, or the reversible backward's largest reconstruction error;\n\
          stored = states the forward kept; t(N,K) = Griewank's fewest untaped advances for N steps and K slots, first forward sweep included\n"
     );
 }
@@ -397,6 +448,10 @@ fn family(s: &Strategy) -> &'static str {
         Strategy::Checkpointed { .. } => "checkpointed:K",
         Strategy::Auto { .. } => "auto",
         Strategy::Reversible { .. } => "reversible",
+        Strategy::Gauss(c) if c.checkpoints.is_some() => "gauss:K",
+        Strategy::Gauss(_) => "gauss",
+        Strategy::Interpolating(c) if c.checkpoints.is_some() => "interpolating:K",
+        Strategy::Interpolating(_) => "interpolating",
     }
 }
 
@@ -408,6 +463,11 @@ fn chart(runs: &[Run]) -> Chart {
         ("backsolve-checkpointed:K", 0x17becf),
         ("aca", 0x2ca02c),
         ("checkpointed:K", 0xff7f0e),
+        ("gauss", 0xe377c2),
+        ("gauss:K", 0xe377c2),
+        ("interpolating", 0x7f7f7f),
+        ("interpolating:K", 0x7f7f7f),
+        ("reversible", 0x8c564b),
     ];
     let mut chart = Chart::new("Peak heap against gradient error (● horizon T = 100, ■ seed)")
         .x_axis(Axis::log("peak heap during forward + backward (MiB)"))
@@ -477,7 +537,7 @@ fn chart(runs: &[Run]) -> Chart {
 fn to_json(r: &Run) -> serde_json::Value {
     json!({
         "workload": r.workload,
-        "strategy": r.strategy.name(),
+        "strategy": row_name(&r.strategy, r.reversible),
         "k": k_of(&r.strategy),
         "grad_rel_err_vs_taped": r.err_vs_taped,
         "grad_rel_err_vs_reference": r.err_vs_reference,
@@ -487,6 +547,7 @@ fn to_json(r: &Run) -> serde_json::Value {
         "nfe_backward": r.m.nfe_backward,
         "recomputed_steps": r.m.recomputed_steps,
         "max_drift": if is_backsolve(&r.strategy) { r.m.max_drift } else { None },
+        "max_reconstruction_error": if r.reversible { r.m.max_drift } else { None },
         "time_ms": r.m.time_ms,
     })
 }

@@ -6,8 +6,10 @@
 //!
 //! f = mlp(h) − h (64→64→64→64 tanh, so the state stays bounded), h0 32×64, t = [0, T] for
 //! T in {1, 5, 20, 100}, dopri5 at rtol 1e-7 / atol 1e-9, L = sum of h(T). Strategies:
-//! `taped`, `backsolve`, `backsolve-checkpointed:10`, `aca`, `checkpointed:10` and
-//! `auto:8388608` (an 8 MiB budget). Per run: steps, NFE, untaped recomputations, tape
+//! `taped`, `backsolve`, `backsolve-checkpointed:10`, `aca`, `checkpointed:10`, `gauss`,
+//! `gauss:10`, `interpolating`, `reversible` (McCallum & Foster's scheme over dopri5 with
+//! coupling 0.999: a different discrete solve, so its gap to taped is the two solves'
+//! difference) and `auto:8388608` (an 8 MiB budget). Per run: steps, NFE, untaped recomputations, tape
 //! nodes, held bytes (kept between forward and backward, outputs excluded), peak heap during
 //! forward+backward (counting allocator), the backward's peak as the library reports it
 //! (`BackwardStats::peak_bytes`, what the backward itself allocates; `—` for taped, which
@@ -23,6 +25,7 @@ use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::ad_core::TextTable;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
+use costate::ode::ContinuousAdjoint;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
@@ -37,13 +40,17 @@ static HEAP: CountingAlloc = CountingAlloc::new();
 const AUTO_BUDGET: usize = 8 * 1024 * 1024;
 
 /// The strategies shown.
-fn strategies() -> [Strategy; 6] {
+fn strategies() -> [Strategy; 10] {
     [
         Strategy::Taped,
         Strategy::backsolve(),
         Strategy::backsolve_checkpointed(10),
         Strategy::StoreEveryStep,
         Strategy::Checkpointed { slots: 10 },
+        Strategy::Gauss(ContinuousAdjoint::default()),
+        Strategy::Gauss(ContinuousAdjoint::checkpointed(10)),
+        Strategy::Interpolating(ContinuousAdjoint::default()),
+        Strategy::Reversible { coupling: None },
         Strategy::Auto {
             budget_bytes: AUTO_BUDGET,
         },

@@ -15,5 +15,7 @@ pub fn strategy_style(strategy: &Strategy) -> (u32, Marker) {
         Strategy::Checkpointed { .. } => (0xff7f0e, Marker::Square),
         Strategy::Auto { .. } => (0x9467bd, Marker::Diamond),
         Strategy::Reversible { .. } => (0x8c564b, Marker::Triangle),
+        Strategy::Gauss(_) => (0xe377c2, Marker::Circle),
+        Strategy::Interpolating(_) => (0x7f7f7f, Marker::Square),
     }
 }

@@ -56,7 +56,7 @@ pub use ad_core::num_dual;
 pub use error::{Error, ModelPart, Result};
 pub use layers::{Activation, Linear, Mlp};
 /// The gradient strategies of [`NeuralOde`], from the `ode` crate.
-pub use ode::{Backsolve, BackwardStats, Strategy, StrategyReport};
+pub use ode::{Backsolve, BackwardStats, ContinuousAdjoint, Strategy, StrategyReport};
 pub use odefunc::{Input, NeuralOde, OdeFunc};
 pub use optim::{train_step, train_step_ode, Adam, Optimizer, Sgd, StepStats};
 pub use params::ParamSet;

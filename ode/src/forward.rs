@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::input::{check_grid, check_h0, direction, NodeInputs};
 use crate::options::Options;
 use crate::scheme::Scheme;
-use crate::stepper::{Memory, Start, Stepper};
+use crate::stepper::{Accepted, Memory, Start, Stepper};
 
 /// The forward controller from options.
 pub(crate) fn forward_controller(opts: &Options) -> Controller {
@@ -102,7 +102,8 @@ pub(crate) struct Forward<T: Scalar> {
 
 /// The untaped forward: values only on a scratch tape rewound after every step (the
 /// parameter values are moved onto it, not copied: they are as large as θ), calling
-/// `keep(k, step, y_k)` with every accepted step's start state so the strategy can store
+/// `keep(k, step)` with every accepted step (its start state and stages still on the scratch
+/// tape) so the strategy can store
 /// what it needs.
 pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     f: &F,
@@ -110,7 +111,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     t: &[T],
     params: Vec<DMatrix<T>>,
     opts: &Options,
-    mut keep: impl FnMut(usize, &StepRecord, &Var<'_, T>) -> Result<()>,
+    mut keep: impl FnMut(usize, &Accepted<'_, T>) -> Result<()>,
 ) -> Result<Forward<T>> {
     let grid = check_grid(t)?;
     check_h0(h0, grid[0])?;
@@ -161,7 +162,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
             Ok(())
         },
         |acc, emitted| {
-            keep(steps.len(), &acc.record, &acc.step.y0[0])?;
+            keep(steps.len(), acc)?;
             steps.push(acc.record);
             first_output.push(emitted.start);
             Ok(())
@@ -257,9 +258,9 @@ pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
         // The forward is their only reader: moved, not copied.
         std::mem::take(&mut values.params),
         opts,
-        |k, step, y| {
+        |k, acc| {
             if k > 0 && thinning.wants(k) {
-                thinning.push(k, step.t, y.value()?);
+                thinning.push(k, acc.record.t, acc.step.y0[0].value()?);
             }
             Ok(())
         },

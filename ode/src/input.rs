@@ -112,15 +112,13 @@ pub(crate) fn direction(grid: &[f64]) -> f64 {
 /// rtol 1e-10 would run to its step limit or report accuracy it does not have).
 pub(crate) fn check_precision<T: Scalar>(opts: &Options, strategy: &Strategy) -> Result<()> {
     let unit_roundoff = <T::Primitive as Precision>::EPSILON / 2.0;
-    let backsolve = match strategy {
-        Strategy::Backsolve(b) => Some(b),
-        Strategy::BacksolveCheckpointed { backsolve, .. } => Some(backsolve),
-        _ => None,
+    let backward = match strategy {
+        Strategy::Backsolve(b) => ("Backsolve::rtol", b.rtol),
+        Strategy::BacksolveCheckpointed { backsolve, .. } => ("Backsolve::rtol", backsolve.rtol),
+        Strategy::Gauss(c) | Strategy::Interpolating(c) => ("ContinuousAdjoint::rtol", c.rtol),
+        _ => ("", None),
     };
-    let rtols = [
-        ("rtol", Some(opts.rtol)),
-        ("Backsolve::rtol", backsolve.and_then(|b| b.rtol)),
-    ];
+    let rtols = [("rtol", Some(opts.rtol)), backward];
     for (name, value) in rtols {
         if let Some(value) = value.filter(|&v| v < unit_roundoff) {
             return Err(Error::ToleranceBelowPrecision {

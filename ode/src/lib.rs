@@ -8,6 +8,10 @@
 //! - [`odeint_adjoint`]: one opaque node on the tape. Its VJP integrates the adjoint system
 //!   backwards; memory is O(state + parameters), gradients are accurate to the tolerance.
 //! - [`solve`]: values only (no tape), e.g. for inference.
+//! - [`odeint_with`]: any [`Strategy`], among them the exact replays (store every step,
+//!   binomial checkpointing), the reversible strategy (the exact gradient of a reversible
+//!   solve, [`Options::reversible`] or `reversible_heun`, in O(state + parameters)) and the
+//!   Gauss and interpolating adjoints (h read from the forward's dense output: no drift).
 //!
 //! ```
 //! use ad_core::{nalgebra::DMatrix, Result as TapeResult, Scalar, Tape, Var};
@@ -95,7 +99,7 @@
 //! // L = h(1) = h0 e^{−k}: dL/dk = −h0 e^{−k}, d²L/dk² = h0 e^{−k}.
 //! let opts = Options::default().tolerances(1e-10, 1e-12);
 //! let mut hvps = Vec::new();
-//! for strategy in ["taped", "backsolve", "backsolve-checkpointed:3", "checkpointed:2"] {
+//! for strategy in ["taped", "backsolve", "backsolve-checkpointed:3", "checkpointed:2", "gauss"] {
 //!     let tape = Tape::<Dual64>::new();
 //!     let h0 = tape.var(DMatrix::from_element(1, 1, Dual64::from_re(2.0)));
 //!     let k = tape.var(DMatrix::from_element(1, 1, Dual64::new(0.5, 1.0))); // v = 1 on k
@@ -107,9 +111,10 @@
 //!     assert!((dk.eps - 2.0 * (-0.5f64).exp()).abs() < 1e-8); // H v
 //!     hvps.push(dk.eps);
 //! }
-//! // Exact strategies match the taped HVP to rounding, backsolve to the tolerance.
+//! // Exact strategies match the taped HVP to rounding, the adjoints to the tolerance.
 //! assert!((hvps[3] - hvps[0]).abs() < 1e-13);
 //! assert!((hvps[1] - hvps[0]).abs() < 1e-8 && (hvps[2] - hvps[0]).abs() < 1e-8);
+//! assert!((hvps[4] - hvps[0]).abs() < 1e-8);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -122,6 +127,7 @@
 //! random problems.
 #![warn(missing_docs)]
 
+mod adjoint_vjp;
 #[cfg(feature = "proptest")]
 pub mod arbitrary;
 mod controller;
@@ -130,6 +136,7 @@ mod engine;
 mod error;
 mod forward;
 mod input;
+mod interpolated;
 mod node;
 mod options;
 pub mod schedule;
@@ -140,6 +147,7 @@ mod stepper;
 mod strategies;
 mod strategy;
 pub mod tableau;
+mod trajectory;
 pub mod verify;
 
 pub use controller::StepRecord;
@@ -150,7 +158,10 @@ pub use input::check_grid;
 pub use options::{method_by_name, AdjointNorm, Norm, NormFn, Options};
 pub use solution::Solution;
 pub use solve::{odeint, odeint_adjoint, odeint_with, solve};
-pub use strategy::{Backsolve, BackwardStats, Drift, ParseStrategyError, Strategy, StrategyReport};
+pub use strategy::{
+    Backsolve, BackwardStats, ContinuousAdjoint, Drift, ParseStrategyError, Strategy,
+    StrategyReport,
+};
 pub use verify::{
     adjoint_residual, tolerance_study, AdjointResidualReport, GradientProblem, ProblemVector,
     ToleranceReport, VerifyError,

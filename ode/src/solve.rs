@@ -13,7 +13,7 @@ use crate::input::{check_grid, check_h0, check_precision, check_tape, SolveInput
 use crate::options::Options;
 use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::strategies::{auto, backsolve, replay, reversible, taped};
+use crate::strategies::{auto, backsolve, gauss, interpolating, replay, reversible, taped};
 use crate::strategy::{reversible_options, Strategy};
 
 /// Solve with any gradient [`Strategy`]: the one entry point behind [`odeint`] (taped) and
@@ -87,6 +87,8 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         Strategy::StoreEveryStep => replay::exact(&input, f, None, String::new()),
         Strategy::Checkpointed { slots } => replay::exact(&input, f, Some(*slots), String::new()),
         Strategy::Auto { budget_bytes } => auto::solve(&input, f, *budget_bytes),
+        Strategy::Gauss(c) => gauss::gauss(&input, f, c, strategy),
+        Strategy::Interpolating(c) => interpolating::interpolating(&input, f, c, strategy),
         Strategy::Reversible { coupling } => {
             let opts = reversible_options(opts, *coupling)?;
             let input = SolveInput {
@@ -160,7 +162,7 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
         check_h0(h0, t[0].primal())?;
         return Ok((vec![h0.clone()], SolveStats::default()));
     }
-    let forward = forward_values(f, h0, t, params.to_vec(), opts, |_, _, _| Ok(()))?;
+    let forward = forward_values(f, h0, t, params.to_vec(), opts, |_, _| Ok(()))?;
     let mut outputs = Vec::with_capacity(t.len());
     outputs.push(h0.clone());
     outputs.extend(forward.outputs);

@@ -79,11 +79,32 @@ pub enum Strategy {
         /// `reversible_heun` method, which is reversible by itself.
         coupling: Option<f64>,
     },
+    /// The Gauss adjoint (SciMLSensitivity's `GaussAdjoint`): the forward keeps its dense
+    /// output (every step's, or `checkpoints` states from which each stretch is re-solved in
+    /// the backward), and the backward integrates only the adjoint `a` (d entries) under its
+    /// own error control, with `h(t)` read from the interpolant, and adds
+    /// `∫ aᵀ ∂f/∂θ dt` over each accepted backward step by Gauss–Legendre quadrature on the
+    /// backward step's own dense output. Nothing is integrated backwards but `a`, so nothing
+    /// drifts, and the step sizes follow `a` alone. Accurate to the tolerances (of the
+    /// forward interpolant and the backward solve), not exact. Memory: the interpolant
+    /// ((s + 1)·d per step with a method's own interpolant, 2·d with a Hermite), or
+    /// `checkpoints`·d plus one stretch's interpolant; compute: one untaped forward (plus one
+    /// re-solve with checkpoints), and per backward step s evaluations with a VJP to `h` and
+    /// ⌈(p + 1)/2⌉ with a VJP to θ and t.
+    Gauss(ContinuousAdjoint),
+    /// The interpolating adjoint (SciMLSensitivity's `InterpolatingAdjoint`, CVODES): as
+    /// [`Strategy::Gauss`], but the backward integrates `[a, a_θ, a_t]` together (each
+    /// evaluation one f and one VJP to h, θ and t), so `a_θ` counts in its error norm
+    /// unless [`AdjointNorm::Seminorm`] is chosen.
+    Interpolating(ContinuousAdjoint),
     /// The fastest exact strategy whose peak memory fits `budget_bytes`: taped while its
     /// tape fits (abandoned, and the tape rewound, before a step that would not), else
     /// checkpointed with as many slots as fit beside one step's replay — store-every-step
     /// when that is a slot for every step, reported as `aca` — and backsolve only when not
-    /// even two states and one step's replay fit.
+    /// even two states and one step's replay fit. A solve over a reversible scheme (which
+    /// the user chose: it changes the discrete solution) goes to [`Strategy::Reversible`]
+    /// when its tape does not fit. Gauss and interpolating are never chosen: not exact, and
+    /// they need more than the two states `checkpointed:2` needs.
     /// [`Solution::strategy`](crate::Solution::strategy) says what was chosen and why.
     Auto {
         /// Bytes the solve and its backward may use beyond inputs, parameters and outputs.
@@ -117,6 +138,8 @@ impl Strategy {
             Strategy::StoreEveryStep => "aca".into(),
             Strategy::Checkpointed { slots } => format!("checkpointed:{slots}"),
             Strategy::Auto { budget_bytes } => format!("auto:{budget_bytes}"),
+            Strategy::Gauss(c) => c.name("gauss"),
+            Strategy::Interpolating(c) => c.name("interpolating"),
             Strategy::Reversible { coupling: None } => "reversible".into(),
             Strategy::Reversible { coupling: Some(c) } => format!("reversible:{c}"),
         }
@@ -127,7 +150,10 @@ impl Strategy {
     pub fn is_exact(&self) -> bool {
         !matches!(
             self,
-            Strategy::Backsolve(_) | Strategy::BacksolveCheckpointed { .. }
+            Strategy::Backsolve(_)
+                | Strategy::BacksolveCheckpointed { .. }
+                | Strategy::Gauss(_)
+                | Strategy::Interpolating(_)
         )
     }
 
@@ -165,6 +191,12 @@ impl Strategy {
             }
             Strategy::Checkpointed { slots } => at_least_one("slots", *slots),
             Strategy::Reversible { coupling } => reversible_options(opts, *coupling).map(|_| ()),
+            Strategy::Gauss(c) | Strategy::Interpolating(c) => {
+                if let Some(k) = c.checkpoints {
+                    at_least_one("checkpoints", k)?;
+                }
+                c.validate(opts)
+            }
             Strategy::Taped | Strategy::StoreEveryStep | Strategy::Auto { .. } => Ok(()),
         }
     }
@@ -178,7 +210,7 @@ impl fmt::Display for Strategy {
 
 /// The text of a strategy name that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown gradient strategy `{0}`: use taped, backsolve, backsolve-checkpointed:K, aca (store every step), checkpointed:K, reversible, reversible:COUPLING or auto:BYTES, with K ≥ 1 and 0 < COUPLING ≤ 1")]
+#[error("unknown gradient strategy `{0}`: use taped, backsolve, backsolve-checkpointed:K, aca (store every step), checkpointed:K, gauss, gauss:K, interpolating, interpolating:K, reversible, reversible:COUPLING or auto:BYTES, with K ≥ 1 and 0 < COUPLING ≤ 1")]
 pub struct ParseStrategyError(pub String);
 
 impl FromStr for Strategy {
@@ -202,6 +234,12 @@ impl FromStr for Strategy {
             ("backsolve-checkpointed", a) => Strategy::backsolve_checkpointed(number(a)?),
             ("aca" | "store-every-step", None) => Strategy::StoreEveryStep,
             ("checkpointed", a) => Strategy::Checkpointed { slots: number(a)? },
+            ("gauss", None) => Strategy::Gauss(ContinuousAdjoint::default()),
+            ("gauss", a) => Strategy::Gauss(ContinuousAdjoint::checkpointed(number(a)?)),
+            ("interpolating", None) => Strategy::Interpolating(ContinuousAdjoint::default()),
+            ("interpolating", a) => {
+                Strategy::Interpolating(ContinuousAdjoint::checkpointed(number(a)?))
+            }
             ("reversible", None) => Strategy::Reversible { coupling: None },
             ("reversible", Some(a)) => Strategy::Reversible {
                 coupling: Some(
@@ -312,27 +350,116 @@ impl Backsolve {
 
     /// Check the settings against the forward options they default to.
     pub fn validate(&self, opts: &Options) -> Result<()> {
-        for (name, v) in [
+        check_positive([
             ("Backsolve::rtol", self.rtol),
             ("Backsolve::atol", self.atol),
             ("Backsolve::step_size", self.step_size),
-        ] {
-            if let Some(v) = v {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(Error::BadOption {
-                        name,
-                        value: v,
-                        expected: "must be finite and > 0",
-                    });
-                }
-            }
+        ])?;
+        check_backward_method(self.method, self.step_size, opts, "Backsolve::step_size")
+    }
+}
+
+/// Each setting that is given must be finite and positive.
+fn check_positive(settings: [(&'static str, Option<f64>); 3]) -> Result<()> {
+    for (name, v) in settings {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::BadOption {
+                name,
+                value: v,
+                expected: "must be finite and > 0",
+            });
         }
-        let method = self.method.unwrap_or(opts.method);
-        method.validate()?;
-        if method.b_error.is_none() && self.step_size.or(opts.step_size).is_none() {
-            return Err(Error::MissingStepSize {
-                option: "Backsolve::step_size",
-                method: method.name,
+    }
+    Ok(())
+}
+
+/// The backward solve's method: valid, explicit, and given a step size if it is fixed-step.
+fn check_backward_method(
+    method: Option<&'static Tableau>,
+    step_size: Option<f64>,
+    opts: &Options,
+    option: &'static str,
+) -> Result<()> {
+    let method = method.unwrap_or(opts.method);
+    method.validate()?;
+    if method.b_error.is_none() && step_size.or(opts.step_size).is_none() {
+        return Err(Error::MissingStepSize {
+            option,
+            method: method.name,
+        });
+    }
+    Ok(())
+}
+
+/// The settings of the continuous adjoints that read `h` from the forward's interpolant
+/// ([`Strategy::Gauss`], [`Strategy::Interpolating`]); unset ones default to the forward
+/// solve's.
+#[derive(Clone, Debug, Default)]
+pub struct ContinuousAdjoint {
+    /// Method of the backward solve (default: the forward's).
+    pub method: Option<&'static Tableau>,
+    /// Relative tolerance of the backward solve (default: the forward's `rtol`).
+    pub rtol: Option<f64>,
+    /// Absolute tolerance of the backward solve (default: the forward's `atol`).
+    pub atol: Option<f64>,
+    /// Step size of a fixed-step backward method (default: the forward's `step_size`).
+    pub step_size: Option<f64>,
+    /// Error norm of the backward solve: over `a` (and, for the interpolating adjoint,
+    /// `a_θ` and `a_t` unless [`AdjointNorm::Seminorm`]).
+    pub norm: AdjointNorm,
+    /// `None`: keep every step's dense output. `Some(K)`: keep at most K states (the initial
+    /// one included) and re-solve the stretch between two of them when the backward enters
+    /// it.
+    pub checkpoints: Option<usize>,
+}
+
+impl ContinuousAdjoint {
+    /// Default settings with `k` checkpoints.
+    pub fn checkpointed(k: usize) -> Self {
+        Self {
+            checkpoints: Some(k),
+            ..Self::default()
+        }
+    }
+
+    /// These settings with both backward tolerances set.
+    pub fn tolerances(mut self, rtol: f64, atol: f64) -> Self {
+        self.rtol = Some(rtol);
+        self.atol = Some(atol);
+        self
+    }
+
+    fn name(&self, family: &str) -> String {
+        match self.checkpoints {
+            None => family.into(),
+            Some(k) => format!("{family}:{k}"),
+        }
+    }
+
+    /// Check the settings against the forward options they default to.
+    pub fn validate(&self, opts: &Options) -> Result<()> {
+        check_positive([
+            ("ContinuousAdjoint::rtol", self.rtol),
+            ("ContinuousAdjoint::atol", self.atol),
+            ("ContinuousAdjoint::step_size", self.step_size),
+        ])?;
+        check_backward_method(
+            self.method,
+            self.step_size,
+            opts,
+            "ContinuousAdjoint::step_size",
+        )?;
+        let forward = opts.method;
+        if forward.interpolant.is_none() && forward.b_error.is_some() && forward.order > 4 {
+            // A cubic Hermite between a high-order method's large steps is far less accurate
+            // than its tolerance (dopri8 at rtol 1e-8: gradient errors of 1e-5).
+            return Err(Error::SchemeNotSupported {
+                strategy: "gauss / interpolating".into(),
+                scheme: format!(
+                    "a {} solve: these adjoints read h(t) from the forward's dense output, and {} has none of its own (a cubic Hermite between its large steps is accurate to ~1e-5 only)",
+                    forward.name, forward.name
+                ),
+                fix: "use a method with its own interpolant (dopri5, tsit5, bosh3), or an exact strategy (taped, aca, checkpointed:K)",
             });
         }
         Ok(())

@@ -5,10 +5,11 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Mark, Scalar, Tape, Var};
 
+use crate::adjoint_vjp::{field_vjp, Wrt};
 use crate::dynamics::Dynamics;
 use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
-use crate::forward::{check_field_output, forward_controller, forward_keeping};
+use crate::forward::{forward_controller, forward_keeping};
 use crate::input::{direction, SolveInput};
 use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
@@ -204,7 +205,6 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
     {
         let n = self.grid.len();
         let n_params = inputs.len() - 2;
-        let shape = inputs[0].shape();
         let ctl = self.backward_controller(n_params);
         let dir = direction(&self.grid);
 
@@ -241,7 +241,6 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             local: &local,
             params: &params,
             base: local.mark(),
-            shape,
             nfe: 0,
             local_origin,
             scratch_origin: None,
@@ -439,7 +438,6 @@ struct AugmentedSystem<'a, 'l, T: Scalar, F> {
     local: &'l Tape<T>,
     params: &'a [Var<'l, T>],
     base: Mark,
-    shape: (usize, usize),
     nfe: usize,
     /// The local tape before θ was copied onto it.
     local_origin: Mark,
@@ -477,36 +475,26 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
         self.nfe += 1;
         let scratch = tv.tape();
-        let h = self.local.var(y[0].value()?);
-        // The time's value, not just `t`: its dual part (a tangent on the grid) must reach f.
-        let t_local = self.local.var(tv.value()?);
-        let out = self.f.eval(t_local, h, self.params)?;
-        check_field_output(out, self.shape, t)?;
         let neg_a = -y[1].value()?;
-        self.peak = self
-            .peak
-            .max(self.holding(scratch, neg_a.len() * std::mem::size_of::<T>()));
-        let mut wrt = Vec::with_capacity(self.params.len() + 2);
-        wrt.push(h);
-        wrt.extend_from_slice(self.params);
-        wrt.push(t_local);
-        let grads = if ad_core::all_finite(&neg_a) {
-            self.local.vjp_wrt(&[(out, neg_a)], &wrt)?
-        } else {
-            // A trial step whose adjoint went non-finite: hand the controller NaN stages,
-            // so it rejects the step and shrinks it (the tape refuses a NaN seed).
-            wrt.iter()
-                .map(|v| {
-                    let (r, c) = v.shape()?;
-                    Ok(DMatrix::from_element(r, c, T::constant(f64::NAN)))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
-        let f_value = out.value()?;
-        self.local.rewind(self.base)?;
+        let seed_bytes = neg_a.len() * std::mem::size_of::<T>();
+        let mut peak = self.peak;
+        // The time's value, not just `t`: its dual part (a tangent on the grid) must reach f.
+        let time = (t, tv.value()?[(0, 0)]);
+        let vjp = field_vjp(
+            self.f,
+            self.local,
+            self.base,
+            self.params,
+            time,
+            y[0].value()?,
+            neg_a,
+            Wrt::All,
+            || peak = peak.max(self.holding(scratch, seed_bytes)),
+        )?;
+        self.peak = peak;
         let mut k = Vec::with_capacity(y.len());
-        k.push(scratch.constant(f_value));
-        k.extend(grads.into_iter().map(|g| scratch.constant(g)));
+        k.push(scratch.constant(vjp.field));
+        k.extend(vjp.grads.into_iter().map(|g| scratch.constant(g)));
         Ok(k)
     }
 }

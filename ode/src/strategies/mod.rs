@@ -5,6 +5,8 @@
 
 pub(crate) mod auto;
 pub(crate) mod backsolve;
+pub(crate) mod gauss;
+pub(crate) mod interpolating;
 pub(crate) mod replay;
 pub(crate) mod reversible;
 pub(crate) mod taped;

@@ -56,7 +56,7 @@ pub(crate) fn reversible<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         // The forward is their only reader: moved, not copied.
         std::mem::take(&mut values.params),
         opts,
-        |_, _, _| Ok(()),
+        |_, _| Ok(()),
     )?;
     let report = StrategyReport {
         name: strategy.name(),
