@@ -58,6 +58,14 @@ pub fn row(values: &[f64], key: &str) -> Result<DMatrix<f64>> {
     Ok(DMatrix::from_row_slice(1, values.len(), values))
 }
 
+/// A file's text, or [`Error::Io`] naming the file.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Parse JSON into `T`, naming the offending key on error.
 ///
 /// * Wrong types, missing fields, unknown names: [`Error::Format`] at the JSON path.

@@ -6,7 +6,9 @@
 //! checkpointed, ...). [`Adam`] and [`Sgd`] update
 //! parameters; [`Problem`] reads the `costate-problem/1` files of the reference scripts and
 //! runs them ([`Problem::gradients`]: loss, gradients and solve statistics for a strategy;
-//! [`Problem::record_with`] on a tape of any scalar); [`weights`] saves and loads
+//! [`Problem::record_with`] on a tape of any scalar); [`ReversibleProblem`] reads the
+//! `costate-reversible-problem/1` benchmark of reversible solvers (McCallum & Foster's
+//! white-dwarf neural ODE, with JAX's gradients); [`weights`] saves and loads
 //! parameters; [`json`] holds the helpers both file formats share.
 //!
 //! Everything runs in `f32` as well: `params.cast::<f32>()?` gives a `ParamSet<f32>`,
@@ -47,6 +49,7 @@ mod optim;
 mod params;
 mod pipeline;
 pub mod problem;
+pub mod reversible_problem;
 pub mod weights;
 
 /// The `nalgebra` of every matrix in the API (from `ad-core`, no version trap).
@@ -66,3 +69,4 @@ pub use problem::{GradientTensors, Loss, Problem, ProblemFile};
 pub use rand;
 /// The `rand_distr` behind [`Mlp::normal`].
 pub use rand_distr;
+pub use reversible_problem::{ReversibleProblem, TimeFirstMlp};

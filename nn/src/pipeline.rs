@@ -143,6 +143,24 @@ impl<P: Precision> ProblemGradients<P> {
     }
 }
 
+/// Refuse a value of `params` or `others` (named tensors) that would overflow precision `Q`
+/// when lifted ([`crate::Error::Overflow`], naming the tensor and entry).
+pub(crate) fn check_fits<Q: Precision>(
+    params: &crate::ParamSet,
+    others: &[(&str, &DMatrix<f64>)],
+) -> Result<()> {
+    if Q::EPSILON <= f64::EPSILON {
+        return Ok(()); // f64 holds every value of a file
+    }
+    for (name, value) in params.names().iter().zip(params.values()) {
+        lower::<f64, Q>(name, value)?;
+    }
+    for (name, value) in others {
+        lower::<f64, Q>(name, value)?;
+    }
+    Ok(())
+}
+
 impl Problem {
     /// The problem's neural ODE (its field and solver options) with `strategy`.
     pub fn model(&self, strategy: Strategy) -> NeuralOde {
@@ -168,15 +186,8 @@ impl Problem {
     /// Refuse a value of the file that would overflow precision `Q` when lifted
     /// ([`crate::Error::Overflow`], naming the tensor and entry).
     fn check_fits<Q: Precision>(&self) -> Result<()> {
-        if Q::EPSILON <= f64::EPSILON {
-            return Ok(()); // f64 holds every value of the file
-        }
-        for (name, value) in self.params.names().iter().zip(self.params.values()) {
-            lower::<f64, Q>(name, value)?;
-        }
-        lower::<f64, Q>("h0", &self.h0)?;
-        lower::<f64, Q>("t", &DMatrix::from_row_slice(1, self.t.len(), &self.t))?;
-        Ok(())
+        let grid = DMatrix::from_row_slice(1, self.t.len(), &self.t);
+        check_fits::<Q>(&self.params, &[("h0", &self.h0), ("t", &grid)])
     }
 
     /// [`Problem::forward`] with each input's value on the tape given by `lift(leaf,

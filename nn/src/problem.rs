@@ -9,7 +9,7 @@ use ode::Options;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ModelPart, Result};
-use crate::json::{matrix, nested, parse_json, row};
+use crate::json::{matrix, nested, parse_json, read_text, row};
 use crate::layers::{Activation, Mlp};
 use crate::odefunc::{Input, OdeFunc};
 use crate::params::ParamSet;
@@ -285,11 +285,7 @@ impl Problem {
 
     /// Read and validate a problem file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = read_text(path.as_ref())?;
         Self::from_json(&text)
     }
 
@@ -318,17 +314,7 @@ impl Problem {
         // their errors are mapped to the keys the offending values came from.
         let activation: Activation = m.activation.parse().map_err(at_model_key)?;
         let input: Input = m.input.parse().map_err(at_model_key)?;
-        let mut params = ParamSet::new();
-        for (i, l) in m.layers.iter().enumerate() {
-            params.push(
-                format!("layers.{i}.weight"),
-                matrix(&l.weight, &format!("model.layers[{i}].weight"))?,
-            );
-            params.push(
-                format!("layers.{i}.bias"),
-                row(&l.bias, &format!("model.layers[{i}].bias"))?,
-            );
-        }
+        let params = layer_params(&m.layers)?;
         let mlp = Mlp::from_params(&params, activation).map_err(at_model_key)?;
         let func =
             OdeFunc::from_mlp(mlp, input, m.time_input, m.subtract_state).map_err(at_model_key)?;
@@ -458,7 +444,7 @@ impl Problem {
 
 /// An [`Error::Model`] from the model's constructors, at the problem file's key of the part
 /// it names (e.g. `model.layers[1].weight`); other errors unchanged.
-fn at_model_key(e: Error) -> Error {
+pub(crate) fn at_model_key(e: Error) -> Error {
     match e {
         Error::Model { part, message } => {
             let key = match part {
@@ -480,7 +466,6 @@ fn check_reference(r: &Reference, params: &ParamSet, h0: &DMatrix<f64>, nt: usiz
     if !r.loss.is_finite() {
         return Err(Error::format("reference.loss", "is not a finite number"));
     }
-    let layers = params.len() / 2;
     for (name, g) in [
         ("odeint", &r.odeint),
         ("odeint_adjoint", &r.odeint_adjoint),
@@ -495,47 +480,7 @@ fn check_reference(r: &Reference, params: &ParamSet, h0: &DMatrix<f64>, nt: usiz
                 format!("is {:?} but h0 is {:?}", gh.shape(), h0.shape()),
             ));
         }
-        if g.grad_layers.len() != layers {
-            return Err(Error::format(
-                format!("{base}.grad_layers"),
-                format!(
-                    "has {} entries but the model has {layers} layers (one {{weight, bias}} \
-                     gradient per layer)",
-                    g.grad_layers.len()
-                ),
-            ));
-        }
-        for (i, (l, wb)) in g
-            .grad_layers
-            .iter()
-            .zip(params.values().chunks(2))
-            .enumerate()
-        {
-            let key = format!("{base}.grad_layers[{i}].weight");
-            let w = matrix(&l.weight, &key)?;
-            if w.shape() != wb[0].shape() {
-                return Err(Error::format(
-                    key,
-                    format!(
-                        "is {:?} but model.layers[{i}].weight is {:?}",
-                        w.shape(),
-                        wb[0].shape()
-                    ),
-                ));
-            }
-            let key = format!("{base}.grad_layers[{i}].bias");
-            let b = row(&l.bias, &key)?;
-            if b.shape() != wb[1].shape() {
-                return Err(Error::format(
-                    key,
-                    format!(
-                        "has {} entries but model.layers[{i}].bias has {}",
-                        b.ncols(),
-                        wb[1].ncols()
-                    ),
-                ));
-            }
-        }
+        layer_gradients(&g.grad_layers, params, &base)?;
         if let Some(gt) = &g.grad_t {
             let key = format!("{base}.grad_t");
             if gt.len() != nt {
@@ -548,6 +493,77 @@ fn check_reference(r: &Reference, params: &ParamSet, h0: &DMatrix<f64>, nt: usiz
         }
     }
     Ok(())
+}
+
+/// A file's `model.layers` as a [`ParamSet`] (`layers.{i}.weight`, `layers.{i}.bias`),
+/// each list rectangular, non-empty and finite (else [`Error::Format`] naming the key).
+pub(crate) fn layer_params(layers: &[LayerSpec]) -> Result<ParamSet> {
+    let mut params = ParamSet::new();
+    for (i, l) in layers.iter().enumerate() {
+        params.push(
+            format!("layers.{i}.weight"),
+            matrix(&l.weight, &format!("model.layers[{i}].weight"))?,
+        );
+        params.push(
+            format!("layers.{i}.bias"),
+            row(&l.bias, &format!("model.layers[{i}].bias"))?,
+        );
+    }
+    Ok(params)
+}
+
+/// The `{weight, bias}` gradients of every layer (under `base.grad_layers`) as tensors in
+/// [`ParamSet`] order, checked against the model's parameters: one entry per layer, each of
+/// its parameter's shape, every number finite. Errors are [`Error::Format`] naming the key.
+pub(crate) fn layer_gradients(
+    grad_layers: &[LayerSpec],
+    params: &ParamSet,
+    base: &str,
+) -> Result<Vec<DMatrix<f64>>> {
+    let layers = params.len() / 2;
+    if grad_layers.len() != layers {
+        return Err(Error::format(
+            format!("{base}.grad_layers"),
+            format!(
+                "has {} entries but the model has {layers} layers (one {{weight, bias}} \
+                 gradient per layer)",
+                grad_layers.len()
+            ),
+        ));
+    }
+    let mut tensors = Vec::with_capacity(params.len());
+    for (i, (l, wb)) in grad_layers
+        .iter()
+        .zip(params.values().chunks(2))
+        .enumerate()
+    {
+        let key = format!("{base}.grad_layers[{i}].weight");
+        let w = matrix(&l.weight, &key)?;
+        if w.shape() != wb[0].shape() {
+            return Err(Error::format(
+                key,
+                format!(
+                    "is {:?} but model.layers[{i}].weight is {:?}",
+                    w.shape(),
+                    wb[0].shape()
+                ),
+            ));
+        }
+        let key = format!("{base}.grad_layers[{i}].bias");
+        let b = row(&l.bias, &key)?;
+        if b.shape() != wb[1].shape() {
+            return Err(Error::format(
+                key,
+                format!(
+                    "has {} entries but model.layers[{i}].bias has {}",
+                    b.ncols(),
+                    wb[1].ncols()
+                ),
+            ));
+        }
+        tensors.extend([w, b]);
+    }
+    Ok(tensors)
 }
 
 /// Refuse a file with a number JSON cannot carry, naming its key and tensor.

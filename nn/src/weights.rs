@@ -165,10 +165,5 @@ pub fn save<P: Precision>(params: &ParamSet<P>, path: impl AsRef<std::path::Path
 
 /// Read parameters from `path`, checked against `like` if given.
 pub fn load(path: impl AsRef<std::path::Path>, like: Option<&ParamSet>) -> Result<ParamSet> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    from_json(&text, like)
+    from_json(&crate::json::read_text(path.as_ref())?, like)
 }

@@ -46,7 +46,7 @@ pub enum Error {
         unit_roundoff: f64,
     },
     /// No method has this name.
-    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8, reversible_heun")]
+    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, rk4_classic, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8, reversible_heun")]
     UnknownMethod {
         /// The name asked for.
         name: String,

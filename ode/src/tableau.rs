@@ -120,6 +120,23 @@ pub static RK4: Tableau = Tableau {
     step: StepKind::Explicit,
 };
 
+/// The classic fourth-order Runge–Kutta method (Kutta 1901), order 4: `c = [0, ½, ½, 1]`,
+/// `b = [1/6, 1/3, 1/3, 1/6]`. This is Diffrax's `RK4` (and the "RK4" of most texts);
+/// torchdiffeq's `"rk4"`, and hence [`RK4`] here, is Kutta's 3/8 rule, a different method
+/// of the same order whose solutions differ at O(dt⁴).
+pub static RK4_CLASSIC: Tableau = Tableau {
+    name: "rk4_classic",
+    order: 4,
+    embedded_order: None,
+    c: &[0.0, 1.0 / 2.0, 1.0 / 2.0, 1.0],
+    a: &[&[], &[1.0 / 2.0], &[0.0, 1.0 / 2.0], &[0.0, 0.0, 1.0]],
+    b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+    step: StepKind::Explicit,
+};
+
 // ---------------------------------------------------------------------------------------------
 // Adaptive (embedded) methods.
 // ---------------------------------------------------------------------------------------------
@@ -562,6 +579,7 @@ pub static ALL: &[&Tableau] = &[
     &HEUN2,
     &HEUN3,
     &RK4,
+    &RK4_CLASSIC,
     &FEHLBERG2,
     &ADAPTIVE_HEUN,
     &BOSH3,

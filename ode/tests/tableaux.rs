@@ -200,7 +200,7 @@ const TAN: Problem = Problem {
 // Consistency of the data
 // ---------------------------------------------------------------------------------------------
 
-const FIXED: [&str; 5] = ["euler", "midpoint", "heun2", "heun3", "rk4"];
+const FIXED: [&str; 6] = ["euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"];
 const ADAPTIVE: [&str; 6] = [
     "fehlberg2",
     "adaptive_heun",
@@ -240,6 +240,7 @@ fn declared_properties() {
         (&HEUN2, 2, None, 2, false, false),
         (&HEUN3, 3, None, 3, false, false),
         (&RK4, 4, None, 4, false, false),
+        (&RK4_CLASSIC, 4, None, 4, false, false),
         (&FEHLBERG2, 2, Some(1), 3, false, false),
         (&ADAPTIVE_HEUN, 2, Some(1), 2, false, false),
         (&BOSH3, 3, Some(2), 4, true, false),

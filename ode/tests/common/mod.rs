@@ -231,7 +231,7 @@ pub const ADAPTIVE: [&str; 6] = [
 ];
 
 /// Every fixed-step method's name.
-pub const FIXED: [&str; 5] = ["euler", "midpoint", "heun2", "heun3", "rk4"];
+pub const FIXED: [&str; 6] = ["euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"];
 
 /// A random MLP problem: field, inputs and the loss's cotangents.
 pub struct Problem {
