@@ -285,3 +285,28 @@ fn a_nan_cotangent_is_named() {
         assert!(g.get(k).unwrap()[(0, 0)].is_finite());
     }
 }
+
+/// Constant steps whose accumulated time drifts by rounding still land on the output grid:
+/// 1000 steps of 0.005 onto the grid n·0.005 take exactly 1000 steps (not a 1001st of
+/// 8e-14), for a fixed-step and an adaptive method run at constant steps.
+#[test]
+fn constant_steps_do_not_leave_a_rounding_sized_step() {
+    let tape = Tape::<f64>::new();
+    let h = tape.var(DMatrix::from_element(1, 1, 1.0));
+    let k = tape.var(DMatrix::from_element(1, 1, 0.3));
+    let grid: Vec<f64> = (0..=1000).map(|n| n as f64 * 0.005).collect();
+    let t = tape.constant(DMatrix::from_row_slice(1, grid.len(), &grid));
+    for (method, per_step) in [("rk4", 4), ("dopri5", 6)] {
+        let opts = Options::fixed(method, 0.005).unwrap();
+        let sol = odeint(&tape, &Decay, h, t, &[k], &opts).unwrap();
+        assert_eq!(sol.steps.len(), 1000, "{method}");
+        assert_eq!(sol.steps.last().unwrap().t1, 5.0);
+        assert!(
+            sol.stats.nfe <= 1 + per_step * 1000 + 1000,
+            "{method}: {}",
+            sol.stats.nfe
+        );
+        let exact = (-0.3f64 * 5.0).exp();
+        assert!((sol.last().scalar_value().unwrap() - exact).abs() < 1e-10);
+    }
+}
