@@ -13,12 +13,12 @@ const FILE: &str = concat!(
 );
 
 /// Bounds a little above the measured worst (loss or gradient, relative to max |reference|,
-/// over the three solvers): plain solves 3.8e-14 (the plain steps accumulate t += dt and the
-/// outputs at n·dt are dense output a few 1e-14 away from the step ends; the reversible
-/// scheme lands on every output), reversible solves 4.8e-15, reconstruction 2.0e-14
+/// over the three solvers): 3.9e-14 (the steps accumulate t += dt, so outputs at n·dt are
+/// read from the dense output a few ulps from the step ends; midpoint's and rk4's reversible
+/// schemes, without dense output, land on them: 4.8e-15), reconstruction 2.0e-14
 /// (midpoint). JAX's two references differ by up to 1.5e-10, so these tell the solves apart.
 const PLAIN_BOUND: f64 = 1e-13;
-const REVERSIBLE_BOUND: f64 = 2e-14;
+const REVERSIBLE_BOUND: f64 = 1e-13;
 const RECONSTRUCTION_BOUND: f64 = 1e-13;
 
 /// The loss's relative error and the worst gradient error over dL/dy0 and every dL/dθ
@@ -97,8 +97,9 @@ fn gradients_match_jax_for_every_base_solver() {
         // (d) every step inverted to rounding.
         let stats = reversible.backward.expect("the reversible node reports");
         assert_eq!(stats.accepted, problem.nsteps);
-        // Compared at the start of every step: t_1..t_{N−1} against the outputs, t_0 against y0.
-        assert_eq!(stats.reconstruction.len(), problem.nsteps);
+        // Every output but the last compared with its reconstruction (at a step's start or
+        // through the dense output), and y0 at t_0.
+        assert!(stats.reconstruction.len() >= problem.nsteps);
         let worst = stats.max_reconstruction_error().unwrap();
         eprintln!("{:>8} reconstruction {worst:.2e}", solver.name);
         assert!(worst <= RECONSTRUCTION_BOUND, "{}: {worst:e}", solver.name);

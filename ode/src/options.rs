@@ -79,8 +79,10 @@ pub struct Options {
     /// Solve with McCallum & Foster's reversible scheme over `method` (arXiv 2410.11648):
     /// the state is a pair `(y, z)`, `z₀ = y₀`, and each step is
     /// `y₁ = λ(y₀ − z₀) + Φ_h(t₀, z₀)`, `z₁ = y₁ + z₀ − Φ_{−h}(t₁, y₁)` with `Φ` a step of
-    /// `method` and `λ` this coupling, in (0, 1]. The outputs are `y`; steps land on every
-    /// output time. [`crate::Strategy::Reversible`] inverts the steps for an exact
+    /// `method` and `λ` this coupling, in (0, 1]. The outputs are `y`, between steps from the
+    /// base method's interpolant (methods without one step onto every output). The scheme is
+    /// stable on a dissipative mode of rate `μ` only for `|h μ| < −ln λ` (0.001 at
+    /// λ = 0.999): it suits non-stiff, weakly dissipative problems (see `docs/design.md`). [`crate::Strategy::Reversible`] inverts the steps for an exact
     /// gradient in O(state + parameters) memory (and sets this itself); the taped strategy
     /// differentiates the same discrete solve. `None`: the plain step of `method`.
     pub coupling: Option<f64>,

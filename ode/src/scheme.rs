@@ -1,6 +1,7 @@
 //! How one step is taken from a tableau: the plain explicit Runge–Kutta step of
 //! `crate::engine`, or one of the algebraically reversible schemes over it, whose state is a
-//! pair `(y, z)` (component 0 is `y`, the solution; component 1 is `z`). A step is still a
+//! pair `(y, z)` (component 0 is `y`, the solution; component 1 is `z`), with a dense output
+//! of its own over a tableau with an interpolant (`coupled_dense_output`). A step is still a
 //! pure function of `(t, y, dt)` up to the nodes it records, so every strategy's stepper runs
 //! any scheme; `crate::strategies::reversible` inverts them.
 
@@ -30,6 +31,18 @@ impl Scheme {
             (StepKind::ReversibleHeun, _) => Scheme::ReversibleHeun,
             (StepKind::Explicit, Some(c)) => Scheme::Coupled(c),
             (StepKind::Explicit, None) => Scheme::Explicit,
+        }
+    }
+
+    /// Whether outputs inside a step come from a dense output ([`dense_output`]): the plain
+    /// step's (its interpolant or a Hermite), or the coupled scheme's over a tableau with its
+    /// own interpolant. Reversible Heun and the coupled scheme over other tableaux land on
+    /// every output instead.
+    pub fn has_dense_output(self, tableau: &Tableau) -> bool {
+        match self {
+            Scheme::Explicit => true,
+            Scheme::Coupled(_) => tableau.interpolant.is_some(),
+            Scheme::ReversibleHeun => false,
         }
     }
 
@@ -109,6 +122,41 @@ impl Scheme {
     }
 }
 
+/// The coupled scheme's dense output at `t_out` inside the step `[t₀, t₀ + dt]` from
+/// `(y₀, z₀)`, whose base step from `z₀` has the stages `k`:
+/// `y(θ) = y₀ + (Φ_{θ}(z₀) − z₀) + (λ − 1) θ (y₀ − z₀)`, with `Φ_θ` the base method's own
+/// interpolant. It is `y₀` at θ = 0 and `y₁ = λ(y₀ − z₀) + Φ_h(z₀)` at θ = 1, and follows the
+/// base method's dense output in between (`y` and `z` differ by the O(gap) term only).
+/// Differentiable in every input and in `t_out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn coupled_dense_output<'t, T: Scalar>(
+    tape: &'t Tape<T>,
+    tableau: &Tableau,
+    coupling: f64,
+    t0: Var<'t, T>,
+    dt: f64,
+    t_out: Var<'t, T>,
+    (y0, z0): (Var<'t, T>, Var<'t, T>),
+    k: &[State<'t, T>],
+) -> Result<Var<'t, T>> {
+    let base = Step {
+        y0: vec![z0],
+        k: k.to_vec(),
+        y1: Vec::new(),
+        err: None,
+        complete: true,
+    };
+    let along = crate::engine::interpolate(tape, tableau, t0, dt, t_out, &base, None)?[0];
+    // c = 1 + (λ − 1) θ, θ = (t_out − t₀)/dt: y = c·y₀ + Φ_θ(z₀) − c·z₀.
+    let theta = t_out.sub(t0)?.scale(T::constant(1.0 / dt));
+    let c = theta
+        .scale(T::constant(coupling - 1.0))
+        .add_scalar(T::one());
+    let one = tape.constant(ad_core::nalgebra::DMatrix::from_element(1, 1, T::one()));
+    let weights = tape.concat_cols(&[c, one, c.scale(T::constant(-1.0))])?;
+    Ok(tape.weighted_sum(weights, &[y0, along, z0])?)
+}
+
 /// The end time of a step as a number and a variable, formed the same way by the forward and
 /// by the reversible backward (so both evaluate at bitwise the same times).
 pub(crate) fn step_end<'t, T: Scalar>(t: Time<'t, T>, dt: f64) -> Time<'t, T> {
@@ -129,8 +177,8 @@ pub(crate) fn combination<'t, T: Scalar>(
 
 /// The proposal of a coupled step: `Φ_h(t₀, z₀)` with the base method's error estimate
 /// (`y1` holds only `Φ_h(t₀, z₀)` until [`Scheme::finish`]). An FSAL method's last stage
-/// `F(t₁, Φ)` serves only that estimate (the next step starts from `z₁`), so it is left out
-/// when no estimate is wanted.
+/// `F(t₁, Φ)` serves only that estimate and the dense output (the next step starts from
+/// `z₁`), so it is left out when neither is wanted.
 fn coupled_proposal<'t, T: Scalar, S: System<'t, T>>(
     tape: &'t Tape<T>,
     sys: &mut S,
@@ -140,8 +188,9 @@ fn coupled_proposal<'t, T: Scalar, S: System<'t, T>>(
     k0: State<'t, T>,
     dt: f64,
 ) -> Result<Step<'t, T>> {
+    // The last stage of an FSAL method serves the error estimate and the dense output.
     let forward_method = Method {
-        final_stage: method.estimate_error,
+        final_stage: method.estimate_error || method.final_stage,
         ..method
     };
     let ahead = rk_step(tape, sys, forward_method, t, &y[1..2], k0, dt)?;

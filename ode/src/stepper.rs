@@ -13,7 +13,7 @@ use ad_core::{Mark, Scalar, Tape, Var};
 use crate::controller::{Controller, StepRecord};
 use crate::engine::{interpolate, Method, SolveStats, State, Step, System, Time};
 use crate::error::{Error, Result};
-use crate::scheme::Scheme;
+use crate::scheme::{coupled_dense_output, Scheme};
 
 /// What happens to the tape behind an accepted step.
 #[derive(Clone, Copy, Debug)]
@@ -141,11 +141,10 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
     /// A method without its own interpolant gets a cubic Hermite, O(dt⁴) locally: far below
     /// a high-order adaptive method's accuracy at its large steps (dopri8 at rtol 1e-8:
     /// errors of 1e-4). Such methods step onto every output time instead.
-    /// A reversible scheme has no dense output: its outputs are the `y` of steps that land
-    /// on them.
+    /// A reversible scheme without a dense output lands on every output instead.
     pub fn lands_on_every_output(&self) -> bool {
         let tab = self.ctl.tableau;
-        self.ctl.scheme.is_reversible()
+        !self.ctl.scheme.has_dense_output(tab)
             || (tab.interpolant.is_none() && tab.b_error.is_some() && tab.order > 4)
     }
 
@@ -387,6 +386,18 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                         .map(|(&y1, &k)| Ok(self.tape.weighted_sum(weights, &[y1, k])?))
                         .collect::<Result<State<'t, T>>>()?
                 }
+            } else if let Scheme::Coupled(coupling) = self.ctl.scheme {
+                let (y0, z0) = (acc.step.y0[0], acc.step.y0[1]);
+                vec![coupled_dense_output(
+                    self.tape,
+                    tab,
+                    coupling,
+                    acc.t_var,
+                    dt,
+                    t_out_var,
+                    (y0, z0),
+                    &acc.step.k,
+                )?]
             } else {
                 let k_next = if tab.interpolant.is_none() {
                     Some(self.first_stage_after(acc)?)

@@ -68,8 +68,9 @@ pub enum Strategy {
     /// own evaluations on a local tape. The gradient is the taped gradient of the same
     /// reversible solve to rounding ([`BackwardStats::reconstruction`] reports how well the
     /// states were reconstructed). Note that the coupled scheme's solution is not the plain
-    /// method's: it is a different discrete solve (of the same order), with steps landing
-    /// on every output time. Memory: 2d + |θ| + one base step's tape + O(N) numbers;
+    /// method's: it is a different discrete solve (of the same order), stable on dissipative
+    /// modes of rate `μ` only for `|h μ| < −ln λ`; beyond that the discrete derivative itself
+    /// grows step by step (the reconstruction report shows it). Memory: 2d + |θ| + one base step's tape + O(N) numbers;
     /// compute: two base steps per step forward (plus one evaluation), two taped base
     /// steps and their VJPs per step backward (reversible Heun: one evaluation per step
     /// forward, two with their VJPs backward).
@@ -498,8 +499,9 @@ pub struct BackwardStats {
     /// the backward pass met them (latest time first).
     pub drift: Vec<Drift>,
     /// Reversible: how far the reconstructed `y` is from the stored output at every output
-    /// time the backward passes, and from `h0` (the worse of `y` and `z`) at `t_0`, latest
-    /// first. Rounding alone gives ~1e-15; growth towards `t_0` shows the inversion losing
+    /// time that is a step's start, and at every output with a cotangent inside a step (its
+    /// dense output from the reconstructed step), and from `h0` (the worse of `y` and `z`) at
+    /// `t_0`, latest first. Rounding alone gives ~1e-15; growth towards `t_0` shows the inversion losing
     /// digits on dynamics that expand backwards (the gradient is then off by about as much).
     pub reconstruction: Vec<Drift>,
     /// The library's own account of the *peak heap* of this backward pass (see

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::forward::{forward_values, FieldSystem};
 use crate::input::SolveInput;
 use crate::node::NodeBackward;
-use crate::scheme::{backward_base_step, step_end, Scheme};
+use crate::scheme::{backward_base_step, coupled_dense_output, step_end, Scheme};
 use crate::solution::Solution;
 use crate::stepper::time_var;
 use crate::strategy::{BackwardStats, Drift, Strategy, StrategyReport};
@@ -119,11 +119,20 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReversibleOp<T, F> {
         let mut pass = Pass::new(&local, inputs);
         let mut y = self.last[0].clone();
         let mut z = self.last[1].clone();
+        let n_out = self.grid.len() - 1;
+        let dense = self.scheme.has_dense_output(self.tableau);
         for k in (0..self.steps.len()).rev() {
-            let outs = self.first_output[k]..self.first_output[k + 1];
-            pass.seed_outputs(self, k, &z, outs.clone(), &cotangents)?;
+            // As the forward emitted them: at the step's end where it landed (every output
+            // without a dense output, else the last), from the dense output otherwise.
+            let at_end = |i: &usize| !dense || (self.steps[k].landed && i + 1 == n_out);
+            let (landed, inside): (Vec<usize>, Vec<usize>) =
+                (self.first_output[k]..self.first_output[k + 1]).partition(at_end);
+            pass.seed_outputs(self, k, &z, &landed, &cotangents)?;
             let (y0, z0) = match self.scheme {
-                Scheme::Coupled(coupling) => pass.coupled(self, k, &y, &z, coupling)?,
+                Scheme::Coupled(coupling) => {
+                    let stored = (&cotangents[..], outputs);
+                    pass.coupled(self, k, (&y, &z), coupling, &inside, stored)?
+                }
                 Scheme::ReversibleHeun => pass.heun(self, k, &y, &z)?,
                 Scheme::Explicit => return Err(internal("a plain scheme in the reversible node")),
             };
@@ -135,7 +144,7 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReversibleOp<T, F> {
             // The output emitted by the step before lands on this step's start.
             if k > 0 {
                 let before = self.first_output[k - 1]..self.first_output[k];
-                if let Some(i) = before.last() {
+                if let Some(i) = before.last().filter(|&i| self.grid[i + 1] == t0) {
                     pass.stats.reconstruction.push(Drift {
                         t: t0,
                         relative: relative_error(&y0, outputs[i]),
@@ -217,13 +226,13 @@ impl<'l, T: Scalar> Pass<'l, T> {
         })
     }
 
-    /// Pull `seeds` back to `wrt` (first) and into θ's and the grid's cotangents; returns
-    /// the cotangent of `wrt` and rewinds the local tape.
+    /// Pull `seeds` back to `wrt` and into θ's and the grid's cotangents; returns the
+    /// cotangents of `wrt` and rewinds the local tape.
     fn pull_back(
         &mut self,
         seeds: &[(Var<'l, T>, DMatrix<T>)],
-        wrt: Var<'l, T>,
-    ) -> Result<DMatrix<T>> {
+        wrt: &[Var<'l, T>],
+    ) -> Result<Vec<DMatrix<T>>> {
         let size = std::mem::size_of::<T>();
         let recorded = self.local.bytes_since(self.base);
         let state = self.shape.0 * self.shape.1 * size;
@@ -237,12 +246,12 @@ impl<'l, T: Scalar> Pass<'l, T> {
             + 2 * theta
             + 2 * self.row_bar.len() * size;
         self.stats.holding(held);
-        let mut all = Vec::with_capacity(self.params.len() + 2);
-        all.push(wrt);
+        let mut all = Vec::with_capacity(self.params.len() + 1 + wrt.len());
+        all.extend_from_slice(wrt);
         all.push(self.row);
         all.extend_from_slice(&self.params);
         let mut grads = self.local.vjp_wrt(seeds, &all)?.into_iter();
-        let g_wrt = grads.next().unwrap_or_else(|| DMatrix::zeros(0, 0));
+        let g_wrt: Vec<DMatrix<T>> = grads.by_ref().take(wrt.len()).collect();
         if let Some(g) = grads.next() {
             self.row_bar += g;
         }
@@ -262,10 +271,10 @@ impl<'l, T: Scalar> Pass<'l, T> {
         op: &ReversibleOp<T, F>,
         k: usize,
         z1: &DMatrix<T>,
-        outs: std::ops::Range<usize>,
+        outs: &[usize],
         cotangents: &[Option<DMatrix<T>>],
     ) -> Result<()> {
-        if outs.clone().all(|i| cotangents[i].is_none()) {
+        if outs.iter().all(|&i| cotangents[i].is_none()) {
             return Ok(());
         }
         self.local.rewind(self.base)?;
@@ -281,7 +290,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
         let field_value = field.value()?;
         let times = self.row.value()?;
         let mut shift_seed: Option<DMatrix<T>> = None;
-        for i in outs {
+        for &i in outs {
             let Some(g) = &cotangents[i] else { continue };
             self.y_bar += g;
             let direct = field_value.dot(g);
@@ -295,22 +304,24 @@ impl<'l, T: Scalar> Pass<'l, T> {
         }
         match shift_seed {
             Some(seed) => {
-                let g = self.pull_back(&[(field, seed)], z_leaf)?;
-                self.z_bar += g;
+                let g = self.pull_back(&[(field, seed)], &[z_leaf])?;
+                self.z_bar += &g[0];
             }
             None => self.local.rewind(self.base)?,
         }
         Ok(())
     }
 
-    /// Invert coupled step `k` from `(y₁, z₁)` and pull the cotangents back through it.
+    /// Invert coupled step `k` from `(y₁, z₁)` and pull the cotangents back through it and
+    /// through the dense outputs `inside` it.
     fn coupled<F: Dynamics<T>>(
         &mut self,
         op: &ReversibleOp<T, F>,
         k: usize,
-        y1: &DMatrix<T>,
-        z1: &DMatrix<T>,
+        (y1, z1): (&DMatrix<T>, &DMatrix<T>),
         coupling: f64,
+        inside: &[usize],
+        (cotangents, outputs): (&[Option<DMatrix<T>>], &[&DMatrix<T>]),
     ) -> Result<(DMatrix<T>, DMatrix<T>)> {
         let rec = op.steps[k];
         let lambda = T::constant(coupling);
@@ -331,20 +342,25 @@ impl<'l, T: Scalar> Pass<'l, T> {
         self.stats.nfe += sys.nfe;
         let z0 = back.with_value(|a| z1 + a - y1)?;
         let z_bar1 = self.z_bar.clone();
-        let g_a = self.pull_back(&[(back, -&z_bar1)], y1_leaf)?;
-        let y_bar1 = &self.y_bar + &z_bar1 + g_a;
+        let g_a = self.pull_back(&[(back, -&z_bar1)], &[y1_leaf])?;
+        let y_bar1 = &self.y_bar + &z_bar1 + &g_a[0];
         // B = Φ_h(t₀, z₀): y₀ = (y₁ − B)/λ + z₀.
         let t0 = self.start_time(op, k)?;
         let z0_leaf = self.local.var(z0.clone());
         let mut sys = field_system(&op.f, &self.params, self.shape);
         let k0 = sys_eval(&mut sys, t0.at, t0.var, z0_leaf)?;
+        let seeded: Vec<(usize, &DMatrix<T>)> = inside
+            .iter()
+            .filter_map(|&i| cotangents[i].as_ref().map(|g| (i, g)))
+            .collect();
         let method = Method {
             tableau: op.tableau,
             estimate_error: false,
             error_mask: None,
-            final_stage: false,
+            // An FSAL method's last stage enters the dense output only.
+            final_stage: !seeded.is_empty(),
         };
-        let ahead = rk_step(
+        let step = rk_step(
             self.local,
             &mut sys,
             method,
@@ -352,13 +368,31 @@ impl<'l, T: Scalar> Pass<'l, T> {
             &[z0_leaf],
             vec![k0],
             rec.dt,
-        )?
-        .y1[0];
+        )?;
         self.stats.nfe += sys.nfe;
+        let ahead = step.y1[0];
         let y0 = ahead.with_value(|b| (y1 - b) / lambda + &z0)?;
-        let g_b = self.pull_back(&[(ahead, y_bar1.clone())], z0_leaf)?;
-        self.y_bar = &y_bar1 * lambda;
-        self.z_bar = z_bar1 - &y_bar1 * lambda + g_b;
+        // The outputs inside the step, as the forward formed them from (y₀, z₀) and the
+        // stages from z₀.
+        let y0_leaf = self.local.var(y0.clone());
+        let mut seeds = vec![(ahead, y_bar1.clone())];
+        for (i, g) in seeded {
+            let t_out = self.row.slice_cols(i + 1, 1)?;
+            let pair = (y0_leaf, z0_leaf);
+            let out = coupled_dense_output(
+                self.local, op.tableau, coupling, t0.var, rec.dt, t_out, pair, &step.k,
+            )?;
+            // The reconstruction, seen where an output was stored.
+            let relative = out.with_value(|v| relative_error(v, outputs[i]))?;
+            self.stats.reconstruction.push(Drift {
+                t: op.grid[i + 1],
+                relative,
+            });
+            seeds.push((out, g.clone()));
+        }
+        let g_b = self.pull_back(&seeds, &[z0_leaf, y0_leaf])?;
+        self.y_bar = &y_bar1 * lambda + &g_b[1];
+        self.z_bar = z_bar1 - &y_bar1 * lambda + &g_b[0];
         Ok((y0, z0))
     }
 
@@ -384,8 +418,8 @@ impl<'l, T: Scalar> Pass<'l, T> {
         let f1_value = f1.value()?;
         let z0 = y1 * T::constant(2.0) - z1 - &f1_value * dt;
         let seed1 = &self.y_bar * half_dt;
-        let g1 = self.pull_back(&[(f1, seed1)], z1_leaf)?;
-        let z_bar1 = &self.z_bar + g1;
+        let g1 = self.pull_back(&[(f1, seed1)], &[z1_leaf])?;
+        let z_bar1 = &self.z_bar + &g1[0];
         // f₀ = f(t₀, z₀): y₀ = y₁ − dt (f₀ + f₁)/2.
         let t0 = self.start_time(op, k)?;
         let z0_leaf = self.local.var(z0.clone());
@@ -394,9 +428,9 @@ impl<'l, T: Scalar> Pass<'l, T> {
         self.stats.nfe += sys.nfe;
         let y0 = f0.with_value(|f0| y1 - (f0 + &f1_value) * half_dt)?;
         let seed0 = &self.y_bar * half_dt + &z_bar1 * dt;
-        let g0 = self.pull_back(&[(f0, seed0)], z0_leaf)?;
+        let g0 = self.pull_back(&[(f0, seed0)], &[z0_leaf])?;
         self.y_bar = &self.y_bar + &z_bar1 * T::constant(2.0);
-        self.z_bar = g0 - z_bar1;
+        self.z_bar = &g0[0] - z_bar1;
         Ok((y0, z0))
     }
 
