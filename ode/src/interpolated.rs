@@ -262,7 +262,8 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
         let size = std::mem::size_of::<T>();
         let t0 = inputs[1][0];
         let params_values: Vec<DMatrix<T>> = inputs[2..].iter().map(|p| (*p).clone()).collect();
-        if !trajectory.is_whole() {
+        let whole = trajectory.is_whole();
+        if !whole {
             trajectory.set_h0(inputs[0].clone());
         }
         let local = Tape::new();
@@ -316,6 +317,25 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
         let mut dt = None;
         let scratch = Tape::new();
         let _no_grad = scratch.no_grad();
+        // What the pass holds off the tapes besides a re-solved stretch: the gradient
+        // accumulators (a, a_θ, the grid's), the error estimate (f64s over the counted
+        // components) and, for the quadrature, the backward step's dense-output data.
+        let param_len: usize = inputs[2..].iter().map(|p| p.len()).sum();
+        let state_len = inputs[0].len();
+        let counted = match (self.quadrature, &ctl.mask) {
+            (Quadrature::Integrated, None) => state_len + param_len + 1,
+            _ => state_len,
+        };
+        // Beside the VJP's own θ-sized accumulation: the quadrature's step data (a₀, the
+        // stages, a(τ)) and its θ-sized sum over the nodes, or the engine's running sum of
+        // the a_θ stages (`crate::engine`'s quadratures).
+        let quadrature_data = match self.quadrature {
+            Quadrature::GaussLegendre => (ctl.tableau.c.len() + 3) * state_len + 2 * param_len,
+            Quadrature::Integrated => 2 * param_len,
+        };
+        let accumulators = (state_len + param_len + n + quadrature_data) * size
+            + counted * std::mem::size_of::<f64>();
+        let mut peak = 0;
         for w in stops.windows(2).rev() {
             let (to, from) = (w[0], w[1]);
             // The stretch this segment lies in (its midpoint's).
@@ -326,6 +346,11 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
                 t0,
                 &self.opts,
             )?;
+            // A stretch re-solved now is the pass's own; kept dense output is held bytes.
+            let stretch = if whole { 0 } else { trajectory.loaded_bytes() };
+            // The re-solve itself held θ's copy, the stretch and a step's stages.
+            let resolving = param_len * size + (ctl.tableau.c.len() + 2) * state_len * size;
+            peak = peak.max(accumulators + stretch + if whole { 0 } else { resolving });
             let time_of = |stop: (f64, Option<usize>)| match stop.1 {
                 Some(i) => inputs[1][i],
                 None => t0 + T::constant(stop.0 - self.grid[0]),
@@ -339,6 +364,12 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
                 nfe: 0,
                 trajectory: &*trajectory,
                 quadrature: self.quadrature,
+                memory: MemoryAccount {
+                    off_tape: accumulators + stretch,
+                    scratch_origin: scratch.mark(),
+                    local_origin,
+                    peak,
+                },
             };
             if let Some(i) = from.1 {
                 if let Some(gi) = g(i) {
@@ -374,13 +405,6 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
             )?;
             let end = loop {
                 let mut acc = stepper.step(to.0, true)?;
-                stats.holding(
-                    local.bytes_since(local_origin)
-                        + scratch.bytes_since(base) * 2
-                        + trajectory_bytes(stepper.sys.trajectory)
-                        + (a.len() * 4) * size
-                        + 2 * a_theta.iter().map(|m| m.len()).sum::<usize>() * size,
-                );
                 if self.quadrature == Quadrature::GaussLegendre {
                     let (dth, ds) = gauss_step(&mut stepper, &mut acc, nodes, weights, n_params)?;
                     for (acc_t, d) in a_theta.iter_mut().zip(dth) {
@@ -403,6 +427,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
                 .collect::<ad_core::Result<_>>()?;
             drop(end);
             let nfe = stepper.sys.nfe;
+            peak = stepper.sys.memory.peak;
             drop(stepper);
             stats.nfe += nfe;
             let mut values = values.into_iter();
@@ -426,6 +451,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
             scratch.reset()?;
         }
         grad_t[(0, 0)] = s;
+        stats.holding(peak);
         stats.nfe += direct_nfe + trajectory.resolve_nfe;
         stats.recomputed_steps = trajectory.resolved_steps;
         stats.accepted = solve_stats.accepted;
@@ -436,10 +462,6 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
         grads.extend(a_theta.into_iter().map(Some));
         Ok((grads, stats))
     }
-}
-
-fn trajectory_bytes<T: Scalar>(t: &Trajectory<T>) -> usize {
-    t.loaded_bytes()
 }
 
 /// After an accepted backward step of the Gauss adjoint: `Σ_j w_j a(τ_j)ᵀ[∂f/∂θ, ∂f/∂t]`
@@ -505,9 +527,57 @@ struct AdjointSystem<'a, 'l, T: Scalar, F> {
     nfe: usize,
     trajectory: &'a Trajectory<T>,
     quadrature: Quadrature,
+    /// The account of [`BackwardStats::peak_bytes`]: what the pass holds off this system
+    /// (accumulators, error estimate, a re-solved stretch), the scratch tape's start, the
+    /// local tape's start (before θ was copied onto it) and the most held so far.
+    memory: MemoryAccount,
+}
+
+/// The backward pass's memory account, sampled where a VJP is about to run.
+#[derive(Clone, Copy)]
+struct MemoryAccount {
+    off_tape: usize,
+    scratch_origin: Mark,
+    local_origin: Mark,
+    peak: usize,
+}
+
+impl MemoryAccount {
+    /// The bytes held with an evaluation recorded on `local` (since `base`) and its VJP about
+    /// to run: both tapes, the VJP's cotangents (about as large as what it recorded), the
+    /// gradients it returns and the seed (`entries` numbers), and what is held off the tapes.
+    fn sample<T: Scalar>(
+        &mut self,
+        local: &Tape<T>,
+        base: Mark,
+        scratch: &Tape<T>,
+        entries: usize,
+    ) {
+        let held = local.bytes_since(self.local_origin)
+            + local.bytes_since(base)
+            + scratch.bytes_since(self.scratch_origin)
+            + entries * std::mem::size_of::<T>()
+            + self.off_tape;
+        self.peak = self.peak.max(held);
+    }
 }
 
 impl<T: Scalar, F: Dynamics<T>> AdjointSystem<'_, '_, T, F> {
+    /// Entries of the gradients a VJP to `wrt` returns.
+    fn outputs(&self, wrt: Wrt) -> usize {
+        let params: usize = self
+            .params
+            .iter()
+            .map(|p| p.shape().map_or(0, |(r, c)| r * c))
+            .sum();
+        let state = self.shape.0 * self.shape.1;
+        match wrt {
+            Wrt::State => state,
+            Wrt::All => state + params + 1,
+            Wrt::ParamsAndTime => params + 1,
+        }
+    }
+
     /// `f(t, h)` as values (the direct time gradient at an output).
     fn field_value(&mut self, t: f64, tv: T, h: &DMatrix<T>) -> Result<DMatrix<T>> {
         self.nfe += 1;
@@ -532,6 +602,9 @@ impl<T: Scalar, F: Dynamics<T>> AdjointSystem<'_, '_, T, F> {
     ) -> Result<(Vec<DMatrix<T>>, T)> {
         self.nfe += 1;
         let t_value = acc.t_var.value()?[(0, 0)] + T::constant(shift);
+        let out = self.outputs(Wrt::ParamsAndTime) + self.shape.0 * self.shape.1;
+        let (local, base, memory) = (self.local, self.base, &mut self.memory);
+        let scratch = acc.t_var.tape();
         let vjp = field_vjp(
             self.f,
             self.local,
@@ -541,7 +614,7 @@ impl<T: Scalar, F: Dynamics<T>> AdjointSystem<'_, '_, T, F> {
             self.trajectory.at(tau)?,
             a.clone(),
             Wrt::ParamsAndTime,
-            || {},
+            || memory.sample(local, base, scratch, out),
         )?;
         let mut grads = vjp.grads;
         let g_t = grads.pop().map_or(T::zero(), |g| g[(0, 0)]);
@@ -563,6 +636,8 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AdjointSystem<'_, '_, T, F
             Quadrature::Integrated => Wrt::All,
             Quadrature::GaussLegendre => Wrt::State,
         };
+        let out = self.outputs(wrt) + self.shape.0 * self.shape.1;
+        let (local, base, memory) = (self.local, self.base, &mut self.memory);
         let vjp = field_vjp(
             self.f,
             self.local,
@@ -572,7 +647,7 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AdjointSystem<'_, '_, T, F
             self.trajectory.at(t)?,
             -y[0].value()?,
             wrt,
-            || {},
+            || memory.sample(local, base, scratch, out),
         )?;
         Ok(vjp.grads.into_iter().map(|g| scratch.constant(g)).collect())
     }

@@ -55,6 +55,11 @@ fn reported_backward_peak_matches_the_counting_allocator() {
         Strategy::Auto {
             budget_bytes: 4 << 20,
         },
+        Strategy::Reversible { coupling: None },
+        "gauss".parse().unwrap(),
+        "gauss:2".parse().unwrap(),
+        "interpolating".parse().unwrap(),
+        "interpolating:2".parse().unwrap(),
     ];
     let mut ran = Vec::new();
     // Parameter-heavy (a_θ dominates) and state-heavy (the stages dominate).

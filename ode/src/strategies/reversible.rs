@@ -226,24 +226,32 @@ impl<'l, T: Scalar> Pass<'l, T> {
         })
     }
 
-    /// Pull `seeds` back to `wrt` and into θ's and the grid's cotangents; returns the
-    /// cotangents of `wrt` and rewinds the local tape.
+    /// Pull `seeds` back to `wrt` and into θ's and the grid's cotangents through the
+    /// `evaluations` of f recorded; returns the cotangents of `wrt` and rewinds the local
+    /// tape.
     fn pull_back(
         &mut self,
         seeds: &[(Var<'l, T>, DMatrix<T>)],
         wrt: &[Var<'l, T>],
+        evaluations: usize,
     ) -> Result<Vec<DMatrix<T>>> {
         let size = std::mem::size_of::<T>();
+        // Values no VJP reads (pre-activations that only a tanh consumes, stage sums) go
+        // before the VJP allocates its cotangents, as the taped solve releases them.
+        let outputs: Vec<Var<'l, T>> = seeds.iter().map(|(v, _)| *v).collect();
+        self.local.release_unneeded(self.base, &outputs)?;
         let recorded = self.local.bytes_since(self.base);
         let state = self.shape.0 * self.shape.1 * size;
-        // The local tape, the VJP's cotangents (about as large as what it reads), the four
-        // state cotangents and pair values, the seeds and the gradients it returns.
+        // The local tape, the VJP's cotangents (about as large as what it reads, and one per
+        // stage and stage input of the `evaluations` recorded), the four state cotangents and
+        // pair values, the seeds, θ's accumulator, the VJP's own accumulation for θ and the
+        // gradients it returns.
         let theta: usize = self.theta_bar.iter().map(|m| m.len()).sum::<usize>() * size;
         let held = self.local.bytes_since(self.origin)
             + recorded
-            + 6 * state
+            + (6 + 2 * evaluations) * state
             + seeds.len() * state
-            + 2 * theta
+            + 3 * theta
             + 2 * self.row_bar.len() * size;
         self.stats.holding(held);
         let mut all = Vec::with_capacity(self.params.len() + 1 + wrt.len());
@@ -304,7 +312,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
         }
         match shift_seed {
             Some(seed) => {
-                let g = self.pull_back(&[(field, seed)], &[z_leaf])?;
+                let g = self.pull_back(&[(field, seed)], &[z_leaf], 1)?;
                 self.z_bar += &g[0];
             }
             None => self.local.rewind(self.base)?,
@@ -342,7 +350,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
         self.stats.nfe += sys.nfe;
         let z0 = back.with_value(|a| z1 + a - y1)?;
         let z_bar1 = self.z_bar.clone();
-        let g_a = self.pull_back(&[(back, -&z_bar1)], &[y1_leaf])?;
+        let g_a = self.pull_back(&[(back, -&z_bar1)], &[y1_leaf], op.tableau.c.len())?;
         let y_bar1 = &self.y_bar + &z_bar1 + &g_a[0];
         // B = Φ_h(t₀, z₀): y₀ = (y₁ − B)/λ + z₀.
         let t0 = self.start_time(op, k)?;
@@ -390,7 +398,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
             });
             seeds.push((out, g.clone()));
         }
-        let g_b = self.pull_back(&seeds, &[z0_leaf, y0_leaf])?;
+        let g_b = self.pull_back(&seeds, &[z0_leaf, y0_leaf], op.tableau.c.len())?;
         self.y_bar = &y_bar1 * lambda + &g_b[1];
         self.z_bar = z_bar1 - &y_bar1 * lambda + &g_b[0];
         Ok((y0, z0))
@@ -418,7 +426,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
         let f1_value = f1.value()?;
         let z0 = y1 * T::constant(2.0) - z1 - &f1_value * dt;
         let seed1 = &self.y_bar * half_dt;
-        let g1 = self.pull_back(&[(f1, seed1)], &[z1_leaf])?;
+        let g1 = self.pull_back(&[(f1, seed1)], &[z1_leaf], 1)?;
         let z_bar1 = &self.z_bar + &g1[0];
         // f₀ = f(t₀, z₀): y₀ = y₁ − dt (f₀ + f₁)/2.
         let t0 = self.start_time(op, k)?;
@@ -428,7 +436,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
         self.stats.nfe += sys.nfe;
         let y0 = f0.with_value(|f0| y1 - (f0 + &f1_value) * half_dt)?;
         let seed0 = &self.y_bar * half_dt + &z_bar1 * dt;
-        let g0 = self.pull_back(&[(f0, seed0)], &[z0_leaf])?;
+        let g0 = self.pull_back(&[(f0, seed0)], &[z0_leaf], 1)?;
         self.y_bar = &self.y_bar + &z_bar1 * T::constant(2.0);
         self.z_bar = &g0[0] - z_bar1;
         Ok((y0, z0))
