@@ -22,7 +22,7 @@ use crate::controller::Controller;
 use crate::dynamics::Dynamics;
 use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
-use crate::forward::{check_field_output, forward_controller, forward_values, Thinning};
+use crate::forward::{check_field_output, forward_controller, forward_keeping, forward_values};
 use crate::input::{direction, SolveInput};
 use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
@@ -54,34 +54,30 @@ pub(crate) fn record<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     let opts = input.opts;
     let tableau = opts.method;
     let mut values = input.values()?;
-    let whole = settings.checkpoints.is_none();
-    let mut data = Vec::new();
-    let mut thinning = Thinning::new(settings.checkpoints.unwrap_or(1));
-    let forward = forward_values(
-        f,
-        &values.h0,
-        &values.times,
-        std::mem::take(&mut values.params),
-        opts,
-        |k, acc| {
-            if whole {
-                data.push(StepData::of(acc, tableau)?);
-            } else if k > 0 && thinning.wants(k) {
-                thinning.push(k, acc.record.t, acc.step.y0[0].value()?);
-            }
-            Ok(())
-        },
-    )?;
-    let steps = forward.steps.clone();
-    let mut trajectory = if whole {
-        Trajectory::whole(tableau, steps, data)
-    } else {
-        let kept = thinning
-            .into_states()
-            .into_iter()
-            .map(|(k, _, y)| (k, y))
-            .collect();
-        Trajectory::checkpointed(tableau, steps, kept)
+    let (forward, mut trajectory) = match settings.checkpoints {
+        None => {
+            let mut data = Vec::new();
+            let forward = forward_values(
+                f,
+                &values.h0,
+                &values.times,
+                // The forward is their only reader: moved, not copied.
+                std::mem::take(&mut values.params),
+                opts,
+                |_, acc| {
+                    data.push(StepData::of(acc, tableau)?);
+                    Ok(())
+                },
+            )?;
+            let steps = forward.steps.clone();
+            (forward, Trajectory::whole(tableau, steps, data))
+        }
+        Some(k) => {
+            let (forward, kept) = forward_keeping(&mut values, f, opts, k)?;
+            let kept = kept.into_iter().map(|c| (c.step, c.y)).collect();
+            let steps = forward.steps.clone();
+            (forward, Trajectory::checkpointed(tableau, steps, kept))
+        }
     };
     if let Some(y) = forward.last.first() {
         // A Hermite interpolant of the last step reads (y_N, F(t_N, y_N)); the backward
@@ -361,6 +357,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
                 params: &params,
                 base: local.mark(),
                 shape,
+                param_len,
                 nfe: 0,
                 trajectory: &*trajectory,
                 quadrature: self.quadrature,
@@ -406,7 +403,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
             let end = loop {
                 let mut acc = stepper.step(to.0, true)?;
                 if self.quadrature == Quadrature::GaussLegendre {
-                    let (dth, ds) = gauss_step(&mut stepper, &mut acc, nodes, weights, n_params)?;
+                    let (dth, ds) = gauss_step(&mut stepper, &mut acc, nodes, weights)?;
                     for (acc_t, d) in a_theta.iter_mut().zip(dth) {
                         *acc_t += d;
                     }
@@ -472,7 +469,6 @@ fn gauss_step<'s, T: Scalar, F: Dynamics<T>>(
     acc: &mut Accepted<'s, T>,
     nodes: &[f64],
     weights: &[f64],
-    n_params: usize,
 ) -> Result<(Vec<DMatrix<T>>, T)> {
     let tab = stepper.ctl.tableau;
     let dt = acc.record.dt;
@@ -499,9 +495,7 @@ fn gauss_step<'s, T: Scalar, F: Dynamics<T>>(
         };
         let tau = acc.record.t + x * dt;
         let weight = T::constant(-dt * w);
-        let (g_theta, g_t) = stepper
-            .sys
-            .pull_back_params(tau, acc, x * dt, &a_tau, n_params)?;
+        let (g_theta, g_t) = stepper.sys.pull_back_params(tau, acc, x * dt, &a_tau)?;
         d_s += g_t * weight;
         match &mut d_theta {
             None => d_theta = Some(g_theta.into_iter().map(|g| g * weight).collect()),
@@ -524,6 +518,8 @@ struct AdjointSystem<'a, 'l, T: Scalar, F> {
     params: &'a [Var<'l, T>],
     base: Mark,
     shape: (usize, usize),
+    /// Entries of θ.
+    param_len: usize,
     nfe: usize,
     trajectory: &'a Trajectory<T>,
     quadrature: Quadrature,
@@ -565,16 +561,11 @@ impl MemoryAccount {
 impl<T: Scalar, F: Dynamics<T>> AdjointSystem<'_, '_, T, F> {
     /// Entries of the gradients a VJP to `wrt` returns.
     fn outputs(&self, wrt: Wrt) -> usize {
-        let params: usize = self
-            .params
-            .iter()
-            .map(|p| p.shape().map_or(0, |(r, c)| r * c))
-            .sum();
         let state = self.shape.0 * self.shape.1;
         match wrt {
             Wrt::State => state,
-            Wrt::All => state + params + 1,
-            Wrt::ParamsAndTime => params + 1,
+            Wrt::All => state + self.param_len + 1,
+            Wrt::ParamsAndTime => self.param_len + 1,
         }
     }
 
@@ -598,7 +589,6 @@ impl<T: Scalar, F: Dynamics<T>> AdjointSystem<'_, '_, T, F> {
         acc: &Accepted<'_, T>,
         shift: f64,
         a: &DMatrix<T>,
-        n_params: usize,
     ) -> Result<(Vec<DMatrix<T>>, T)> {
         self.nfe += 1;
         let t_value = acc.t_var.value()?[(0, 0)] + T::constant(shift);
@@ -618,7 +608,6 @@ impl<T: Scalar, F: Dynamics<T>> AdjointSystem<'_, '_, T, F> {
         )?;
         let mut grads = vjp.grads;
         let g_t = grads.pop().map_or(T::zero(), |g| g[(0, 0)]);
-        debug_assert_eq!(grads.len(), n_params);
         Ok((grads, g_t))
     }
 }

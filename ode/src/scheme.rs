@@ -46,6 +46,15 @@ impl Scheme {
         }
     }
 
+    /// The scheme over `tableau`, for reports and messages.
+    pub fn describe(self, tableau: &Tableau) -> String {
+        match self {
+            Scheme::Coupled(c) => format!("the reversible {} (coupling {c})", tableau.name),
+            Scheme::ReversibleHeun => "reversible_heun".into(),
+            Scheme::Explicit => tableau.name.into(),
+        }
+    }
+
     /// Whether the state is the pair `(y, z)`.
     pub fn is_reversible(self) -> bool {
         self != Scheme::Explicit

@@ -73,7 +73,7 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     if scheme.is_reversible() && !strategy.runs_reversible_schemes() {
         return Err(Error::SchemeNotSupported {
             strategy: strategy.name(),
-            scheme: reversible::scheme_name(scheme, opts.method),
+            scheme: scheme.describe(opts.method),
             fix: "use `reversible` (exact, O(d + |θ|) memory), `taped` or `auto:BYTES`, or solve with a plain method (no Options::coupling)",
         });
     }

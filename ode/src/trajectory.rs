@@ -193,7 +193,7 @@ impl<T: Scalar> Trajectory<T> {
         t0: T,
         opts: &Options,
     ) -> Result<()> {
-        if self.checkpoints.is_empty() && self.loaded.len() == self.steps.len() {
+        if self.is_whole() {
             return Ok(());
         }
         let k = self.step_at(t);

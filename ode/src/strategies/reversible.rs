@@ -65,7 +65,7 @@ pub(crate) fn reversible<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
             format!(
                 "{} steps of {}; only the final (y, z) and the step sizes kept, every state reconstructed by inverting the steps",
                 forward.steps.len(),
-                scheme_name(scheme, opts.method)
+                scheme.describe(opts.method)
             )
         } else {
             reason
@@ -81,15 +81,6 @@ pub(crate) fn reversible<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         last: forward.last.clone(),
     };
     input.record_node(values.row, forward, op, report)
-}
-
-/// The scheme's name for reports.
-pub(crate) fn scheme_name(scheme: Scheme, tableau: &Tableau) -> String {
-    match scheme {
-        Scheme::Coupled(c) => format!("the reversible {} (coupling {c})", tableau.name),
-        Scheme::ReversibleHeun => "reversible_heun".into(),
-        Scheme::Explicit => tableau.name.into(),
-    }
 }
 
 /// The reversible node's backward: the final pair and the accepted steps.
@@ -296,7 +287,12 @@ impl<'l, T: Scalar> Pass<'l, T> {
         let nfe = sys.nfe;
         self.stats.nfe += nfe;
         let field_value = field.value()?;
-        let times = self.row.value()?;
+        // The grid's values matter only for a tangent on it (the shift's dual part).
+        let times = if ad_core::carries_derivatives::<T>() {
+            Some(self.row.value()?)
+        } else {
+            None
+        };
         let mut shift_seed: Option<DMatrix<T>> = None;
         for &i in outs {
             let Some(g) = &cotangents[i] else { continue };
@@ -304,7 +300,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
             let direct = field_value.dot(g);
             self.row_bar[(0, i + 1)] += direct;
             self.row_bar[(0, 0)] -= direct;
-            if ad_core::carries_derivatives::<T>() {
+            if let Some(times) = &times {
                 let shift = times[i + 1] - times[0] - T::constant(t1 - op.grid[0]);
                 let s = shift_seed.get_or_insert_with(|| DMatrix::zeros(g.nrows(), g.ncols()));
                 *s += g * shift;
