@@ -1,7 +1,7 @@
 //! The scalar types a tape can run on.
 
 use nalgebra::{DMatrix, RealField};
-use num_dual::{DualNum, DualNumFloat, DualStruct};
+use num_dual::{Dual, DualNum, DualNumFloat, DualStruct};
 
 /// The floating-point precision under a scalar: `f32` or `f64`.
 ///
@@ -16,6 +16,29 @@ pub trait Precision: DualNumFloat + RealField + DualNum<Primitive = Self> {
     fn as_f64(self) -> f64;
     /// The nearest value of this precision to `x` (rounded for `f32`; ±inf beyond its range).
     fn round_from(x: f64) -> Self;
+
+    /// The dual number of this precision (`Dual64`, `Dual32`): one tangent beside the value.
+    /// Forward-mode sweeps of code written generically over [`Scalar`] run on it.
+    type Dual: Scalar<Primitive = Self>;
+    /// `re + ε·eps`.
+    fn dual(re: Self, eps: Self) -> Self::Dual;
+    /// The value and the tangent of a dual number.
+    fn parts(x: Self::Dual) -> (Self, Self);
+}
+
+/// `Precision`'s dual-number items for a real type (identical for f64 and f32).
+macro_rules! dual_of_precision {
+    ($real:ty) => {
+        type Dual = Dual<$real>;
+        #[inline]
+        fn dual(re: Self, eps: Self) -> Self::Dual {
+            Dual::new(re, eps)
+        }
+        #[inline]
+        fn parts(x: Self::Dual) -> (Self, Self) {
+            (x.re, x.eps)
+        }
+    };
 }
 
 impl Precision for f64 {
@@ -29,6 +52,7 @@ impl Precision for f64 {
     fn round_from(x: f64) -> Self {
         x
     }
+    dual_of_precision!(f64);
 }
 
 impl Precision for f32 {
@@ -43,6 +67,7 @@ impl Precision for f32 {
         // Round to nearest; out-of-range values become ±inf, NaN stays NaN.
         x as f32
     }
+    dual_of_precision!(f32);
 }
 
 /// A scalar the tape computes with: `f64` or `f32` for speed, or a `num-dual` number

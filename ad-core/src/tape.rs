@@ -88,6 +88,9 @@ pub struct Tape<T: Scalar> {
     /// The errors carried by Vars that could not be recorded (`Var::fault` indexes it).
     /// Kept apart from the arena so it can be written while a callback holds the arena.
     faults: RefCell<Vec<Error>>,
+    /// Caveats the code that recorded on the tape left for checks to report
+    /// ([`Tape::add_note`]).
+    notes: RefCell<Vec<String>>,
 }
 
 impl<T: Scalar> Default for Tape<T> {
@@ -160,6 +163,7 @@ impl<T: Scalar> Tape<T> {
             generation: Cell::new(0),
             in_backward: Cell::new(false),
             faults: RefCell::new(Vec::new()),
+            notes: RefCell::new(Vec::new()),
         }
     }
 
@@ -176,6 +180,25 @@ impl<T: Scalar> Tape<T> {
     /// A 1x1 gradient-requiring leaf.
     pub fn scalar(&self, value: T) -> Var<'_, T> {
         self.push_leaf("scalar", DMatrix::from_element(1, 1, value), Op::Leaf, true)
+    }
+
+    /// Leave a caveat about what was recorded, for checks to show beside their findings:
+    /// e.g. an ODE solve notes that its gradient is the derivative of its discrete steps, and
+    /// [`crate::gradcheck`] prints that when finite differences disagree. A note already on
+    /// the tape is not added twice; notes outlive rewinds.
+    pub fn add_note(&self, note: &str) {
+        if let Ok(mut notes) = self.notes.try_borrow_mut() {
+            if !notes.iter().any(|n| n == note) {
+                notes.push(note.to_owned());
+            }
+        }
+    }
+
+    /// The caveats left by [`Tape::add_note`], in the order they were first added.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .try_borrow()
+            .map_or_else(|_| Vec::new(), |n| n.clone())
     }
 
     /// Number of nodes in the arena.

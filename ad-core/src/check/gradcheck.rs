@@ -151,6 +151,10 @@ pub struct GradcheckReport {
     pub evaluations: Evaluations,
     /// The settings of the check.
     pub settings: GradcheckSettings,
+    /// Caveats the function's code left on its tape ([`Tape::add_note`]): an ODE solve with
+    /// an exact strategy notes that its gradient is the derivative of its discrete steps.
+    /// `Display` prints them when a finite-difference comparison failed.
+    pub notes: Vec<String>,
 }
 
 impl GradcheckReport {
@@ -169,6 +173,19 @@ impl GradcheckReport {
             ]
         });
         self.value.is_finite() && inputs.chain(directions).flatten().all(|p| p)
+    }
+
+    /// Whether some finite-difference comparison failed.
+    pub fn finite_differences_failed(&self) -> bool {
+        let inputs = self
+            .inputs
+            .iter()
+            .filter_map(|r| r.finite_differences.as_ref().map(|c| c.passed));
+        let directions = self
+            .directions
+            .iter()
+            .filter_map(|d| d.finite_differences.as_ref().map(|c| c.passed));
+        inputs.chain(directions).any(|passed| !passed)
     }
 }
 
@@ -206,7 +223,13 @@ impl fmt::Display for GradcheckReport {
                 }
             }
         }
-        write!(f, "{tables}")
+        write!(f, "{tables}")?;
+        if self.finite_differences_failed() {
+            for note in &self.notes {
+                writeln!(f, "note: {note}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -362,6 +385,7 @@ struct Reverse {
     output_shape: (usize, usize),
     cotangent: DMatrix<f64>,
     gradients: Vec<DMatrix<f64>>,
+    notes: Vec<String>,
 }
 
 fn reverse<F: TapeFunctionF64>(
@@ -403,6 +427,7 @@ fn reverse<F: TapeFunctionF64>(
         output_shape,
         cotangent,
         gradients,
+        notes: tape.notes(),
     })
 }
 
@@ -499,6 +524,7 @@ fn check<F: TapeFunctionF64>(
         directions,
         evaluations: runs.evaluations,
         settings: settings.clone(),
+        notes: base.notes.clone(),
     })
 }
 
