@@ -50,6 +50,10 @@ pub(crate) struct Controller {
     pub replay: Option<VecDeque<StepRecord>>,
     /// The step taken from the tableau (plain or reversible).
     pub scheme: Scheme,
+    /// Equal column blocks of every component that are measured apart, the ratio being the
+    /// largest block's (1: the whole component). A tangent-aware planning solve stacks the
+    /// state and its tangents side by side, and each must meet the tolerances on its own.
+    pub blocks: usize,
 }
 
 impl Controller {
@@ -131,17 +135,36 @@ impl Controller {
 
     /// `‖err / (atol + rtol·max(|y₀|, |y₁|))‖` with the error estimate `err = dt Σ e_i k_i`
     /// (numbers only: step control is not differentiated); accept the step when ≤ 1. One
-    /// pass over each component, no temporary tensors (except for a custom norm).
+    /// pass over each component, no temporary tensors (except for a custom norm). With
+    /// [`Controller::blocks`] > 1, the largest of the blocks' norms.
     pub(crate) fn error_ratio<T: Scalar>(
         &self,
         err: &[Vec<f64>],
         step: &Step<'_, T>,
     ) -> Result<f64> {
+        let blocks = self.blocks.max(1);
+        let mut worst: f64 = 0.0;
+        for b in 0..blocks {
+            let r = self.block_ratio(err, step, blocks, b)?;
+            worst = worst.max(r);
+        }
+        Ok(worst)
+    }
+
+    /// The norm over column block `b` of `blocks` of every component.
+    fn block_ratio<T: Scalar>(
+        &self,
+        err: &[Vec<f64>],
+        step: &Step<'_, T>,
+        blocks: usize,
+        b: usize,
+    ) -> Result<f64> {
         let custom = matches!(self.norm, Norm::Custom(_));
         let mut parts: Vec<(f64, usize)> = Vec::with_capacity(step.y1.len());
         let mut scaled: Vec<DMatrix<f64>> = Vec::new();
         for (c, e) in err.iter().enumerate() {
-            let (r, cols) = step.y1[c].shape()?;
+            let (r, all_cols) = step.y1[c].shape()?;
+            let cols = all_cols / blocks;
             if !self.counts(c) {
                 parts.push((0.0, 0));
                 if custom {
@@ -149,22 +172,26 @@ impl Controller {
                 }
                 continue;
             }
+            // Column-major: block b is one contiguous run of entries.
+            let offset = b * r * cols;
+            let len = r * cols;
             let vars = [step.y0[c], step.y1[c]];
             let (sum, m) = Var::with_values(&vars, |v| {
                 let (y0, y1) = (v[0].as_slice(), v[1].as_slice());
                 let scaled_at = |i: usize| {
+                    let i = offset + i;
                     e[i] / (self.atol + self.rtol * y0[i].primal().abs().max(y1[i].primal().abs()))
                 };
                 if custom {
-                    let scaled_err: Vec<f64> = (0..e.len()).map(scaled_at).collect();
+                    let scaled_err: Vec<f64> = (0..len).map(scaled_at).collect();
                     let sum = sum_of_squares(&scaled_err);
                     (sum, Some(DMatrix::from_vec(r, cols, scaled_err)))
                 } else {
                     // No temporary: the adjoint's a_θ error is as large as the parameters.
-                    (sum_of_squares_of(e.len(), scaled_at), None)
+                    (sum_of_squares_of(len, scaled_at), None)
                 }
             })?;
-            parts.push((sum, r * cols));
+            parts.push((sum, len));
             scaled.extend(m);
         }
         let r = match &self.norm {

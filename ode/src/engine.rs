@@ -28,6 +28,11 @@ pub struct SolveStats {
     /// reached `min_step`: the step is clamped to `min_step` and accepted (as torchdiffeq
     /// and Diffrax do), and counted here so that it is never silent.
     pub clamped: usize,
+    /// Evaluations of the vector field on dual numbers by a tangent-aware planning solve
+    /// ([`crate::ErrorControl::WithTangents`]): one per stage and tangent direction; 0 under
+    /// primal control. Its rejected and clamped steps are counted in `rejected` and
+    /// `clamped`; `nfe` counts the strategy's own forward, which replays the planned steps.
+    pub tangent_nfe: usize,
 }
 
 impl std::ops::AddAssign for SolveStats {
@@ -36,6 +41,7 @@ impl std::ops::AddAssign for SolveStats {
         self.accepted += o.accepted;
         self.rejected += o.rejected;
         self.clamped += o.clamped;
+        self.tangent_nfe += o.tangent_nfe;
     }
 }
 

@@ -144,6 +144,23 @@ pub enum Error {
         /// The start time of the step whose inversion failed.
         t: f64,
     },
+    /// A tangent direction given to [`crate::ErrorControl::Along`] does not fit the solve.
+    #[error("tangent direction {index} is unusable: {reason}; give one finite matrix the shape of h0 and one per parameter, in the solve's order")]
+    BadTangentDirection {
+        /// Its index in the list.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tangent carried by tangent-aware error control became NaN or infinite while the
+    /// state stayed finite.
+    #[error("a tangent of the state is not finite at t = {}: the sensitivity along tangent direction {direction} overflowed (the solve is that sensitive to its inputs, or a given direction is too large); scale the direction down, shorten the horizon, or use ErrorControl::Primal with a continuous adjoint (gauss)", num(*t))]
+    TangentNonFinite {
+        /// Where it was found.
+        t: f64,
+        /// Which direction.
+        direction: usize,
+    },
     /// The tape rejected an operation (a foreign or stale `Var`, a shape error inside the
     /// dynamics, ...).
     #[error(transparent)]

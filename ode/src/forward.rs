@@ -36,6 +36,16 @@ pub(crate) fn forward_controller(opts: &Options) -> Controller {
         mask: None,
         replay: None,
         scheme: Scheme::of(opts),
+        blocks: 1,
+    }
+}
+
+/// The forward controller of a strategy's forward solve: replaying `planned` steps (chosen
+/// by a tangent-aware planning solve) when there are any.
+pub(crate) fn planned_controller(opts: &Options, planned: Option<&[StepRecord]>) -> Controller {
+    match planned {
+        Some(steps) => forward_controller(opts).replaying(steps.iter().copied()),
+        None => forward_controller(opts),
     }
 }
 
@@ -110,7 +120,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     h0: &DMatrix<T>,
     t: &[T],
     params: Vec<DMatrix<T>>,
-    opts: &Options,
+    ctl: Controller,
     mut keep: impl FnMut(usize, &Accepted<'_, T>) -> Result<()>,
 ) -> Result<Forward<T>> {
     let grid = check_grid(t)?;
@@ -126,7 +136,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
         .collect();
     let t_base = scratch.constant(DMatrix::from_element(1, 1, t[0]));
     let y0 = scratch.constant(h0.clone());
-    let scheme = Scheme::of(opts);
+    let scheme = ctl.scheme;
     let base = scratch.mark();
     let sys = FieldSystem {
         f,
@@ -143,13 +153,7 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
         dt: None,
         dir: direction(&grid),
     };
-    let mut stepper = Stepper::new(
-        &scratch,
-        sys,
-        forward_controller(opts),
-        Memory::Scratch(base),
-        start,
-    )?;
+    let mut stepper = Stepper::new(&scratch, sys, ctl, Memory::Scratch(base), start)?;
     let mut outputs = Vec::with_capacity(t.len() - 1);
     let mut steps = Vec::new();
     let mut first_output = Vec::new();
@@ -247,7 +251,7 @@ pub(crate) struct Checkpoint<T: Scalar> {
 pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
     values: &mut NodeInputs<'_, T>,
     f: &F,
-    opts: &Options,
+    ctl: Controller,
     slots: usize,
 ) -> Result<(Forward<T>, Vec<Checkpoint<T>>)> {
     let mut thinning = Thinning::new(slots);
@@ -257,7 +261,7 @@ pub(crate) fn forward_keeping<T: Scalar, F: Dynamics<T>>(
         &values.times,
         // The forward is their only reader: moved, not copied.
         std::mem::take(&mut values.params),
-        opts,
+        ctl,
         |k, acc| {
             if k > 0 && thinning.wants(k) {
                 thinning.push(k, acc.record.t, acc.step.y0[0].value()?);

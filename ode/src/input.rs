@@ -4,6 +4,7 @@
 use ad_core::nalgebra::DMatrix;
 use ad_core::{all_finite, Precision, Scalar, Tape, Var};
 
+use crate::controller::StepRecord;
 use crate::engine::SolveStats;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -139,6 +140,9 @@ pub(crate) struct SolveInput<'a, 't, T: Scalar> {
     pub t: Var<'t, T>,
     pub params: &'a [Var<'t, T>],
     pub opts: &'a Options,
+    /// The steps a tangent-aware planning solve chose (`ErrorControl::WithTangents`): the
+    /// strategy's forward takes exactly these. `None`: its own controller chooses.
+    pub planned: Option<&'a [StepRecord]>,
 }
 
 /// An opaque strategy's node inputs as values: the grid as a row and as checked times,
@@ -173,6 +177,7 @@ impl<'a, 't, T: Scalar> SolveInput<'a, 't, T> {
             t,
             params,
             opts,
+            planned: None,
         })
     }
 

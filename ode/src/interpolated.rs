@@ -22,7 +22,9 @@ use crate::controller::Controller;
 use crate::dynamics::Dynamics;
 use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
-use crate::forward::{check_field_output, forward_controller, forward_keeping, forward_values};
+use crate::forward::{
+    check_field_output, forward_controller, forward_keeping, forward_values, planned_controller,
+};
 use crate::input::{direction, SolveInput};
 use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
@@ -63,7 +65,7 @@ pub(crate) fn record<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
                 &values.times,
                 // The forward is their only reader: moved, not copied.
                 std::mem::take(&mut values.params),
-                opts,
+                planned_controller(opts, input.planned),
                 |_, acc| {
                     data.push(StepData::of(acc, tableau)?);
                     Ok(())
@@ -73,7 +75,8 @@ pub(crate) fn record<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
             (forward, Trajectory::whole(tableau, steps, data))
         }
         Some(k) => {
-            let (forward, kept) = forward_keeping(&mut values, f, opts, k)?;
+            let (forward, kept) =
+                forward_keeping(&mut values, f, planned_controller(opts, input.planned), k)?;
             let kept = kept.into_iter().map(|c| (c.step, c.y)).collect();
             let steps = forward.steps.clone();
             (forward, Trajectory::checkpointed(tableau, steps, kept))

@@ -189,6 +189,7 @@ mod stepper;
 mod strategies;
 mod strategy;
 pub mod tableau;
+mod tangent_control;
 mod trajectory;
 pub mod verify;
 
@@ -197,13 +198,17 @@ pub use dynamics::Dynamics;
 pub use engine::SolveStats;
 pub use error::{Error, Result};
 pub use input::check_grid;
-pub use options::{method_by_name, AdjointNorm, Norm, NormFn, Options};
+pub use options::{
+    method_by_name, AdjointNorm, ErrorControl, Norm, NormFn, Options, TangentDirection,
+    MAX_TANGENT_DIRECTIONS,
+};
 pub use solution::Solution;
 pub use solve::{odeint, odeint_adjoint, odeint_with, solve};
 pub use strategy::{
     Backsolve, BackwardStats, ContinuousAdjoint, Drift, ParseStrategyError, Strategy,
     StrategyReport,
 };
+pub use tangent_control::DualOf;
 pub use verify::{
     adjoint_residual, tolerance_study, AdjointResidualReport, GradientProblem, ProblemVector,
     ToleranceReport, VerifyError,

@@ -59,6 +59,73 @@ impl fmt::Debug for AdjointNorm {
     }
 }
 
+/// How the adaptive controller measures a step's error: from the state alone, or from the
+/// state and forward-mode tangents of it.
+///
+/// The exact strategies (taped, the exact replays, auto, reversible) and `Dual` solves return
+/// the derivative **of the discrete solve**, whose step sizes the error control chose. When
+/// those steps resolve the state but not its sensitivities (a state at an equilibrium while
+/// its derivative still moves), that derivative is wrong at every tolerance. With tangents,
+/// the steps are chosen so that they resolve the sensitivities too, and the gradient
+/// converges to the true derivative as the tolerance falls. Step sizes stay constants for
+/// the gradient either way. See `docs/design.md`, "What exact means".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ErrorControl {
+    /// The state's embedded error estimate alone (torchdiffeq's and Diffrax's rule, so their
+    /// step counts are kept). The default.
+    #[default]
+    Primal,
+    /// A planning solve first carries `directions` forward-mode tangents of the state beside
+    /// it, along directions in `(h0, θ)` drawn from a fixed seed (for a `Dual64`/`Dual32`
+    /// solve: its own dual parts, `directions` is then not read), and accepts a step only
+    /// when the state *and* every tangent meet the tolerances; the gradient strategy then
+    /// takes exactly those steps. It costs one evaluation of `f` on dual numbers per stage and
+    /// direction, plus whatever extra steps the sensitivities need. The continuous adjoints
+    /// (backsolve, gauss, interpolating) control their adjoint's error themselves and
+    /// ignore it; fixed steps have nothing to choose.
+    WithTangents {
+        /// How many random directions (at least 1).
+        directions: usize,
+    },
+    /// As [`ErrorControl::WithTangents`], along directions the caller gives (each the shape
+    /// of `h0` and of every parameter): e.g. the inputs the loss is most sensitive to.
+    Along(Vec<TangentDirection>),
+}
+
+impl ErrorControl {
+    /// Tangent-aware control with one random direction.
+    pub fn with_tangents() -> Self {
+        ErrorControl::WithTangents { directions: 1 }
+    }
+
+    /// Whether step sizes are chosen from tangents as well as the state.
+    pub fn carries_tangents(&self) -> bool {
+        !matches!(self, ErrorControl::Primal)
+    }
+
+    /// The number of tangent directions (0 under [`ErrorControl::Primal`]).
+    pub fn direction_count(&self) -> usize {
+        match self {
+            ErrorControl::Primal => 0,
+            ErrorControl::WithTangents { directions } => *directions,
+            ErrorControl::Along(d) => d.len(),
+        }
+    }
+}
+
+/// One direction in `(h0, θ)` along which [`ErrorControl::Along`] carries a tangent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TangentDirection {
+    /// The tangent of `h0` (the shape of `h0`).
+    pub h0: DMatrix<f64>,
+    /// The tangent of every parameter, in the order the solve is given them (their shapes).
+    pub params: Vec<DMatrix<f64>>,
+}
+
+/// The most tangent directions one solve may carry: each costs one evaluation of `f` on dual
+/// numbers per stage, so beyond this a continuous adjoint is the cheaper fix.
+pub const MAX_TANGENT_DIRECTIONS: usize = 64;
+
 /// Everything the forward solve can be told (the gradient strategy and its settings are a
 /// separate [`crate::Strategy`]). Defaults match torchdiffeq: dopri5, rtol 1e-7, atol 1e-9,
 /// safety 0.9, ifactor 10, dfactor 0.2, automatic first step, RMS norm.
@@ -102,6 +169,9 @@ pub struct Options {
     pub dfactor: f64,
     /// Error norm of the forward solve.
     pub norm: Norm,
+    /// What the error norm covers: the state alone (default) or the state and tangents of
+    /// it, so that the exact strategies' gradients converge (see [`ErrorControl`]).
+    pub error_control: ErrorControl,
 }
 
 impl Default for Options {
@@ -121,6 +191,7 @@ impl Default for Options {
             ifactor: 10.0,
             dfactor: 0.2,
             norm: Norm::Rms,
+            error_control: ErrorControl::Primal,
         }
     }
 }
@@ -148,6 +219,13 @@ impl Options {
     /// coupling `coupling` (see [`Options::coupling`]).
     pub fn reversible(mut self, coupling: f64) -> Self {
         self.coupling = Some(coupling);
+        self
+    }
+
+    /// These options with tangent-aware error control along `directions` random directions
+    /// (see [`ErrorControl::WithTangents`]).
+    pub fn with_tangents(mut self, directions: usize) -> Self {
+        self.error_control = ErrorControl::WithTangents { directions };
         self
     }
 
@@ -220,6 +298,16 @@ impl Options {
             return Err(Error::MissingStepSize {
                 option: "step_size",
                 method: self.method.name,
+            });
+        }
+        let directions = self.error_control.direction_count();
+        if self.error_control.carries_tangents()
+            && !(1..=MAX_TANGENT_DIRECTIONS).contains(&directions)
+        {
+            return Err(Error::BadOption {
+                name: "error_control directions",
+                value: directions as f64,
+                expected: "must be between 1 and 64 (MAX_TANGENT_DIRECTIONS): with none there is no tangent to control, so use ErrorControl::Primal; past 64 a continuous adjoint (gauss) is cheaper",
             });
         }
         if self.ifactor < 1.0 {

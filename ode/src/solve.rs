@@ -8,13 +8,14 @@ use ad_core::{Scalar, Tape, Var};
 use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
 use crate::error::{Error, Result};
-use crate::forward::forward_values;
+use crate::forward::{forward_values, planned_controller};
 use crate::input::{check_grid, check_h0, check_precision, check_tape, SolveInput};
 use crate::options::Options;
 use crate::scheme::Scheme;
 use crate::solution::Solution;
 use crate::strategies::{auto, backsolve, gauss, interpolating, replay, reversible, taped};
-use crate::strategy::{reversible_options, Strategy};
+use crate::strategy::{reversible_options, Backsolve, Strategy};
+use crate::tangent_control::{plan, DualOf, Plan};
 
 /// Solve with any gradient [`Strategy`]: the one entry point behind [`odeint`] (taped) and
 /// [`crate::odeint_adjoint`] (backsolve).
@@ -56,7 +57,7 @@ use crate::strategy::{reversible_options, Strategy};
 /// assert!((grads[2] - grads[0]).abs() < 1e-12 * grads[0].abs());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
+pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone + 'static>(
     tape: &'t Tape<T>,
     f: &F,
     h0: Var<'t, T>,
@@ -77,7 +78,27 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
             fix: "use `reversible` (exact, O(d + |θ|) memory), `taped` or `auto:BYTES`, or solve with a plain method (no Options::coupling)",
         });
     }
-    match strategy {
+    let reversible_opts;
+    let opts = match strategy {
+        Strategy::Reversible { coupling } => {
+            reversible_opts = reversible_options(opts, *coupling)?;
+            &reversible_opts
+        }
+        _ => opts,
+    };
+    // The continuous adjoints control their own adjoint's error: only the strategies whose
+    // gradient is the derivative of the forward's steps plan them with tangents.
+    let plan = if strategy.is_exact() {
+        planned(&input, f, opts)?
+    } else {
+        None
+    };
+    let input = SolveInput {
+        opts,
+        planned: plan.as_ref().map(|p| p.steps.as_slice()),
+        ..input
+    };
+    let solution = match strategy {
         Strategy::Taped => taped::taped(&input, f, |_| Ok(())),
         Strategy::Backsolve(b) => backsolve::backsolve(&input, f, b, 1),
         Strategy::BacksolveCheckpointed {
@@ -89,15 +110,46 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         Strategy::Auto { budget_bytes } => auto::solve(&input, f, *budget_bytes),
         Strategy::Gauss(c) => gauss::gauss(&input, f, c, strategy),
         Strategy::Interpolating(c) => interpolating::interpolating(&input, f, c, strategy),
-        Strategy::Reversible { coupling } => {
-            let opts = reversible_options(opts, *coupling)?;
-            let input = SolveInput {
-                opts: &opts,
-                ..input
-            };
-            reversible::reversible(&input, f, strategy, String::new())
-        }
+        Strategy::Reversible { .. } => reversible::reversible(&input, f, strategy, String::new()),
+    };
+    let solution = with_plan(solution?, plan.as_ref());
+    if strategy.is_exact() {
+        note_discrete_derivative(tape, opts);
     }
+    Ok(solution)
+}
+
+/// Leave `gradcheck` a caveat on the tape: an exact gradient of an adaptive solve under
+/// primal control is the derivative of steps the state's error alone chose.
+fn note_discrete_derivative<T: Scalar>(tape: &Tape<T>, opts: &Options) {
+    let adaptive = opts.method.b_error.is_some() && !opts.constant_steps;
+    if adaptive && !opts.error_control.carries_tangents() {
+        tape.add_note(
+            "an ODE solve with an exact gradient strategy (taped, aca, checkpointed, auto, reversible) under primal error control differentiates its discrete steps, which the state's error alone chose; where finite differences disagree while Dual64 agrees, those steps may not resolve the sensitivities: check with ode::verify::convergence_check, then use ErrorControl::WithTangents or an adjoint strategy (gauss)",
+        );
+    }
+}
+
+/// The tangent-aware planning solve for a strategy's input (`None` under primal control).
+fn planned<T: Scalar, F: Dynamics<DualOf<T>>>(
+    input: &SolveInput<'_, '_, T>,
+    f: &F,
+    opts: &Options,
+) -> Result<Option<Plan>> {
+    if !opts.error_control.carries_tangents() {
+        return Ok(None);
+    }
+    let values = input.values()?;
+    plan(f, &values.h0, &values.times, &values.params, opts)
+}
+
+/// A solution whose forward replayed planned steps, with the planning solve's counts.
+fn with_plan<'t, T: Scalar>(mut sol: Solution<'t, T>, plan: Option<&Plan>) -> Solution<'t, T> {
+    if let Some(plan) = plan {
+        plan.merge_into(&mut sol.stats);
+        sol.strategy.reason.push_str(&plan.describe());
+    }
+    sol
 }
 
 /// Constant-memory gradients with the backsolve adjoint and its default settings: the
@@ -120,7 +172,15 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     opts: &Options,
 ) -> Result<Solution<'t, T>> {
     check_tape(tape, "odeint_adjoint", [&h0, &t].into_iter().chain(params))?;
-    odeint_with(tape, f, h0, t, params, opts, &Strategy::backsolve())
+    // Backsolve does not plan with tangents, so it needs no dual-number field: this is
+    // `odeint_with`'s backsolve branch without that bound.
+    let settings = Backsolve::default();
+    let strategy = Strategy::Backsolve(settings.clone());
+    let input = SolveInput::checked("odeint_adjoint", &strategy, tape, h0, t, params, opts)?;
+    if let Some(sol) = input.without_steps(&strategy)? {
+        return Ok(sol);
+    }
+    backsolve::backsolve(&input, f, &settings, 1)
 }
 
 /// Taped solve: every stage is recorded on `tape`, so `tape.backward` differentiates the
@@ -131,7 +191,7 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
 /// variables the dynamics read, handed over in the order `f` expects them. Memory grows
 /// with the number of steps; see [`odeint_with`] for the other strategies. On error the
 /// tape is rewound to where it was, so it stays usable.
-pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
+pub fn odeint<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
     tape: &'t Tape<T>,
     f: &F,
     h0: Var<'t, T>,
@@ -143,13 +203,22 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T>>(
     if let Some(sol) = input.without_steps(&Strategy::Taped)? {
         return Ok(sol);
     }
-    taped::taped(&input, f, |_| Ok(()))
+    let plan = planned(&input, f, opts)?;
+    let input = SolveInput {
+        planned: plan.as_ref().map(|p| p.steps.as_slice()),
+        ..input
+    };
+    Ok(with_plan(
+        taped::taped(&input, f, |_| Ok(()))?,
+        plan.as_ref(),
+    ))
 }
 
 /// Untaped solve on values: `h(t_0), …, h(t_n)` and the counts. Runs on a scratch tape that
 /// is rewound after every step, so memory does not grow with the number of steps. With a
-/// dual-number `T` it also propagates forward-mode derivatives through the solve.
-pub fn solve<T: Scalar, F: Dynamics<T>>(
+/// dual-number `T` it also propagates forward-mode derivatives through the solve; with
+/// [`crate::ErrorControl::WithTangents`] its steps then resolve those derivatives too.
+pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
     f: &F,
     h0: &DMatrix<T>,
     t: &[T],
@@ -162,9 +231,15 @@ pub fn solve<T: Scalar, F: Dynamics<T>>(
         check_h0(h0, t[0].primal())?;
         return Ok((vec![h0.clone()], SolveStats::default()));
     }
-    let forward = forward_values(f, h0, t, params.to_vec(), opts, |_, _| Ok(()))?;
+    let plan = plan(f, h0, t, params, opts)?;
+    let ctl = planned_controller(opts, plan.as_ref().map(|p| p.steps.as_slice()));
+    let forward = forward_values(f, h0, t, params.to_vec(), ctl, |_, _| Ok(()))?;
     let mut outputs = Vec::with_capacity(t.len());
     outputs.push(h0.clone());
     outputs.extend(forward.outputs);
-    Ok((outputs, forward.stats))
+    let mut stats = forward.stats;
+    if let Some(plan) = &plan {
+        plan.merge_into(&mut stats);
+    }
+    Ok((outputs, stats))
 }

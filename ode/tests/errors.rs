@@ -41,7 +41,7 @@ const STRATEGIES: [&str; 7] = [
 ];
 
 /// The errors of every strategy and (for a row grid) of the untaped solve.
-fn errors<F: Dynamics<f64> + Clone + 'static>(
+fn errors<F: Dynamics<f64> + Dynamics<ad_core::num_dual::Dual64> + Clone + 'static>(
     f: &F,
     h0: &DMatrix<f64>,
     grid: &DMatrix<f64>,

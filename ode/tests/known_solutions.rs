@@ -11,7 +11,7 @@ use ode::{odeint, solve, tableau, Dynamics, Options};
 
 /// The outputs of `solve` and of the taped `odeint` (which must agree to rounding: the same
 /// engine takes the same steps on both).
-fn both_modes<F: Dynamics<f64>>(
+fn both_modes<F: Dynamics<f64> + Dynamics<ad_core::num_dual::Dual64>>(
     f: &F,
     h0: &DMatrix<f64>,
     grid: &[f64],

@@ -3,8 +3,11 @@
 //! correct dynamics, catch planted VJP errors at the right component, report the adjoint's
 //! order in the tolerance, and refuse bad inputs with typed errors.
 
+mod common;
+
 use ad_core::nalgebra::DMatrix;
 use ad_core::{BoxError, CustomOp, Result as TapeResult, Scalar, Var};
+use common::LotkaVolterra;
 use ode::arbitrary::{mlp_problems, MlpField, MlpProblemShape};
 use ode::verify::{
     adjoint_residual, tolerance_study, Component, GradientProblem, ProblemVector, ResidualPoints,
@@ -13,20 +16,6 @@ use ode::verify::{
 use ode::{Dynamics, Options, Strategy};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
-
-/// Lotka–Volterra on `[prey, predator]` rows, α, β, γ, δ each 1×1.
-#[derive(Clone, Debug)]
-struct LotkaVolterra;
-
-impl<T: Scalar> Dynamics<T> for LotkaVolterra {
-    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
-        let (x, y) = (h.slice_cols(0, 1)?, h.slice_cols(1, 1)?);
-        let xy = x.mul(y)?;
-        let dx = x.mul(p[0])?.sub(xy.mul(p[1])?)?;
-        let dy = xy.mul(p[3])?.sub(y.mul(p[2])?)?;
-        h.tape().concat_cols(&[dx, dy])
-    }
-}
 
 /// `h' = h Aᵀ` (rows of h are samples).
 #[derive(Clone, Debug)]

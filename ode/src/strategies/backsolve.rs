@@ -9,7 +9,7 @@ use crate::adjoint_vjp::{field_vjp, Wrt};
 use crate::dynamics::Dynamics;
 use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
-use crate::forward::{forward_controller, forward_keeping};
+use crate::forward::{forward_controller, forward_keeping, planned_controller};
 use crate::input::{direction, SolveInput};
 use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
@@ -26,7 +26,12 @@ pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     checkpoints: usize,
 ) -> Result<Solution<'t, T>> {
     let mut values = input.values()?;
-    let (forward, kept) = forward_keeping(&mut values, f, input.opts, checkpoints)?;
+    let (forward, kept) = forward_keeping(
+        &mut values,
+        f,
+        planned_controller(input.opts, input.planned),
+        checkpoints,
+    )?;
     let stored: Vec<(f64, DMatrix<T>)> = kept.into_iter().map(|c| (c.t, c.y)).collect();
     let strategy = if checkpoints > 1 {
         Strategy::BacksolveCheckpointed {

@@ -11,7 +11,7 @@ use ad_core::{Mark, Scalar, Tape, Var};
 use crate::controller::StepRecord;
 use crate::dynamics::Dynamics;
 use crate::error::Result;
-use crate::forward::{forward_controller, forward_keeping, FieldSystem};
+use crate::forward::{forward_controller, forward_keeping, planned_controller, FieldSystem};
 use crate::input::{direction, SolveInput};
 use crate::node::NodeBackward;
 use crate::options::Options;
@@ -28,7 +28,12 @@ pub(crate) fn exact<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     reason: String,
 ) -> Result<Solution<'t, T>> {
     let mut values = input.values()?;
-    let (forward, kept) = forward_keeping(&mut values, f, input.opts, slots.unwrap_or(usize::MAX))?;
+    let (forward, kept) = forward_keeping(
+        &mut values,
+        f,
+        planned_controller(input.opts, input.planned),
+        slots.unwrap_or(usize::MAX),
+    )?;
     let stored: Vec<(usize, DMatrix<T>)> = kept.into_iter().map(|c| (c.step, c.y)).collect();
     let n_steps = forward.steps.len();
     let strategy = match slots {

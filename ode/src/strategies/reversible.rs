@@ -24,7 +24,7 @@ use crate::controller::StepRecord;
 use crate::dynamics::Dynamics;
 use crate::engine::{rk_step, Method, Time};
 use crate::error::{Error, Result};
-use crate::forward::{forward_values, FieldSystem};
+use crate::forward::{forward_values, planned_controller, FieldSystem};
 use crate::input::SolveInput;
 use crate::node::NodeBackward;
 use crate::scheme::{backward_base_step, coupled_dense_output, step_end, Scheme};
@@ -55,7 +55,7 @@ pub(crate) fn reversible<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         &values.times,
         // The forward is their only reader: moved, not copied.
         std::mem::take(&mut values.params),
-        opts,
+        planned_controller(opts, input.planned),
         |_, _| Ok(()),
     )?;
     let report = StrategyReport {

@@ -5,7 +5,7 @@ use ad_core::{Scalar, Var};
 use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
 use crate::error::Result;
-use crate::forward::{forward_controller, FieldSystem};
+use crate::forward::{planned_controller, FieldSystem};
 use crate::input::{check_h0, direction, grid_row, SolveInput};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
@@ -40,6 +40,7 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         t,
         params,
         opts,
+        ..
     } = *input;
     let (row, grid) = grid_row(t)?;
     h0.with_value(|m| check_h0(m, grid[0]))??;
@@ -64,7 +65,13 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         dt: None,
         dir: direction(&grid),
     };
-    let mut stepper = Stepper::new(tape, sys, forward_controller(opts), Memory::Taped, start)?;
+    let mut stepper = Stepper::new(
+        tape,
+        sys,
+        planned_controller(opts, input.planned),
+        Memory::Taped,
+        start,
+    )?;
     let mut outputs = vec![h0];
     let mut steps = Vec::new();
     stepper.run(

@@ -8,6 +8,9 @@
 //!   `da/dt + (∂f/∂h)ᵀ a` (and of its θ and t parts) with the VJPs the tape computes for the
 //!   dynamics against Jacobians built from `Dual64` forward runs: it finds a hand-written
 //!   `CustomOp` VJP that is wrong.
+//! - [`convergence_check`]: whether an exact strategy's gradient is the true derivative or
+//!   only the derivative of steps that do not resolve the sensitivities, with a verdict and
+//!   what to do.
 //! - [`tolerance_study`]: each strategy's gradient error against a tight reference over a
 //!   tolerance sweep, with the fitted log–log slope.
 //!
@@ -48,11 +51,15 @@
 //! # Ok::<(), ode::verify::VerifyError>(())
 //! ```
 
+mod convergence;
 mod problem;
 mod residual;
 mod table;
 mod tolerance;
 
+pub use convergence::{
+    convergence_check, ConvergenceOptions, ConvergenceReport, ConvergenceRow, Verdict,
+};
 pub use problem::{GradientProblem, HessianVectorProduct, ProblemVector};
 pub use residual::{
     adjoint_residual, AdjointResidualReport, Component, ResidualEntry, ResidualPoint,
@@ -115,6 +122,12 @@ pub enum VerifyError {
     Empty {
         /// What is missing.
         what: &'static str,
+    },
+    /// A check that needs an exact strategy was given a continuous adjoint.
+    #[error("`{strategy}` is not an exact strategy: the convergence check is about the derivative of the discrete solve, which taped, aca, checkpointed:K, auto:BYTES and reversible return; the continuous adjoints control their own error")]
+    NotExact {
+        /// The strategy given.
+        strategy: String,
     },
     /// A time asked for lies outside the problem's grid.
     #[error("t = {} lies outside the grid [{}, {}]: the adjoint is only defined between t_0 and t_n", num(*t), num(*t0), num(*tn))]

@@ -8,6 +8,7 @@ use ad_core::{Scalar, Tape};
 
 use super::{max_abs, max_abs_diff, relative, Result, VerifyError};
 use crate::dynamics::Dynamics;
+use crate::engine::SolveStats;
 use crate::input::check_grid;
 use crate::options::Options;
 use crate::solve::{odeint_with, solve};
@@ -252,7 +253,7 @@ impl<F> GradientProblem<F> {
     }
 }
 
-impl<F: Dynamics<f64> + Clone + 'static> GradientProblem<F> {
+impl<F: Dynamics<f64> + Dynamics<Dual64> + Clone + 'static> GradientProblem<F> {
     /// The loss, from an untaped solve.
     pub fn loss(&self, opts: &Options) -> Result<f64> {
         self.validate()?;
@@ -274,6 +275,17 @@ impl<F: Dynamics<f64> + Clone + 'static> GradientProblem<F> {
         opts: &Options,
         strategy: &Strategy,
     ) -> Result<(ProblemVector, usize, Option<usize>)> {
+        let (g, forward, backward) = self.gradient_with_stats(opts, strategy)?;
+        Ok((g, forward.nfe, backward))
+    }
+
+    /// [`GradientProblem::gradient`] with the forward solve's counts and the backward
+    /// pass's evaluations.
+    pub(crate) fn gradient_with_stats(
+        &self,
+        opts: &Options,
+        strategy: &Strategy,
+    ) -> Result<(ProblemVector, SolveStats, Option<usize>)> {
         self.validate()?;
         let (g, forward, backward) = self.reverse::<f64>(opts, strategy, |m, _| m.clone())?;
         Ok((vector_from(g, |x| x), forward, backward))
@@ -344,9 +356,9 @@ impl<F: Dynamics<f64> + Clone + 'static> GradientProblem<F> {
         opts: &Options,
         strategy: &Strategy,
         lift: impl Fn(&DMatrix<f64>, usize) -> DMatrix<T>,
-    ) -> Result<(Vec<DMatrix<T>>, usize, Option<usize>)>
+    ) -> Result<(Vec<DMatrix<T>>, SolveStats, Option<usize>)>
     where
-        F: Dynamics<T>,
+        F: Dynamics<T> + Dynamics<crate::DualOf<T>>,
     {
         let tape = Tape::<T>::new();
         let h0 = tape.var(lift(&self.h0, 0));
@@ -377,7 +389,7 @@ impl<F: Dynamics<f64> + Clone + 'static> GradientProblem<F> {
         for p in &params {
             out.push(g.take_or_zeros(*p)?);
         }
-        Ok((out, sol.stats.nfe, backward))
+        Ok((out, sol.stats, backward))
     }
 }
 

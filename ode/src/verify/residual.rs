@@ -322,7 +322,7 @@ struct TimePoint {
 
 /// The grid times and the asked-for points, merged in the solve's direction; points that
 /// coincide with a grid time (to 1e-12 of the span) are that grid time.
-fn residual_times<F: Dynamics<f64> + Clone + 'static>(
+fn residual_times<F: Dynamics<f64> + Dynamics<Dual64> + Clone + 'static>(
     problem: &GradientProblem<F>,
     opts: &Options,
     grid: &[f64],
@@ -392,7 +392,7 @@ fn residual_times<F: Dynamics<f64> + Clone + 'static>(
 }
 
 /// The adjoint pulled back over one segment: `(∂h(t1)/∂h(t0))ᵀ a1` through a taped solve.
-fn segment_vjp<F: Dynamics<f64>>(
+fn segment_vjp<F: Dynamics<f64> + Dynamics<Dual64>>(
     f: &F,
     h: &DMatrix<f64>,
     [t0, t1]: [f64; 2],

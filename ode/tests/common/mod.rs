@@ -363,3 +363,17 @@ pub fn gradients<T: Scalar>(
     out.extend(params.iter().map(|&v| g.take_or_zeros(v).unwrap()));
     (out, stats, sol.steps.len())
 }
+
+/// Lotka–Volterra on `[prey, predator]` rows, α, β, γ, δ each 1×1.
+#[derive(Clone, Copy, Debug)]
+pub struct LotkaVolterra;
+
+impl<T: Scalar> Dynamics<T> for LotkaVolterra {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (x, y) = (h.slice_cols(0, 1)?, h.slice_cols(1, 1)?);
+        let xy = x.mul(y)?;
+        let dx = x.mul(p[0])?.sub(xy.mul(p[1])?)?;
+        let dy = xy.mul(p[3])?.sub(y.mul(p[2])?)?;
+        h.tape().concat_cols(&[dx, dy])
+    }
+}
