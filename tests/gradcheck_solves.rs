@@ -4,7 +4,7 @@
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::{gradcheck, GradcheckSettings, Scalar, Tape, TapeFunction, Tolerance, Var};
-use costate::ode::{odeint_with, Dynamics, Options, Strategy};
+use costate::ode::{odeint_with, Dynamics, ErrorControl, Options, Strategy, TangentDirection};
 
 /// h' = tanh(h Wᵀ) − α h, with W (2×2) and α (1×1) learnable.
 #[derive(Clone)]
@@ -106,4 +106,74 @@ fn backsolve_passes_to_its_tolerance_and_fails_at_rounding() {
     };
     let report = gradcheck(&fun, &inputs(), &strict).unwrap();
     assert!(!report.passed(), "{report}");
+}
+
+/// h' = a − h: at h0 = a the state never moves, so primal control takes 8 steps and the exact
+/// gradient in `a` is −539.2 instead of 1 − e^{−10}.
+#[derive(Clone)]
+struct Relax;
+
+impl<T: Scalar> Dynamics<T> for Relax {
+    fn eval<'t>(
+        &self,
+        _t: Var<'t, T>,
+        h: Var<'t, T>,
+        p: &[Var<'t, T>],
+    ) -> costate::ad_core::Result<Var<'t, T>> {
+        p[0].sub(h)
+    }
+}
+
+/// L = h(10) from h0 = 1 with `a` the input.
+struct RelaxSolve {
+    options: Options,
+}
+
+impl TapeFunction for RelaxSolve {
+    type Error = costate::ode::Error;
+    fn eval<'t, T: Scalar>(
+        &self,
+        tape: &'t Tape<T>,
+        x: &[Var<'t, T>],
+    ) -> Result<Var<'t, T>, Self::Error> {
+        let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 10.0]).map(T::constant));
+        let h0 = tape.constant(DMatrix::from_element(1, 1, T::constant(1.0)));
+        let sol = odeint_with(tape, &Relax, h0, t, x, &self.options, &Strategy::Taped)?;
+        Ok(sol.last().sum())
+    }
+}
+
+#[test]
+fn gradcheck_names_unresolved_sensitivities_when_finite_differences_disagree() {
+    let a = vec![DMatrix::from_element(1, 1, 1.0)];
+    let primal = RelaxSolve {
+        options: Options::default().tolerances(1e-8, 1e-8),
+    };
+    let report = gradcheck(&primal, &a, &GradcheckSettings::default()).unwrap();
+    // Dual64 takes the same steps and agrees; finite differences move the state off its
+    // equilibrium, take other steps and see the true derivative.
+    assert!(report.inputs[0].dual.as_ref().unwrap().passed, "{report}");
+    assert!(report.finite_differences_failed(), "{report}");
+    let shown = report.to_string();
+    assert!(
+        shown.contains("note:") && shown.contains("convergence_check"),
+        "{shown}"
+    );
+    assert!(shown.contains("ErrorControl::WithTangents"), "{shown}");
+    // With tangent-aware control the gradient is the true one: no note, and it passes. The
+    // direction is given, so the Dual64 run plans the same steps as the f64 one (a Dual64
+    // solve under `WithTangents` would plan along its own dual parts instead).
+    let tangents = RelaxSolve {
+        options: Options {
+            error_control: ErrorControl::Along(vec![TangentDirection {
+                h0: DMatrix::zeros(1, 1),
+                params: vec![DMatrix::from_element(1, 1, 1.0)],
+            }]),
+            ..Options::default().tolerances(1e-8, 1e-8)
+        },
+    };
+    let report = gradcheck(&tangents, &a, &GradcheckSettings::default()).unwrap();
+    assert!(report.passed(), "{report}");
+    assert!(report.notes.is_empty());
+    assert!(!report.to_string().contains("note:"));
 }

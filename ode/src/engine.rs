@@ -31,7 +31,9 @@ pub struct SolveStats {
     /// Evaluations of the vector field on dual numbers by a tangent-aware planning solve
     /// ([`crate::ErrorControl::WithTangents`]): one per stage and tangent direction; 0 under
     /// primal control. Its rejected and clamped steps are counted in `rejected` and
-    /// `clamped`; `nfe` counts the strategy's own forward, which replays the planned steps.
+    /// `clamped`; `nfe` counts the strategy's own forward, which replays the planned steps
+    /// (for [`crate::solve`], which takes its outputs from the planning solve itself, the
+    /// planning solve's evaluations).
     pub tangent_nfe: usize,
 }
 

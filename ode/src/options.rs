@@ -82,7 +82,10 @@ pub enum ErrorControl {
     /// takes exactly those steps. It costs one evaluation of `f` on dual numbers per stage and
     /// direction, plus whatever extra steps the sensitivities need. The continuous adjoints
     /// (backsolve, gauss, interpolating) control their adjoint's error themselves and
-    /// ignore it; fixed steps have nothing to choose.
+    /// ignore it; fixed steps have nothing to choose. An f64 solve and a `Dual64` solve plan
+    /// along different directions here (random ones, the dual parts); to compare them step
+    /// for step (taped ≡ `Dual64`), give both the same directions with
+    /// [`ErrorControl::Along`].
     WithTangents {
         /// How many random directions (at least 1).
         directions: usize,

@@ -29,7 +29,7 @@ use crate::options::{ErrorControl, Options, TangentDirection};
 pub type DualOf<T> = <<T as ad_core::num_dual::DualNum>::Primitive as Precision>::Dual;
 
 /// The steps a planning solve chose, and what it cost.
-pub(crate) struct Plan {
+pub(crate) struct Plan<T: Scalar> {
     /// Every accepted step, for the strategy's forward to replay.
     pub steps: Vec<StepRecord>,
     /// The planning solve's counts (`nfe` counts evaluations of the stacked system, each
@@ -37,9 +37,14 @@ pub(crate) struct Plan {
     pub stats: SolveStats,
     /// How many tangent directions it carried.
     pub directions: usize,
+    /// `h(t_1), …, h(t_n)` and their tangents side by side, `[y | u_1 | … | u_k]`.
+    pub outputs: Vec<DMatrix<<T as ad_core::num_dual::DualNum>::Primitive>>,
+    /// Whether the first direction is the solve's own dual parts (a `Dual64`/`Dual32`
+    /// solve), so the planned outputs are the solve's outputs.
+    pub own_dual_parts: bool,
 }
 
-impl Plan {
+impl<T: Scalar> Plan<T> {
     /// Fold the planning solve into the counts of the forward that replayed its steps: the
     /// rejections and clamped steps happened while planning, and its dual evaluations are
     /// counted apart.
@@ -47,6 +52,37 @@ impl Plan {
         stats.rejected += self.stats.rejected;
         stats.clamped += self.stats.clamped;
         stats.tangent_nfe += self.stats.nfe * self.directions;
+    }
+
+    /// The solve's outputs straight from the planning solve, when it computed them: for a
+    /// real `T` the state block, for a `Dual64`/`Dual32` solve planned along its own dual
+    /// parts the state and that tangent. `None` otherwise (the caller replays the steps).
+    pub fn solve_outputs(&self) -> Option<Vec<DMatrix<T>>> {
+        let state = |m: &DMatrix<T::Primitive>| {
+            m.columns(0, m.ncols() / (self.directions + 1))
+                .clone_owned()
+        };
+        if std::mem::size_of::<T>() == std::mem::size_of::<T::Primitive>() {
+            // A real T is its own primitive (ad_core's scalars: f64, f32, and duals).
+            return self
+                .outputs
+                .iter()
+                .map(|m| from_any::<T::Primitive, T>(state(m)))
+                .collect();
+        }
+        if !self.own_dual_parts {
+            return None;
+        }
+        self.outputs
+            .iter()
+            .map(|m| {
+                let d = m.ncols() / (self.directions + 1);
+                let dual = DMatrix::from_fn(m.nrows(), d, |r, c| {
+                    T::Primitive::dual(m[(r, c)], m[(r, d + c)])
+                });
+                from_any::<DualOf<T>, T>(dual)
+            })
+            .collect()
     }
 
     /// A clause for the strategy report.
@@ -69,7 +105,7 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
     t: &[T],
     params: &[DMatrix<T>],
     opts: &Options,
-) -> Result<Option<Plan>> {
+) -> Result<Option<Plan<T>>> {
     if !opts.error_control.carries_tangents() {
         return Ok(None);
     }
@@ -80,7 +116,7 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
     let real = |m: &DMatrix<T>| m.map(|x| T::Primitive::round_from(x.primal()));
     let y0 = real(h0);
     let theta: Vec<DMatrix<T::Primitive>> = params.iter().map(real).collect();
-    let directions = directions(&opts.error_control, h0, params)?;
+    let (directions, own_dual_parts) = directions(&opts.error_control, h0, params)?;
     let k = directions.len();
     let (b, d) = y0.shape();
     let cols = (k + 1)
@@ -134,6 +170,8 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
         steps: forward.steps,
         stats: forward.stats,
         directions: k,
+        outputs: forward.outputs,
+        own_dual_parts,
     }))
 }
 
@@ -141,28 +179,42 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
 type Direction<P> = (DMatrix<P>, Vec<DMatrix<P>>);
 
 /// The directions the options ask for: the caller's, checked; a `Dual64`/`Dual32` solve's
-/// own dual parts; or `n` drawn from a fixed seed.
+/// own dual parts (then `true`); or `n` drawn from a fixed seed.
 fn directions<T: Scalar>(
     control: &ErrorControl,
     h0: &DMatrix<T>,
     params: &[DMatrix<T>],
-) -> Result<Vec<Direction<T::Primitive>>> {
+) -> Result<(Vec<Direction<T::Primitive>>, bool)> {
     match control {
-        ErrorControl::Primal => Ok(Vec::new()),
-        ErrorControl::Along(given) => given
-            .iter()
-            .enumerate()
-            .map(|(i, dir)| checked_direction::<T>(i, dir, h0, params))
-            .collect(),
+        ErrorControl::Primal => Ok((Vec::new(), false)),
+        ErrorControl::Along(given) => Ok((
+            given
+                .iter()
+                .enumerate()
+                .map(|(i, dir)| checked_direction::<T>(i, dir, h0, params))
+                .collect::<Result<_>>()?,
+            false,
+        )),
         ErrorControl::WithTangents { directions } => {
             if let Some(parts) = dual_parts(h0, params) {
-                return Ok(vec![parts]);
+                return Ok((vec![parts], true));
             }
-            Ok((0..*directions)
-                .map(|j| random_direction::<T>(j, h0, params))
-                .collect())
+            Ok((
+                (0..*directions)
+                    .map(|j| random_direction::<T>(j, h0, params))
+                    .collect(),
+                false,
+            ))
         }
     }
+}
+
+/// `m` as a matrix of `B` when `A` is `B` (a type check at run time).
+fn from_any<A: 'static, B: 'static>(m: DMatrix<A>) -> Option<DMatrix<B>> {
+    let mut m = Some(m);
+    (&mut m as &mut dyn Any)
+        .downcast_mut::<Option<DMatrix<B>>>()
+        .and_then(Option::take)
 }
 
 /// A caller's direction, checked against the shapes of `h0` and the parameters.

@@ -375,6 +375,23 @@ fn a_dual_solve_controls_its_dual_parts() {
         // The state is still exactly at rest.
         assert_eq!(h[1][(0, 0)].re, 1.0);
     }
+    // Along a given direction, the f64 taped solve and the Dual64 solve plan the same steps,
+    // so the taped gradient equals the dual part to rounding (the sharpest check holds).
+    let along = Options {
+        error_control: ErrorControl::Along(vec![TangentDirection {
+            h0: scalar(0.3),
+            params: vec![scalar(-1.0)],
+        }]),
+        ..Options::default().tolerances(1e-9, 1e-9)
+    };
+    let (h, _) = solve(&Relax, &h0, &t, std::slice::from_ref(&a), &along).unwrap();
+    let (g, _) = gradient(&relax(), &along, &Strategy::Taped).unwrap();
+    assert!(
+        (h[1][(0, 0)].eps - g[1]).abs() < 1e-13,
+        "{} vs {}",
+        h[1][(0, 0)].eps,
+        g[1]
+    );
     // With no dual part there is no sensitivity to resolve: the primal steps.
     let plain = DMatrix::from_element(1, 1, Dual64::from_re(1.0));
     let opts = Options::default().tolerances(1e-8, 1e-8).with_tangents(1);
