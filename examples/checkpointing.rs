@@ -42,10 +42,9 @@ use std::time::Instant;
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::ad_core::TextTable;
-use costate::nn::{Activation, Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
+use costate::nn::{Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::{ContinuousAdjoint, Options};
-use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Marker, Series};
 use support::heap::CountingAlloc;
@@ -130,22 +129,26 @@ struct Workload {
     loss: Loss,
 }
 
+impl Workload {
+    fn from_problem(name: &'static str, description: String, problem: Problem) -> Self {
+        Workload {
+            name,
+            description,
+            func: problem.func,
+            params: problem.params,
+            h0: problem.h0,
+            t: problem.t,
+            options: problem.options,
+            loss: problem.loss,
+        }
+    }
+}
+
 /// `tape_size`'s T = 100 problem, with its weights and h0.
 fn horizon() -> Result<Workload> {
-    let func = OdeFunc::new(64, &[64, 64], Activation::Tanh)?.with_subtract_state();
-    let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
-    let params = func.mlp.init_params(&mut rng);
-    let h0 = DMatrix::from_fn(32, 64, |_, _| rng.random_range(-1.0..1.0));
-    Ok(Workload {
-        name: "horizon",
-        description: "f = mlp(h) − h, h0 32×64, t = [0, 100], L = sum of h(100)".into(),
-        func,
-        params,
-        h0,
-        t: vec![0.0, 100.0],
-        options: Options::default(),
-        loss: Loss::SumFinal,
-    })
+    let problem = support::workloads::horizon()?;
+    let description = problem.file.description.clone();
+    Ok(Workload::from_problem("horizon", description, problem))
 }
 
 /// `compare_backprop`'s default workload, with its weights and h0, or a problem file.
@@ -161,16 +164,7 @@ fn seed(path: Option<&str>) -> Result<Workload> {
             problem.t.len()
         ),
     };
-    Ok(Workload {
-        name: "seed",
-        description,
-        func: problem.func,
-        params: problem.params,
-        h0: problem.h0,
-        t: problem.t,
-        options: problem.options,
-        loss: problem.loss,
-    })
+    Ok(Workload::from_problem("seed", description, problem))
 }
 
 /// dL/dh0 and dL/dθ of one run.

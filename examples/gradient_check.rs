@@ -16,8 +16,18 @@
 //! and against a `Dual64` directional derivative of the same solve; and the tolerance
 //! study: each strategy's gradient error against a taped dopri8 reference at rtol 1e-12
 //! for rtol = 1e-3 … 1e-10 (atol = rtol·1e-2), with the fitted log–log slope.
+//!
+//! A fifth problem is one where *exact* is not *right* under primal step control:
+//! `h' = a − h` from `h0 = a = 1` over `[0, 10]`, at an equilibrium, so the state's error
+//! estimate is zero and the steps grow by the maximum factor while `dL/da = 1 − e^{−10}` still
+//! moves. Its tolerance study runs twice, with `ErrorControl::Primal` and with
+//! `ErrorControl::WithTangents` (one direction), against the closed-form gradient: with
+//! tangents the exact strategies' error falls with rtol (fitted slope reported), without it
+//! stays flat; `ode::verify::convergence_check` gives its verdict on both.
 //! `--json` prints `{"dynamics": [{"name", "strategy", "rtol", "grad_rel_err",
-//! "fd_rel_err"}…], "slopes": [{"name", "strategy", "slope"}…]}`. A log–log chart of
+//! "fd_rel_err"}…], "slopes": [{"name", "strategy", "slope"}…], "equilibrium": [{"control",
+//! "strategy", "rtol", "grad_rel_err", "forward_nfe"}…], "equilibrium_slopes": […],
+//! "convergence": [{"control", "verdict"}…]}`. A log–log chart of
 //! error against rtol (colour: dynamics; marker: strategy; the exact strategies coincide
 //! with taped, so only taped is drawn for them) goes to `target/gradient_check.svg`
 //! (`--svg PATH` to override).
@@ -30,10 +40,10 @@ use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::num_dual::Dual64;
 use costate::ad_core::{Result as TapeResult, Scalar, Var};
 use costate::ode::verify::{
-    adjoint_residual, tolerance_study, GradientProblem, ProblemVector, ResidualPoints,
-    StudyOptions, ToleranceReport,
+    adjoint_residual, convergence_check, tolerance_study, ConvergenceOptions, ConvergenceReport,
+    GradientProblem, ProblemVector, Reference, ResidualPoints, StudyOptions, ToleranceReport,
 };
-use costate::ode::{Dynamics, Options, Strategy};
+use costate::ode::{Dynamics, ErrorControl, Options, Strategy};
 use serde_json::json;
 use support::chart::{Axis, Chart, Marker, Series};
 
@@ -103,6 +113,120 @@ struct SinTW;
 impl<T: Scalar> Dynamics<T> for SinTW {
     fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
         h.matmul_t(p[0])?.mul(t.sin())
+    }
+}
+
+/// `h' = a − h`: at `h0 = a` the state never moves, while `dh/da = 1 − e^{−t}` does.
+#[derive(Clone, Debug)]
+struct Relax;
+
+impl<T: Scalar> Dynamics<T> for Relax {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        p[0].sub(h)
+    }
+}
+
+/// The strategies of the equilibrium study.
+const EQUILIBRIUM_STRATEGIES: [&str; 4] = ["taped", "aca", "checkpointed:4", "backsolve"];
+
+/// The equilibrium problem's two tolerance studies (primal control, then one tangent
+/// direction) and its convergence checks at rtol 1e-6.
+struct Equilibrium {
+    studies: Vec<(&'static str, ToleranceReport)>,
+    checks: Vec<(&'static str, ConvergenceReport)>,
+}
+
+fn equilibrium() -> Result<Equilibrium> {
+    let one = DMatrix::from_element(1, 1, 1.0);
+    let t1: f64 = 10.0;
+    let problem = GradientProblem::new(Relax, one.clone(), vec![0.0, t1], vec![one]);
+    // L = h(10) = a + (h0 − a) e^{−10}: dL/dh0 = e^{−10}, dL/da = 1 − e^{−10}.
+    let truth = ProblemVector::zeros_like(&problem)
+        .with_param(0, DMatrix::from_element(1, 1, 1.0 - (-t1).exp()))?;
+    let truth = ProblemVector {
+        h0: DMatrix::from_element(1, 1, (-t1).exp()),
+        ..truth
+    };
+    let strategies: Vec<Strategy> = EQUILIBRIUM_STRATEGIES
+        .iter()
+        .map(|s| s.parse())
+        .collect::<std::result::Result<_, _>>()?;
+    let mut studies = Vec::new();
+    let mut checks = Vec::new();
+    for (control, error_control) in [
+        ("primal", ErrorControl::Primal),
+        ("tangents", ErrorControl::with_tangents()),
+    ] {
+        let base = Options {
+            error_control,
+            ..Options::default()
+        };
+        let study = StudyOptions {
+            base: base.clone(),
+            reference: Reference::Given(truth.clone()),
+            include_times: false,
+            ..StudyOptions::default()
+        };
+        studies.push((
+            control,
+            tolerance_study(&problem, &strategies, &RTOLS, &study)?,
+        ));
+        let opts = base.tolerances(1e-6, 1e-6 * 1e-2);
+        checks.push((
+            control,
+            convergence_check(&problem, &opts, &ConvergenceOptions::default())?,
+        ));
+    }
+    Ok(Equilibrium { studies, checks })
+}
+
+fn print_equilibrium(eq: &Equilibrium) {
+    println!(
+        "
+equilibrium h' = a − h, h0 = a = 1, t ∈ [0, 10]: gradient error against the closed form \
+         (dL/dh0 = e^-10, dL/da = 1 − e^-10), primal step control against one tangent direction"
+    );
+    print!("{:>8}", "rtol");
+    for (control, _) in &eq.studies {
+        for s in EQUILIBRIUM_STRATEGIES {
+            print!(" {:>24}", format!("{s} ({control})"));
+        }
+    }
+    println!();
+    for &rtol in &RTOLS {
+        print!("{rtol:>8.0e}");
+        for (_, study) in &eq.studies {
+            for s in EQUILIBRIUM_STRATEGIES {
+                let row = study
+                    .rows
+                    .iter()
+                    .find(|r| r.strategy == s && r.rtol == rtol);
+                match row {
+                    Some(r) => print!(
+                        " {:>24}",
+                        format!("{:.2e} ({} NFE)", r.grad_rel_err, r.forward_nfe)
+                    ),
+                    None => print!(" {:>24}", "-"),
+                }
+            }
+        }
+        println!();
+    }
+    print!("{:>8}", "slope");
+    for (_, study) in &eq.studies {
+        for s in EQUILIBRIUM_STRATEGIES {
+            match study.slope(s) {
+                Some(x) => print!(" {x:>24.3}"),
+                None => print!(" {:>24}", "-"),
+            }
+        }
+    }
+    println!();
+    for (control, report) in &eq.checks {
+        println!(
+            "
+convergence check at rtol 1e-6 ({control} control):\n{report}"
+        );
     }
 }
 
@@ -275,7 +399,7 @@ fn print_tables(checked: &[Checked]) {
     }
 }
 
-fn to_json(checked: &[Checked]) -> serde_json::Value {
+fn to_json(checked: &[Checked], eq: &Equilibrium) -> serde_json::Value {
     let mut rows = Vec::new();
     let mut slopes = Vec::new();
     for c in checked {
@@ -292,7 +416,34 @@ fn to_json(checked: &[Checked]) -> serde_json::Value {
             slopes.push(json!({ "name": c.name, "strategy": s.strategy, "slope": s.slope }));
         }
     }
-    json!({ "dynamics": rows, "slopes": slopes })
+    let mut eq_rows = Vec::new();
+    let mut eq_slopes = Vec::new();
+    for (control, study) in &eq.studies {
+        for r in &study.rows {
+            eq_rows.push(json!({
+                "control": control,
+                "strategy": r.strategy,
+                "rtol": r.rtol,
+                "grad_rel_err": r.grad_rel_err,
+                "forward_nfe": r.forward_nfe,
+            }));
+        }
+        for s in &study.slopes {
+            eq_slopes.push(json!({ "control": control, "strategy": s.strategy, "slope": s.slope }));
+        }
+    }
+    let convergence: Vec<_> = eq
+        .checks
+        .iter()
+        .map(|(control, r)| json!({ "control": control, "verdict": format!("{:?}", r.verdict) }))
+        .collect();
+    json!({
+        "dynamics": rows,
+        "slopes": slopes,
+        "equilibrium": eq_rows,
+        "equilibrium_slopes": eq_slopes,
+        "convergence": convergence,
+    })
 }
 
 /// Error against rtol, log–log: a colour per dynamics, a marker per drawn strategy, and the
@@ -338,13 +489,15 @@ fn chart(checked: &[Checked]) -> Chart {
 fn run(json_output: bool, svg: &str) -> Result<()> {
     let start = Instant::now();
     let checked = problems()?;
+    let eq = equilibrium()?;
     let elapsed = start.elapsed();
     chart(&checked).write_svg(svg)?;
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&to_json(&checked))?);
+        println!("{}", serde_json::to_string_pretty(&to_json(&checked, &eq))?);
         eprintln!("took {:.2} s; chart: {svg}", elapsed.as_secs_f64());
     } else {
         print_tables(&checked);
+        print_equilibrium(&eq);
         println!("\nchart: {svg}\ntook {:.2} s", elapsed.as_secs_f64());
     }
     Ok(())
