@@ -154,7 +154,7 @@ pub enum Error {
     },
     /// A tangent carried by tangent-aware error control became NaN or infinite while the
     /// state stayed finite.
-    #[error("a tangent of the state is not finite at t = {}: the sensitivity along tangent direction {direction} overflowed (the solve is that sensitive to its inputs, or a given direction is too large); scale the direction down, shorten the horizon, or use ErrorControl::Primal with a continuous adjoint (gauss)", num(*t))]
+    #[error("a tangent of the state is not finite at t = {}: the sensitivity along tangent direction {direction} overflowed (the solve is that sensitive to its inputs, or a given direction is too large); scale the direction down, shorten the horizon, or use ErrorControl::Primal with a continuous adjoint (interpolating)", num(*t))]
     TangentNonFinite {
         /// Where it was found.
         t: f64,

@@ -123,6 +123,20 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     ctl: Controller,
     mut keep: impl FnMut(usize, &Accepted<'_, T>) -> Result<()>,
 ) -> Result<Forward<T>> {
+    forward_landing(f, h0, t, params, ctl, false, &mut keep)
+}
+
+/// [`forward_values`], with `land_end`: the last step is shortened to end on the last
+/// output time instead of stepping past it and interpolating back.
+pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
+    f: &F,
+    h0: &DMatrix<T>,
+    t: &[T],
+    params: Vec<DMatrix<T>>,
+    ctl: Controller,
+    land_end: bool,
+    mut keep: impl FnMut(usize, &Accepted<'_, T>) -> Result<()>,
+) -> Result<Forward<T>> {
     let grid = check_grid(t)?;
     check_h0(h0, grid[0])?;
     let scratch = Tape::new();
@@ -159,10 +173,15 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     let mut first_output = Vec::new();
     let last = stepper.run(
         &times,
-        false,
+        land_end,
         |_, s| {
-            // Emitted values are read once, here: move them out of the scratch tape.
-            outputs.push(s[0].take_value()?);
+            // Emitted values are read once, here: move them out of the scratch tape (a landed
+            // last output is y₁ itself, which the end state below still reads).
+            outputs.push(if land_end {
+                s[0].value()?
+            } else {
+                s[0].take_value()?
+            });
             Ok(())
         },
         |acc, emitted| {

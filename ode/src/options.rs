@@ -310,7 +310,7 @@ impl Options {
             return Err(Error::BadOption {
                 name: "error_control directions",
                 value: directions as f64,
-                expected: "must be between 1 and 64 (MAX_TANGENT_DIRECTIONS): with none there is no tangent to control, so use ErrorControl::Primal; past 64 a continuous adjoint (gauss) is cheaper",
+                expected: "must be between 1 and 64 (MAX_TANGENT_DIRECTIONS): with none there is no tangent to control, so use ErrorControl::Primal; past 64 a continuous adjoint (interpolating) is cheaper",
             });
         }
         if self.ifactor < 1.0 {

@@ -125,7 +125,7 @@ fn note_discrete_derivative<T: Scalar>(tape: &Tape<T>, opts: &Options) {
     let adaptive = opts.method.b_error.is_some() && !opts.constant_steps;
     if adaptive && !opts.error_control.carries_tangents() {
         tape.add_note(
-            "an ODE solve with an exact gradient strategy (taped, aca, checkpointed, auto, reversible) under primal error control differentiates its discrete steps, which the state's error alone chose; where finite differences disagree while Dual64 agrees, those steps may not resolve the sensitivities: check with ode::verify::convergence_check, then use ErrorControl::WithTangents or an adjoint strategy (gauss)",
+            "an ODE solve with an exact gradient strategy (taped, aca, checkpointed, auto, reversible) under primal error control differentiates its discrete steps, which the state's error alone chose; where finite differences disagree while Dual64 agrees, those steps may not resolve the sensitivities: check with ode::verify::convergence_check, then use ErrorControl::WithTangents or an adjoint strategy (interpolating or backsolve)",
         );
     }
 }

@@ -20,7 +20,7 @@ use crate::controller::{Controller, StepRecord};
 use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
 use crate::error::{Error, Result};
-use crate::forward::{forward_controller, forward_values};
+use crate::forward::{forward_controller, forward_landing};
 use crate::options::{ErrorControl, Options, TangentDirection};
 
 /// The dual number of `T`'s precision (`Dual64` for `f64`, `f32` → `Dual32`; for a `Dual64`
@@ -161,11 +161,16 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
         blocks: k + 1,
         ..ctl
     };
-    let forward = forward_values(&field, &stacked, &times, Vec::new(), ctl, |_, _| Ok(()))
-        .map_err(|e| match e {
-            Error::Tape(e) => Error::from_tape(e),
-            e => e,
-        })?;
+    // The last step lands on the last output time: the output there is a step's end, whose
+    // error (state and tangents) the embedded estimate controls, where stepping past it and
+    // interpolating back would add the interpolant's error, which nothing controls.
+    let forward = forward_landing(&field, &stacked, &times, Vec::new(), ctl, true, |_, _| {
+        Ok(())
+    })
+    .map_err(|e| match e {
+        Error::Tape(e) => Error::from_tape(e),
+        e => e,
+    })?;
     Ok(Some(Plan {
         steps: forward.steps,
         stats: forward.stats,

@@ -56,7 +56,7 @@ pub enum Verdict {
     /// It disagrees, and tightening the tolerance does not help: the forward's steps do not
     /// resolve the sensitivities (a state at rest while its derivatives move).
     StepsDoNotResolveSensitivities,
-    /// The two tight references (the gauss adjoint and the tangent-aware exact gradient)
+    /// The two tight references (the interpolating adjoint and the tangent-aware exact gradient)
     /// disagree with each other, so there is nothing trustworthy to compare with.
     NoReliableReference,
 }
@@ -68,7 +68,7 @@ pub struct ConvergenceRow {
     pub gradient: String,
     /// Its relative tolerance.
     pub rtol: f64,
-    /// Its relative error against the tight gauss adjoint
+    /// Its relative error against the tight interpolating adjoint
     /// ([`super::ProblemVector::relative_error`] over `h0` and θ).
     pub rel_err: f64,
     /// Accepted forward steps.
@@ -138,7 +138,8 @@ impl fmt::Display for ConvergenceReport {
 /// An exact strategy (taped, the exact replays, auto, reversible, and a `Dual64` solve)
 /// returns the derivative of the discrete solve whose steps the error control chose. The
 /// check computes that gradient at the caller's tolerances and compares it, over `h0` and
-/// θ, with the gauss adjoint at tight tolerances (which controls the adjoint's own error);
+/// θ, with the interpolating adjoint at tight tolerances (which controls the error of the
+/// adjoint and of its parameter integral; the gauss adjoint's quadrature is not controlled);
 /// it also computes the exact gradient with tangent-aware control
 /// ([`ErrorControl::WithTangents`]) at the caller's tolerances and at the tight ones (the
 /// latter cross-checks the reference), and with primal control at the tight ones (does it
@@ -210,10 +211,14 @@ where
         ..tight.clone()
     };
     let tight_tangents = tight.clone().with_tangents(check.directions);
-    let gauss = Strategy::Gauss(
+    // The interpolating adjoint integrates a_θ under its error control; the gauss adjoint's
+    // quadrature is not error-controlled, and where a stays still while ∂f/∂θ moves (a
+    // parameter forcing a state at rest) its backward steps grow past what the quadrature
+    // resolves.
+    let adjoint = Strategy::Interpolating(
         ContinuousAdjoint::default().tolerances(check.tight_rtol, check.tight_atol),
     );
-    let (reference, ref_stats, _) = problem.gradient_with_stats(&tight_primal, &gauss)?;
+    let (reference, ref_stats, _) = problem.gradient_with_stats(&tight_primal, &adjoint)?;
     let reference = reference.without_times();
     let mut rows = Vec::new();
     let mut row = |label: String, o: &Options, s: &Strategy| -> Result<f64> {
@@ -242,7 +247,7 @@ where
         strategy,
     )?;
     rows.push(ConvergenceRow {
-        gradient: "gauss adjoint (reference)".into(),
+        gradient: "interpolating adjoint (reference)".into(),
         rtol: check.tight_rtol,
         rel_err: 0.0,
         steps: ref_stats.accepted,
@@ -260,7 +265,7 @@ where
         (
             Verdict::NoReliableReference,
             format!(
-                "the two tight references disagree by {}: the gauss adjoint and the tangent-aware {name} gradient at rtol {:e}; the problem may be chaotic over this horizon, stiff or non-smooth, so no verdict can be given (try a shorter horizon or tighter reference tolerances)",
+                "the two tight references disagree by {}: the interpolating adjoint and the tangent-aware {name} gradient at rtol {:e}; the problem may be chaotic over this horizon, stiff or non-smooth, so no verdict can be given (try a shorter horizon or tighter reference tolerances)",
                 sci(Some(cross)),
                 check.tight_rtol
             ),
@@ -292,7 +297,7 @@ where
         (
             Verdict::StepsDoNotResolveSensitivities,
             format!(
-                "the forward's steps do not resolve the sensitivities: the {name} gradient is the exact derivative of a discrete solve whose steps the state's error alone chose, and it is off by {} at rtol {:e} and still by {} at rtol {:e}, so tightening the tolerance does not help; use ErrorControl::WithTangents (off by {} at your rtol) or an adjoint strategy (gauss)",
+                "the forward's steps do not resolve the sensitivities: the {name} gradient is the exact derivative of a discrete solve whose steps the state's error alone chose, and it is off by {} at rtol {:e} and still by {} at rtol {:e}, so tightening the tolerance does not help; use ErrorControl::WithTangents (off by {} at your rtol) or an adjoint strategy (interpolating or backsolve)",
                 sci(Some(at_user)),
                 opts.rtol,
                 sci(Some(tight_primal_err)),
