@@ -65,6 +65,34 @@ impl<T: Scalar> Dynamics<T> for Forcing {
     }
 }
 
+/// A damped pendulum `θ' = ω`, `ω' = −g sin θ − c ω` (`p = [g, c]`) hanging at rest: the
+/// state never moves, while its sensitivity to a push oscillates.
+#[derive(Clone, Copy)]
+struct Pendulum;
+
+impl<T: Scalar> Dynamics<T> for Pendulum {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (theta, omega) = (h.slice_cols(0, 1)?, h.slice_cols(1, 1)?);
+        let accel = (-(theta.sin().mul(p[0])?)).sub(omega.mul(p[1])?)?;
+        h.tape().concat_cols(&[omega, accel])
+    }
+}
+
+/// A slow manifold `x' = (y − x)/ε`, `y' = −k y` (`p = [1/ε, k]`) at its fixed point
+/// `x = y = 0`: the fast sensitivity `dx/dx0 = e^{−t/ε}` and the slow `dx/dy0` move while
+/// the state does not.
+#[derive(Clone, Copy)]
+struct SlowManifold;
+
+impl<T: Scalar> Dynamics<T> for SlowManifold {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (x, y) = (h.slice_cols(0, 1)?, h.slice_cols(1, 1)?);
+        let dx = y.sub(x)?.mul(p[0])?;
+        let dy = -(y.mul(p[1])?);
+        h.tape().concat_cols(&[dx, dy])
+    }
+}
+
 /// A problem: field, initial state, parameters, horizon.
 struct Case<F> {
     name: &'static str,
@@ -190,6 +218,26 @@ fn forcing() -> Case<Forcing> {
     }
 }
 
+fn pendulum() -> Case<Pendulum> {
+    Case {
+        name: "pendulum",
+        f: Pendulum,
+        h0: DMatrix::from_row_slice(1, 2, &[0.0, 0.0]),
+        params: vec![scalar(9.81), scalar(0.3)],
+        t1: 4.0,
+    }
+}
+
+fn slow_manifold() -> Case<SlowManifold> {
+    Case {
+        name: "slow manifold",
+        f: SlowManifold,
+        h0: DMatrix::from_row_slice(1, 2, &[0.0, 0.0]),
+        params: vec![scalar(10.0), scalar(0.2)],
+        t1: 5.0,
+    }
+}
+
 const EXACT: [&str; 4] = ["taped", "aca", "checkpointed:3", "auto:100000000"];
 
 fn study<F: Dynamics<f64> + Dynamics<Dual64> + Clone + 'static>(case: &Case<F>) {
@@ -241,6 +289,16 @@ fn cascade_converges_with_tangents() {
 #[test]
 fn rotation_converges_with_tangents() {
     study(&rotation());
+}
+
+#[test]
+fn pendulum_converges_with_tangents() {
+    study(&pendulum());
+}
+
+#[test]
+fn slow_manifold_converges_with_tangents() {
+    study(&slow_manifold());
 }
 
 #[test]
@@ -671,4 +729,29 @@ fn the_convergence_check_tells_loose_tolerances_apart() {
         convergence_check(&problem, &opts, &bad),
         Err(VerifyError::BadValue { .. })
     ));
+}
+
+/// Reversible Heun (a method with a step of its own) under tangent control: the reversible
+/// strategy and the taped solve take the same planned steps and agree, and converge.
+#[test]
+fn reversible_heun_plans_with_tangents() {
+    let case = lotka_volterra();
+    let truth = reference(&case);
+    let mut last = f64::INFINITY;
+    for rtol in [1e-4, 1e-6] {
+        let opts = Options {
+            method: &ode::tableau::REVERSIBLE_HEUN,
+            max_num_steps: 100_000,
+            ..Options::default().tolerances(rtol, rtol)
+        }
+        .with_tangents(1);
+        let (r, rs) = gradient(&case, &opts, &Strategy::Reversible { coupling: None }).unwrap();
+        let (t, ts) = gradient(&case, &opts, &Strategy::Taped).unwrap();
+        assert!(rel_error(&r, &t) < 1e-9, "{:e}", rel_error(&r, &t));
+        assert_eq!(rs.accepted, ts.accepted);
+        assert!(ts.tangent_nfe > 0);
+        let err = rel_error(&t, &truth);
+        assert!(err < last / 10.0, "rtol {rtol:e}: {err:e} after {last:e}");
+        last = err;
+    }
 }
