@@ -686,6 +686,8 @@ fn the_convergence_check_flags_primal_control_and_passes_tangents() {
     check(&cascade());
     check(&rotation());
     check(&forcing());
+    check(&pendulum());
+    check(&slow_manifold());
 }
 
 /// A problem primal control resolves converges; one whose tolerance is merely too loose is
