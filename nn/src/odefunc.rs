@@ -155,6 +155,11 @@ impl<T: Scalar> Dynamics<T> for OdeFunc {
             Ok(y)
         }
     }
+
+    /// The MLP maps each row (sample) on its own, and `t` is the same for every row.
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }
 
 /// An [`OdeFunc`] integrated over a time grid with a chosen gradient mode and solver.

@@ -59,10 +59,23 @@ use ad_core::{Result, Scalar, Var};
 pub trait Dynamics<T: Scalar> {
     /// Evaluate `f_θ(t, h)`; the result must have the shape of `h`.
     fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, params: &[Var<'t, T>]) -> Result<Var<'t, T>>;
+
+    /// Whether row `r` of `f(t, h)` depends on row `r` of `h` alone (one field applied to
+    /// every sample of a batch, as a neural ODE's is). Its Jacobian is then block-diagonal
+    /// over the rows, and [`crate::jacobian::jacobian`] builds it in `dim` sweeps instead of
+    /// `batch × dim`, one `dim × dim` block per row. Default `false` (a dense Jacobian); a
+    /// wrong `true` is caught by a probe ([`crate::Error::RowsCoupled`]).
+    fn rows_independent(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Scalar, F: Dynamics<T> + ?Sized> Dynamics<T> for &F {
     fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, params: &[Var<'t, T>]) -> Result<Var<'t, T>> {
         (**self).eval(t, h, params)
+    }
+
+    fn rows_independent(&self) -> bool {
+        (**self).rows_independent()
     }
 }

@@ -161,6 +161,13 @@ pub enum Error {
         /// Which direction.
         direction: usize,
     },
+    /// A field that declares its rows independent ([`crate::Dynamics::rows_independent`])
+    /// moved another row when only row 0 was perturbed.
+    #[error("the vector field declares its rows independent (Dynamics::rows_independent) but row {row} of f moved when only row 0 of h was perturbed: it couples the rows (a batch norm, a mean over the batch, a row-mixing product); return false from rows_independent")]
+    RowsCoupled {
+        /// The first row that moved.
+        row: usize,
+    },
     /// The tape rejected an operation (a foreign or stale `Var`, a shape error inside the
     /// dynamics, ...).
     #[error(transparent)]

@@ -215,6 +215,7 @@ mod error;
 mod forward;
 mod input;
 mod interpolated;
+pub mod jacobian;
 mod node;
 mod options;
 pub mod schedule;
