@@ -168,6 +168,16 @@ pub enum Error {
         /// The first row that moved.
         row: usize,
     },
+    /// The Newton iteration matrix `I − c·J` of an implicit stage cannot be factorised.
+    #[error("the Newton iteration matrix I − c·J (c = γ·dt = {}){} is singular: {reason}; take a smaller step (c shrinks with dt), or check the Jacobian for NaN", num(*c), block.map_or(String::new(), |r| format!(", block of batch row {r},")))]
+    SingularIterationMatrix {
+        /// `γ·dt`.
+        c: f64,
+        /// The batch row of a block-diagonal matrix, if it was one block.
+        block: Option<usize>,
+        /// What was found.
+        reason: String,
+    },
     /// The tape rejected an operation (a foreign or stale `Var`, a shape error inside the
     /// dynamics, ...).
     #[error(transparent)]

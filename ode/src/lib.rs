@@ -216,6 +216,7 @@ mod forward;
 mod input;
 mod interpolated;
 pub mod jacobian;
+pub mod newton;
 mod node;
 mod options;
 pub mod schedule;

@@ -193,20 +193,6 @@ fn jacobian_t_times<F: Dynamics<Dual64>>(
     })
 }
 
-/// `f(t, h)` in `f64`.
-fn field<F: Dynamics<f64>>(
-    f: &F,
-    t: f64,
-    h: &DMatrix<f64>,
-    params: &[DMatrix<f64>],
-) -> DMatrix<f64> {
-    let tape = Tape::<f64>::new();
-    let tv = tape.scalar(t);
-    let hv = tape.constant(h.clone());
-    let pv: Vec<_> = params.iter().map(|p| tape.constant(p.clone())).collect();
-    f.eval(tv, hv, &pv).unwrap().value().unwrap()
-}
-
 /// The adjoint state `a(s) = dL/dh(s)` for `L = ⟨g, h(t_end)⟩` along the trajectory through
 /// `h(0) = h0`, and `dL/ds` at fixed `h(s)`, from `odeint_adjoint` on `[s, t_end]`.
 fn adjoint_at(

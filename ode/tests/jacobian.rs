@@ -5,22 +5,9 @@ mod common;
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Result as TapeResult, Scalar, Var};
-use common::{LotkaVolterra, Mlp, Rng};
+use common::{Declared, LotkaVolterra, Mlp, Rng};
 use ode::jacobian::{jacobian, Jacobian};
 use ode::{Dynamics, Error};
-
-/// A field that declares (rightly or not) that its rows are independent.
-#[derive(Clone)]
-struct Declared<F>(F, bool);
-
-impl<T: Scalar, F: Dynamics<T>> Dynamics<T> for Declared<F> {
-    fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
-        self.0.eval(t, h, p)
-    }
-    fn rows_independent(&self) -> bool {
-        self.1
-    }
-}
 
 fn lv_params() -> Vec<DMatrix<f64>> {
     [1.5, 1.0, 3.0, 1.0]

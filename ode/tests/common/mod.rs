@@ -377,3 +377,30 @@ impl<T: Scalar> Dynamics<T> for LotkaVolterra {
         h.tape().concat_cols(&[dx, dy])
     }
 }
+
+/// `f(t, h)` in `f64`.
+pub fn field<F: Dynamics<f64>>(
+    f: &F,
+    t: f64,
+    h: &DMatrix<f64>,
+    params: &[DMatrix<f64>],
+) -> DMatrix<f64> {
+    let tape = Tape::<f64>::new();
+    let tv = tape.scalar(t);
+    let hv = tape.constant(h.clone());
+    let pv: Vec<_> = params.iter().map(|p| tape.constant(p.clone())).collect();
+    f.eval(tv, hv, &pv).unwrap().value().unwrap()
+}
+
+/// A field that declares (rightly or not) that its rows are independent.
+#[derive(Clone)]
+pub struct Declared<F>(pub F, pub bool);
+
+impl<T: Scalar, F: Dynamics<T>> Dynamics<T> for Declared<F> {
+    fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        self.0.eval(t, h, p)
+    }
+    fn rows_independent(&self) -> bool {
+        self.1
+    }
+}
