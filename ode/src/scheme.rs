@@ -29,6 +29,8 @@ impl Scheme {
     pub fn of(opts: &Options) -> Self {
         match (opts.method.step, opts.coupling) {
             (StepKind::ReversibleHeun, _) => Scheme::ReversibleHeun,
+            // Refused by Options::validate until the stepper runs implicit stages.
+            (StepKind::DiagonallyImplicit { .. }, _) => Scheme::Explicit,
             (StepKind::Explicit, Some(c)) => Scheme::Coupled(c),
             (StepKind::Explicit, None) => Scheme::Explicit,
         }

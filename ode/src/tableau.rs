@@ -34,7 +34,7 @@ pub struct Tableau {
 }
 
 /// How a step reads a [`Tableau`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StepKind {
     /// The explicit Runge–Kutta step `y₁ = y + dt Σ b_i k_i`.
     Explicit,
@@ -44,6 +44,16 @@ pub enum StepKind {
     /// invertible: `z₀ = 2y₁ − z₁ − dt f(t₁, z₁)`, then `y₀` likewise. The arrays are
     /// Heun's with Euler embedded, so the error estimate is `dt (f(t₁, z₁) − f(t₀, z₀)) / 2`.
     ReversibleHeun,
+    /// A diagonally implicit Runge–Kutta step: stage `i` solves
+    /// `Z_i = y + dt Σ_{j<i} a_ij k_j + dt γ f(t + c_i dt, Z_i)` by Newton and `k_i = f(t_i, Z_i)`;
+    /// `a` holds the strictly lower part, the diagonal is `γ` on every stage (but the
+    /// first, when `explicit_first`: an ESDIRK, whose first stage is `f(t, y)`).
+    DiagonallyImplicit {
+        /// The diagonal entry.
+        gamma: f64,
+        /// Whether stage 0 is explicit (`a_00 = 0`).
+        explicit_first: bool,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,6 +582,130 @@ pub static REVERSIBLE_HEUN: Tableau = Tableau {
     step: StepKind::ReversibleHeun,
 };
 
+// ---------------------------------------------------------------------------------------------
+// Diagonally implicit methods (L-stable, stiffly accurate: y₁ is the last stage's Z).
+// ---------------------------------------------------------------------------------------------
+
+/// Backward Euler, order 1, fixed step: `y₁ = y + dt f(t + dt, y₁)`.
+pub static IMPLICIT_EULER: Tableau = Tableau {
+    name: "implicit_euler",
+    order: 1,
+    embedded_order: None,
+    c: &[1.0],
+    a: &[&[]],
+    b: &[1.0],
+    b_error: None,
+    fsal: false,
+    interpolant: None,
+    step: StepKind::DiagonallyImplicit {
+        gamma: 1.0,
+        explicit_first: false,
+    },
+};
+
+/// Kvaerno's 3(2) ESDIRK (BIT 44, 2004): γ ≈ 0.4359, four stages, the first explicit, FSAL.
+pub static KVAERNO3: Tableau = Tableau {
+    name: "kvaerno3",
+    order: 3,
+    embedded_order: Some(2),
+    c: &[0.0, KV3_G * 2.0, 1.0, 1.0],
+    a: &[
+        &[],
+        &[KV3_G],
+        &[KV3_A31, KV3_A32],
+        &[KV3_A41, KV3_A42, KV3_A43],
+    ],
+    b: &[KV3_A41, KV3_A42, KV3_A43, KV3_G],
+    b_error: Some(&[KV3_A41 - KV3_A31, KV3_A42 - KV3_A32, KV3_A43 - KV3_G, KV3_G]),
+    fsal: true,
+    interpolant: None,
+    step: StepKind::DiagonallyImplicit {
+        gamma: KV3_G,
+        explicit_first: true,
+    },
+};
+
+const KV3_G: f64 = 0.435_866_521_50;
+const KV3_A31: f64 = (-4.0 * KV3_G * KV3_G + 6.0 * KV3_G - 1.0) / (4.0 * KV3_G);
+const KV3_A32: f64 = (-2.0 * KV3_G + 1.0) / (4.0 * KV3_G);
+const KV3_A41: f64 = (6.0 * KV3_G - 1.0) / (12.0 * KV3_G);
+const KV3_A42: f64 = -1.0 / ((24.0 * KV3_G - 12.0) * KV3_G);
+const KV3_A43: f64 = (-6.0 * KV3_G * KV3_G + 6.0 * KV3_G - 1.0) / (6.0 * KV3_G - 3.0);
+
+/// Kvaerno's 5(4) ESDIRK (BIT 44, 2004): γ = 0.26, seven stages, the first explicit, FSAL.
+pub static KVAERNO5: Tableau = Tableau {
+    name: "kvaerno5",
+    order: 5,
+    embedded_order: Some(4),
+    c: &[
+        0.0,
+        0.52,
+        1.230_333_209_967_908,
+        0.895_765_984_350_075_9,
+        0.436_393_609_858_647_56,
+        1.0,
+        1.0,
+    ],
+    a: &[
+        &[],
+        &[0.26],
+        &[0.13, 0.840_333_209_967_908_09],
+        &[
+            0.223_719_614_783_205_05,
+            0.476_755_323_197_996_99,
+            -0.064_708_953_631_126_15,
+        ],
+        &[
+            0.166_485_643_232_483_21,
+            0.104_500_188_415_917_20,
+            0.036_314_822_720_987_15,
+            -0.130_907_044_510_739_98,
+        ],
+        &[
+            0.138_556_402_312_682_24,
+            0.0,
+            -0.042_453_372_017_520_43,
+            0.024_466_578_980_031_41,
+            0.619_430_390_724_806_76,
+        ],
+        &[
+            0.136_597_511_776_402_91,
+            0.0,
+            -0.054_969_087_965_383_76,
+            -0.041_186_267_283_210_46,
+            0.629_933_048_990_164_03,
+            0.069_624_794_482_027_28,
+        ],
+    ],
+    b: &[
+        0.136_597_511_776_402_91,
+        0.0,
+        -0.054_969_087_965_383_76,
+        -0.041_186_267_283_210_46,
+        0.629_933_048_990_164_03,
+        0.069_624_794_482_027_28,
+        0.26,
+    ],
+    b_error: Some(&[
+        0.136_597_511_776_402_91 - 0.138_556_402_312_682_24,
+        0.0,
+        -0.054_969_087_965_383_76 + 0.042_453_372_017_520_43,
+        -0.041_186_267_283_210_46 - 0.024_466_578_980_031_41,
+        0.629_933_048_990_164_03 - 0.619_430_390_724_806_76,
+        0.069_624_794_482_027_28 - 0.26,
+        0.26,
+    ]),
+    fsal: true,
+    interpolant: None,
+    step: StepKind::DiagonallyImplicit {
+        gamma: 0.26,
+        explicit_first: true,
+    },
+};
+
+/// The diagonally implicit methods (the stepper does not run them yet).
+pub static IMPLICIT: &[&Tableau] = &[&IMPLICIT_EULER, &KVAERNO3, &KVAERNO5];
+
 /// Every explicit Runge–Kutta tableau above.
 pub static ALL: &[&Tableau] = &[
     &EULER,
@@ -654,9 +788,15 @@ impl Tableau {
         }
         if self.fsal {
             let last = &self.a[s - 1];
+            // The last stage's own weight is its diagonal entry: 0 for an explicit method, γ
+            // for a stiffly accurate implicit one (y₁ is the last stage's Z).
+            let diagonal = match self.step {
+                StepKind::DiagonallyImplicit { gamma, .. } => gamma,
+                _ => 0.0,
+            };
             let same = last.len() + 1 == s
                 && last.iter().zip(self.b).all(|(x, y)| x == y)
-                && self.b[s - 1] == 0.0;
+                && self.b[s - 1] == diagonal;
             if s < 2 || self.c[s - 1] != 1.0 || !same {
                 return bad(
                     "it is marked FSAL, but its last stage is not at (t + dt, y₁): c[s−1] must be 1, a[s−1] must equal b and b[s−1] must be 0".into(),

@@ -412,10 +412,19 @@ fn elementary_weights(tab: &Tableau, trees: &[Tree]) -> Vec<Vec<f64>> {
                 *pi *= api;
             }
         }
+        // A diagonally implicit tableau adds γ p_i on the diagonal.
+        let gamma = |i: usize| match tab.step {
+            StepKind::DiagonallyImplicit {
+                gamma,
+                explicit_first,
+            } if i > 0 || !explicit_first => gamma,
+            _ => 0.0,
+        };
         let ap = tab
             .a
             .iter()
-            .map(|row| row.iter().zip(&p).map(|(a, p)| a * p).sum())
+            .enumerate()
+            .map(|(i, row)| row.iter().zip(&p).map(|(a, p)| a * p).sum::<f64>() + gamma(i) * p[i])
             .collect();
         phi.push(p);
         a_phi.push(ap);
@@ -450,7 +459,7 @@ fn rooted_tree_counts() {
 #[test]
 fn order_conditions_hold_exactly_up_to_the_declared_order() {
     let trees = rooted_trees(9);
-    for tab in ALL {
+    for tab in ALL.iter().chain(IMPLICIT) {
         let phi = elementary_weights(tab, &trees);
         let mut solutions = vec![("solution", tab.b.to_vec(), tab.order)];
         if let Some(embedded) = tab.embedded_order {
@@ -690,6 +699,32 @@ fn dense_output_is_continuous_with_the_step_endpoints() {
             let eps = 1e-7;
             assert!(max_abs_diff(&dense(tab, &y0, h, &ks, eps), &y0) < 1e-6);
             assert!(max_abs_diff(&dense(tab, &y0, h, &ks, 1.0 - eps), &y1) < 1e-6);
+        }
+    }
+}
+
+/// The diagonally implicit tableaux fit together: stiffly accurate (the last row of A with its
+/// diagonal is b, so y₁ is the last stage and FSAL holds), stage times the row sums of A.
+#[test]
+fn implicit_tableaux_are_consistent() {
+    for tab in IMPLICIT {
+        tab.validate().unwrap();
+        let StepKind::DiagonallyImplicit {
+            gamma,
+            explicit_first,
+        } = tab.step
+        else {
+            panic!("{} is not diagonally implicit", tab.name)
+        };
+        for (i, row) in tab.a.iter().enumerate() {
+            let diagonal = if i == 0 && explicit_first { 0.0 } else { gamma };
+            let sum: f64 = row.iter().sum::<f64>() + diagonal;
+            assert!(
+                (sum - tab.c[i]).abs() < 1e-14,
+                "{} row {i}: {sum} vs {}",
+                tab.name,
+                tab.c[i]
+            );
         }
     }
 }
