@@ -633,6 +633,8 @@ const KV3_A42: f64 = -1.0 / ((24.0 * KV3_G - 12.0) * KV3_G);
 const KV3_A43: f64 = (-6.0 * KV3_G * KV3_G + 6.0 * KV3_G - 1.0) / (6.0 * KV3_G - 3.0);
 
 /// Kvaerno's 5(4) ESDIRK (BIT 44, 2004): γ = 0.26, seven stages, the first explicit, FSAL.
+// The coefficients as published, digits past f64's included.
+#[allow(clippy::excessive_precision)]
 pub static KVAERNO5: Tableau = Tableau {
     name: "kvaerno5",
     order: 5,
