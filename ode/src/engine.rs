@@ -35,6 +35,14 @@ pub struct SolveStats {
     /// (for [`crate::solve`], which takes its outputs from the planning solve itself, the
     /// planning solve's evaluations).
     pub tangent_nfe: usize,
+    /// Jacobians of the field built for implicit stages.
+    pub jacobians: usize,
+    /// LU factorisations of the Newton iteration matrix `I − γ·dt·J`.
+    pub factorizations: usize,
+    /// Newton iterations over every implicit stage.
+    pub newton_iterations: usize,
+    /// Newton iterations that diverged or ran out (each rejects its step).
+    pub newton_failures: usize,
 }
 
 impl std::ops::AddAssign for SolveStats {
@@ -44,6 +52,10 @@ impl std::ops::AddAssign for SolveStats {
         self.rejected += o.rejected;
         self.clamped += o.clamped;
         self.tangent_nfe += o.tangent_nfe;
+        self.jacobians += o.jacobians;
+        self.factorizations += o.factorizations;
+        self.newton_iterations += o.newton_iterations;
+        self.newton_failures += o.newton_failures;
     }
 }
 
@@ -68,6 +80,23 @@ pub(crate) trait System<'t, T: Scalar> {
     fn reads(&self, _c: usize) -> bool {
         true
     }
+
+    /// `∂F/∂y` at `(t, y)` in the primal precision, for implicit stages. Systems that
+    /// implicit methods do not run on have none.
+    fn jacobian(
+        &mut self,
+        _t: f64,
+        _tv: Var<'t, T>,
+        _y: &[Var<'t, T>],
+    ) -> Result<crate::jacobian::Jacobian<T::Primitive>> {
+        Err(Error::Tape(ad_core::Error::InvalidArgument {
+            op: "implicit step",
+            message: "this system has no Jacobian: implicit methods run on the plain field only; this is a bug in the ode crate".into(),
+        }))
+    }
+
+    /// Count the work of an implicit step (Jacobians, factorisations, Newton iterations).
+    fn count(&mut self, _work: SolveStats) {}
 }
 
 impl<'t, T: Scalar, S: System<'t, T>> System<'t, T> for &mut S {
@@ -77,6 +106,19 @@ impl<'t, T: Scalar, S: System<'t, T>> System<'t, T> for &mut S {
 
     fn reads(&self, c: usize) -> bool {
         (**self).reads(c)
+    }
+
+    fn jacobian(
+        &mut self,
+        t: f64,
+        tv: Var<'t, T>,
+        y: &[Var<'t, T>],
+    ) -> Result<crate::jacobian::Jacobian<T::Primitive>> {
+        (**self).jacobian(t, tv, y)
+    }
+
+    fn count(&mut self, work: SolveStats) {
+        (**self).count(work)
     }
 }
 
@@ -316,6 +358,8 @@ pub(crate) struct Method<'a> {
     pub estimate_error: bool,
     pub error_mask: Option<&'a [bool]>,
     pub final_stage: bool,
+    /// `(rtol, atol)` of the step's control, for an implicit method's Newton iterations.
+    pub tolerances: (f64, f64),
 }
 
 impl Method<'_> {

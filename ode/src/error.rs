@@ -46,7 +46,7 @@ pub enum Error {
         unit_roundoff: f64,
     },
     /// No method has this name.
-    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, rk4_classic, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8, reversible_heun")]
+    #[error("unknown method `{name}`: use one of euler, midpoint, heun2, heun3, rk4, rk4_classic, fehlberg2, adaptive_heun, bosh3, dopri5, tsit5, dopri8, reversible_heun, implicit_euler, kvaerno3, kvaerno5")]
     UnknownMethod {
         /// The name asked for.
         name: String,
@@ -167,6 +167,15 @@ pub enum Error {
     RowsCoupled {
         /// The first row that moved.
         row: usize,
+    },
+    /// An implicit stage's Newton iteration failed in a step that cannot be retried smaller
+    /// (a fixed step, or a replayed one).
+    #[error("the Newton iteration of an implicit stage did not converge at t = {} with dt = {} (a fixed step, which cannot be retried smaller): take a smaller step_size, or an adaptive implicit method (kvaerno3, kvaerno5)", num(*t), num(*dt))]
+    NewtonFailed {
+        /// The step's start.
+        t: f64,
+        /// Its size.
+        dt: f64,
     },
     /// The Newton iteration matrix `I − c·J` of an implicit stage cannot be factorised.
     #[error("the Newton iteration matrix I − c·J (c = γ·dt = {}){} is singular: {reason}; take a smaller step (c shrinks with dt), or check the Jacobian for NaN", num(*c), block.map_or(String::new(), |r| format!(", block of batch row {r},")))]

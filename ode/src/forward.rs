@@ -10,6 +10,7 @@ use crate::dynamics::Dynamics;
 use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
 use crate::input::{check_grid, check_h0, direction, NodeInputs};
+use crate::jacobian::{jacobian_by_vjps, Jacobian};
 use crate::options::Options;
 use crate::scheme::Scheme;
 use crate::stepper::{Accepted, Memory, Start, Stepper};
@@ -55,6 +56,8 @@ pub(crate) struct FieldSystem<'a, 't, T: Scalar, F: Dynamics<T>> {
     pub params: &'a [Var<'t, T>],
     pub shape: (usize, usize),
     pub nfe: usize,
+    /// Jacobians, factorisations and Newton iterations of implicit steps.
+    pub work: SolveStats,
 }
 
 impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> {
@@ -71,6 +74,27 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> 
             Some(mark) => Ok(tape.rewind_keep(mark, &[out])?),
             None => Ok(vec![out]),
         }
+    }
+
+    fn jacobian(
+        &mut self,
+        t: f64,
+        tv: Var<'t, T>,
+        y: &[Var<'t, T>],
+    ) -> Result<Jacobian<T::Primitive>> {
+        self.work.jacobians += 1;
+        let params: Vec<DMatrix<T>> = self
+            .params
+            .iter()
+            .map(|p| p.value())
+            .collect::<ad_core::Result<_>>()?;
+        let (jac, sweeps) = jacobian_by_vjps(self.f, t, &tv.value()?, &y[0].value()?, &params)?;
+        self.nfe += sweeps;
+        Ok(jac)
+    }
+
+    fn count(&mut self, work: SolveStats) {
+        self.work += work;
     }
 }
 
@@ -157,6 +181,7 @@ pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
         params: &params,
         shape: h0.shape(),
         nfe: 0,
+        work: Default::default(),
     };
     let start = Start {
         t0: grid[0],
@@ -210,6 +235,10 @@ pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
         last,
         stats: SolveStats {
             nfe: stepper.sys.nfe,
+            jacobians: stepper.sys.work.jacobians,
+            factorizations: stepper.sys.work.factorizations,
+            newton_iterations: stepper.sys.work.newton_iterations,
+            newton_failures: stepper.sys.work.newton_failures,
             ..stepper.stats
         },
     })

@@ -171,3 +171,82 @@ pub fn jacobian<T: Scalar, F: Dynamics<DualOf<T>>>(
     }
     Ok((Jacobian::Dense(dense), stats))
 }
+
+/// `∂f/∂h` at `(t, h)` from one recording of `f` on a local tape and vector-Jacobian
+/// products (the real parts, for a dual-number `T`): `dim` VJPs when `f` declares its rows
+/// independent (cotangent `e_j` in every row at once gives row `j` of every block, plus one
+/// probe VJP that checks the claim), else `batch × dim`. For the implicit stages of a solve,
+/// whose strategies hold only `F: Dynamics<T>`. Returns the evaluations of `f` it made (one).
+pub(crate) fn jacobian_by_vjps<T: Scalar, F: Dynamics<T>>(
+    f: &F,
+    t: f64,
+    t_value: &DMatrix<T>,
+    h: &DMatrix<T>,
+    params: &[DMatrix<T>],
+) -> Result<(Jacobian<T::Primitive>, usize)> {
+    let (b, d) = h.shape();
+    let local = Tape::<T>::new();
+    let hv = local.var(h.clone());
+    let tv = local.constant(t_value.clone());
+    let pv: Vec<Var<'_, T>> = params.iter().map(|p| local.constant(p.clone())).collect();
+    let out = f.eval(tv, hv, &pv)?;
+    check_field_output(out, (b, d), t)?;
+    let zero = T::Primitive::round_from(0.0);
+    let pull = |seeded: &dyn Fn(usize, usize) -> bool| -> Result<DMatrix<T::Primitive>> {
+        let cotangent =
+            DMatrix::from_fn(b, d, |r, c| if seeded(r, c) { T::one() } else { T::zero() });
+        let g = local.vjp_wrt(&[(out, cotangent)], &[hv])?;
+        let g = g
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| DMatrix::zeros(b, d))
+            .map(|x| T::Primitive::round_from(x.primal()));
+        if !all_finite(&g) {
+            return Err(Error::NonFinite {
+                what: "Jacobian of f",
+                t,
+            });
+        }
+        Ok(g)
+    };
+    if f.rows_independent() {
+        if b > 1 {
+            // Row 0 of f must not depend on another row of h.
+            let probe = pull(&|r, c| r == 0 && c == 0)?;
+            if let Some(row) = (1..b).find(|&r| (0..d).any(|c| probe[(r, c)] != zero)) {
+                return Err(Error::RowsCoupled { row });
+            }
+        }
+        let mut blocks = vec![DMatrix::from_element(d, d, zero); b];
+        for i in 0..d {
+            // Row i of every block: ∂f_{r,i}/∂h_{r,·}.
+            let g = pull(&|_, c| c == i)?;
+            for (r, block) in blocks.iter_mut().enumerate() {
+                for j in 0..d {
+                    block[(i, j)] = g[(r, j)];
+                }
+            }
+        }
+        return Ok((Jacobian::Blocks(blocks), 1));
+    }
+    let n = b * d;
+    if n.checked_mul(n).is_none_or(|e| e > ad_core::MAX_ELEMENTS) {
+        return Err(Error::Tape(ad_core::Error::TooLarge {
+            op: "jacobian (dense: declare Dynamics::rows_independent if the rows are)",
+            rows: n,
+            cols: n,
+            limit: ad_core::MAX_ELEMENTS,
+        }));
+    }
+    let mut dense = DMatrix::from_element(n, n, zero);
+    for c in 0..d {
+        for r in 0..b {
+            // Row r + c·b of J: the gradient of f_{r,c}.
+            let g = pull(&|rr, cc| rr == r && cc == c)?;
+            for (k, x) in g.iter().enumerate() {
+                dense[(r + c * b, k)] = *x;
+            }
+        }
+    }
+    Ok((Jacobian::Dense(dense), 1))
+}

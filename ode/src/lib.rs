@@ -213,6 +213,7 @@ mod dynamics;
 mod engine;
 mod error;
 mod forward;
+mod implicit;
 mod input;
 mod interpolated;
 pub mod jacobian;

@@ -297,13 +297,6 @@ impl Options {
                 });
             }
         }
-        if matches!(self.method.step, StepKind::DiagonallyImplicit { .. }) {
-            return Err(Error::BadOption {
-                name: "method",
-                value: f64::NAN,
-                expected: "an explicit or reversible method: the stepper does not run the diagonally implicit tableaux (tableau::IMPLICIT) yet",
-            });
-        }
         if (self.method.b_error.is_none() || self.constant_steps) && self.step_size.is_none() {
             return Err(Error::MissingStepSize {
                 option: "step_size",

@@ -9,6 +9,7 @@ use ad_core::{Scalar, Tape, Var};
 
 use crate::engine::{rk_step, Method, State, Step, System, Time};
 use crate::error::Result;
+use crate::implicit::implicit_step;
 use crate::options::Options;
 use crate::tableau::{StepKind, Tableau};
 
@@ -22,6 +23,8 @@ pub(crate) enum Scheme {
     Coupled(f64),
     /// Reversible Heun ([`StepKind::ReversibleHeun`]).
     ReversibleHeun,
+    /// A diagonally implicit step ([`StepKind::DiagonallyImplicit`], `crate::implicit`).
+    DiagonallyImplicit,
 }
 
 impl Scheme {
@@ -29,8 +32,7 @@ impl Scheme {
     pub fn of(opts: &Options) -> Self {
         match (opts.method.step, opts.coupling) {
             (StepKind::ReversibleHeun, _) => Scheme::ReversibleHeun,
-            // Refused by Options::validate until the stepper runs implicit stages.
-            (StepKind::DiagonallyImplicit { .. }, _) => Scheme::Explicit,
+            (StepKind::DiagonallyImplicit { .. }, _) => Scheme::DiagonallyImplicit,
             (StepKind::Explicit, Some(c)) => Scheme::Coupled(c),
             (StepKind::Explicit, None) => Scheme::Explicit,
         }
@@ -44,6 +46,9 @@ impl Scheme {
         match self {
             Scheme::Explicit => true,
             Scheme::Coupled(_) => tableau.interpolant.is_some(),
+            // A Hermite from f(t₁, y₁) is poor on stiff problems: f amplifies y₁'s distance
+            // from the slow manifold by the stiffness. Implicit steps land on every output.
+            Scheme::DiagonallyImplicit => false,
             Scheme::ReversibleHeun => false,
         }
     }
@@ -53,13 +58,18 @@ impl Scheme {
         match self {
             Scheme::Coupled(c) => format!("the reversible {} (coupling {c})", tableau.name),
             Scheme::ReversibleHeun => "reversible_heun".into(),
-            Scheme::Explicit => tableau.name.into(),
+            Scheme::Explicit | Scheme::DiagonallyImplicit => tableau.name.into(),
         }
     }
 
     /// Whether the state is the pair `(y, z)`.
     pub fn is_reversible(self) -> bool {
-        self != Scheme::Explicit
+        matches!(self, Scheme::Coupled(_) | Scheme::ReversibleHeun)
+    }
+
+    /// Whether the stages are implicit.
+    pub fn is_implicit(self) -> bool {
+        self == Scheme::DiagonallyImplicit
     }
 
     /// The stepper's state at the start of a solve from `h0`: `[h0]`, or `[h0, h0]` for a
@@ -102,6 +112,10 @@ impl Scheme {
             Scheme::Explicit => rk_step(tape, sys, method, t, y, k0, dt),
             Scheme::Coupled(_) => coupled_proposal(tape, sys, method, t, y, k0, dt),
             Scheme::ReversibleHeun => reversible_heun_step(tape, sys, method, t, y, k0, dt),
+            Scheme::DiagonallyImplicit => {
+                let tolerances = method.tolerances;
+                implicit_step(tape, sys, method, t, y, k0, dt, tolerances)
+            }
         }
     }
 }
@@ -202,6 +216,7 @@ fn coupled_proposal<'t, T: Scalar, S: System<'t, T>>(
     // The last stage of an FSAL method serves the error estimate and the dense output.
     let forward_method = Method {
         final_stage: method.estimate_error || method.final_stage,
+        tolerances: (0.0, 0.0),
         ..method
     };
     let ahead = rk_step(tape, sys, forward_method, t, &y[1..2], k0, dt)?;
@@ -227,6 +242,7 @@ pub(crate) fn backward_base_step<'t, T: Scalar, S: System<'t, T>>(
         estimate_error: false,
         error_mask: None,
         final_stage: false,
+        tolerances: (0.0, 0.0),
     };
     let step = rk_step(tape, sys, method, t1, &[y1], k, -dt)?;
     Ok(step.y1[0])

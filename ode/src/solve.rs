@@ -71,6 +71,9 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone +
         return Ok(sol);
     }
     let scheme = Scheme::of(opts);
+    if scheme.is_implicit() {
+        return Err(implicit_not_differentiable(strategy.name(), opts));
+    }
     if scheme.is_reversible() && !strategy.runs_reversible_schemes() {
         return Err(Error::SchemeNotSupported {
             strategy: strategy.name(),
@@ -130,6 +133,15 @@ fn note_discrete_derivative<T: Scalar>(tape: &Tape<T>, opts: &Options) {
     }
 }
 
+/// Gradients through implicit stages need their implicit-function-theorem VJP, not built yet.
+fn implicit_not_differentiable(strategy: String, opts: &Options) -> Error {
+    Error::SchemeNotSupported {
+        strategy,
+        scheme: format!("the implicit {}", opts.method.name),
+        fix: "gradients through implicit stages are not built yet: ode::solve gives their values (and a Dual64 solve is refused too); use an explicit method for gradients",
+    }
+}
+
 /// The tangent-aware planning solve for a strategy's input (`None` under primal control).
 fn planned<T: Scalar, F: Dynamics<DualOf<T>>>(
     input: &SolveInput<'_, '_, T>,
@@ -172,6 +184,9 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     opts: &Options,
 ) -> Result<Solution<'t, T>> {
     check_tape(tape, "odeint_adjoint", [&h0, &t].into_iter().chain(params))?;
+    if Scheme::of(opts).is_implicit() {
+        return Err(implicit_not_differentiable("backsolve".into(), opts));
+    }
     // Backsolve does not plan with tangents, so it needs no dual-number field: this is
     // `odeint_with`'s backsolve branch without that bound.
     let settings = Backsolve::default();
@@ -203,6 +218,9 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
     if let Some(sol) = input.without_steps(&Strategy::Taped)? {
         return Ok(sol);
     }
+    if Scheme::of(opts).is_implicit() {
+        return Err(implicit_not_differentiable("taped".into(), opts));
+    }
     let plan = planned(&input, f, opts)?;
     let input = SolveInput {
         planned: plan.as_ref().map(|p| p.steps.as_slice()),
@@ -227,6 +245,13 @@ pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
 ) -> Result<(Vec<DMatrix<T>>, SolveStats)> {
     opts.validate()?;
     check_precision::<T>(opts, &Strategy::Taped)?;
+    let implicit = Scheme::of(opts).is_implicit();
+    if implicit && (ad_core::carries_derivatives::<T>() || opts.error_control.carries_tangents()) {
+        return Err(implicit_not_differentiable(
+            "solve on dual numbers".into(),
+            opts,
+        ));
+    }
     if check_grid(t)?.len() == 1 {
         check_h0(h0, t[0].primal())?;
         return Ok((vec![h0.clone()], SolveStats::default()));
@@ -244,6 +269,7 @@ pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
                 rejected: plan.stats.rejected,
                 clamped: plan.stats.clamped,
                 tangent_nfe: plan.stats.nfe * plan.directions,
+                ..plan.stats
             };
             return Ok((outputs, stats));
         }

@@ -208,6 +208,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 estimate_error: replayed.is_none() && self.ctl.fixed_step.is_none(),
                 error_mask: self.ctl.mask.as_deref(),
                 final_stage: self.final_stage,
+                tolerances: (self.ctl.rtol, self.ctl.atol),
             };
             let time = Time {
                 at: self.t,
@@ -293,7 +294,8 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
         let last_stage_is_next = match self.ctl.scheme {
             Scheme::Explicit => self.ctl.tableau.fsal && acc.step.complete,
             Scheme::ReversibleHeun => true,
-            Scheme::Coupled(_) => false,
+            // An implicit stage's slope is f(t₁, y₁) only to the Newton tolerance.
+            Scheme::Coupled(_) | Scheme::DiagonallyImplicit => false,
         };
         let k = match (last_stage_is_next, acc.step.k.last()) {
             (true, Some(k)) => k.clone(),

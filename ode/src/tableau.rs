@@ -705,7 +705,7 @@ pub static KVAERNO5: Tableau = Tableau {
     },
 };
 
-/// The diagonally implicit methods (the stepper does not run them yet).
+/// The diagonally implicit methods (values only for now: no gradient strategy runs them).
 pub static IMPLICIT: &[&Tableau] = &[&IMPLICIT_EULER, &KVAERNO3, &KVAERNO5];
 
 /// Every explicit Runge–Kutta tableau above.
@@ -823,6 +823,7 @@ pub struct TableauError {
 pub fn by_name(name: &str) -> Option<&'static Tableau> {
     ALL.iter()
         .chain(REVERSIBLE)
+        .chain(IMPLICIT)
         .copied()
         .find(|t| t.name == name)
 }

@@ -329,6 +329,7 @@ fn resolve<T: Scalar, F: Dynamics<T>>(
         params: &params,
         shape: start.shape(),
         nfe: 0,
+        work: Default::default(),
     };
     let first = steps[0];
     let ctl = forward_controller(opts).replaying(steps.iter().copied());

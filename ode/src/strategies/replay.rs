@@ -280,6 +280,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             params: &self.params,
             shape: self.shape,
             nfe: 0,
+            work: Default::default(),
         };
         let ctl = forward_controller(&op.opts).replaying(op.steps[from..to].iter().copied());
         let start = Start {
@@ -344,6 +345,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             params,
             shape: self.shape,
             nfe: 0,
+            work: Default::default(),
         };
         let ctl = forward_controller(&op.opts).replaying([op.steps[k]]);
         let start = Start {

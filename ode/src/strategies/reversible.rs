@@ -125,7 +125,9 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReversibleOp<T, F> {
                     pass.coupled(self, k, (&y, &z), coupling, &inside, stored)?
                 }
                 Scheme::ReversibleHeun => pass.heun(self, k, &y, &z)?,
-                Scheme::Explicit => return Err(internal("a plain scheme in the reversible node")),
+                Scheme::Explicit | Scheme::DiagonallyImplicit => {
+                    return Err(internal("a plain scheme in the reversible node"))
+                }
             };
             let t0 = self.steps[k].t;
             let finite = ad_core::all_finite(&y0) && ad_core::all_finite(&z0);
@@ -363,6 +365,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
             error_mask: None,
             // An FSAL method's last stage enters the dense output only.
             final_stage: !seeded.is_empty(),
+            tolerances: (0.0, 0.0),
         };
         let step = rk_step(
             self.local,
@@ -459,6 +462,7 @@ fn field_system<'a, 'l, T: Scalar, F: Dynamics<T>>(
         params,
         shape,
         nfe: 0,
+        work: Default::default(),
     }
 }
 

@@ -55,6 +55,7 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         params,
         shape: h0.shape()?,
         nfe: 0,
+        work: Default::default(),
     };
     let start = Start {
         t0: grid[0],
