@@ -5,11 +5,15 @@
 //! by the stiffness). A Newton that diverges, or a singular iteration matrix, rejects the
 //! step (its error ratio is infinite), so the controller retries it smaller.
 //!
-//! Values only: on a recording tape the stage solves would need their implicit-function-
-//! theorem VJP, which is not built yet, so the strategies refuse implicit methods.
+//! On a recording tape each converged stage `Z̃` is recorded as one more Newton step with a
+//! fresh iteration matrix `M = I − γ dt J(t_i, Z̃)`: `Z = Z̃ − M⁻¹ r(Z̃, S_i, θ)` with `Z̃` a
+//! constant and `r = Z̃ − S_i − γ dt f(t_i, Z̃)` recorded. Its value is `Z̃` to the Newton
+//! tolerance, and its derivative is the implicit-function theorem's: `∂Z/∂S = M⁻¹`,
+//! `∂Z/∂θ = γ dt M⁻¹ ∂f/∂θ`, so the pull-back is one transposed solve with `M` (the
+//! [`StageSolve`] node) and a VJP of `f`. Newton is never unrolled.
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Precision, Scalar, Tape, Var};
+use ad_core::{BoxError, CustomOp, Precision, Scalar, Tape, Var};
 
 use crate::engine::{combine_where, Method, SolveStats, State, Step, System, Time};
 use crate::error::{Error, Result};
@@ -36,11 +40,12 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     else {
         return Err(internal("an implicit step of an explicit tableau"));
     };
-    if y.len() != 1 || tape.is_grad_enabled() {
+    if y.len() != 1 || ad_core::carries_derivatives::<T>() {
         return Err(internal(
-            "implicit steps run on the plain field, untaped, only",
+            "implicit steps run on the plain field over real numbers only",
         ));
     }
+    let recording = tape.is_grad_enabled();
     let c = gamma * dt;
     let mut work = SolveStats::default();
     let jac = sys.jacobian(t.at, t.var, y)?;
@@ -100,8 +105,23 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
                 return rejected(y, k0, &method, t.at, dt);
             }
         };
-        let slope = (z - &s_val) / T::Primitive::round_from(c);
-        k.push(vec![tape.constant(to_t(&slope))]);
+        if recording {
+            // The stage through the implicit-function theorem (see the module docs).
+            let jac = sys.jacobian(t_i, tv_i, &[tape.constant(to_t(&z))])?;
+            work.jacobians += 1;
+            let fresh = IterationMatrix::new(&jac, c)?;
+            work.factorizations += 1;
+            let z_const = tape.constant(to_t(&z));
+            let f = sys.eval(t_i, tv_i, &[z_const])?;
+            let residual = z_const.sub(s_i[0])?.sub(f[0].scale(T::constant(c)))?;
+            let correction = tape.custom(StageSolve { matrix: fresh }, &[residual])?;
+            let stage = z_const.add(correction[0])?;
+            let slope = stage.sub(s_i[0])?.scale(T::constant(1.0 / c));
+            k.push(vec![slope]);
+        } else {
+            let slope = (z - &s_val) / T::Primitive::round_from(c);
+            k.push(vec![tape.constant(to_t(&slope))]);
+        }
     }
     sys.count(work);
     let y1 = combine_where(tape, y, dt, tab.b, &k, |_| true)?;
@@ -151,6 +171,53 @@ fn rejected<'t, T: Scalar>(
         err: Some(vec![vec![f64::INFINITY; n]]),
         complete: false,
     })
+}
+
+/// `−M⁻¹ r` for a recorded stage residual `r`; its VJP is `g ↦ −M⁻ᵀ g`. Over real numbers
+/// (`T` is its own primitive): dual scalars are refused before a stage is recorded.
+struct StageSolve<P: Precision> {
+    matrix: IterationMatrix<P>,
+}
+
+impl<T: Scalar> CustomOp<T> for StageSolve<T::Primitive> {
+    fn name(&self) -> &str {
+        "implicit_stage"
+    }
+
+    fn forward(
+        &mut self,
+        inputs: &[&DMatrix<T>],
+    ) -> std::result::Result<Vec<DMatrix<T>>, BoxError> {
+        let r = real_values(inputs[0]);
+        let x = self.matrix.solve(&r).map_err(|e| Box::new(e) as BoxError)?;
+        Ok(vec![x.map(|v| -T::constant(v.as_f64()))])
+    }
+
+    fn vjp(
+        &self,
+        _inputs: &[&DMatrix<T>],
+        _outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+        _wants: &[bool],
+    ) -> std::result::Result<Vec<Option<DMatrix<T>>>, BoxError> {
+        let Some(Some(g)) = cotangents.into_iter().next() else {
+            return Ok(vec![None]);
+        };
+        let x = self
+            .matrix
+            .solve_transpose(&real_values(&g))
+            .map_err(|e| Box::new(e) as BoxError)?;
+        Ok(vec![Some(x.map(|v| -T::constant(v.as_f64())))])
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.matrix.held_bytes()
+    }
+}
+
+/// The real parts (exact for f32 and f64, the only scalars implicit stages run on).
+fn real_values<T: Scalar>(m: &DMatrix<T>) -> DMatrix<T::Primitive> {
+    m.map(|x| T::Primitive::round_from(x.primal()))
 }
 
 fn internal(message: &str) -> Error {

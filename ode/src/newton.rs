@@ -102,6 +102,15 @@ impl<P: Precision> IterationMatrix<P> {
         Ok(Self { factors, c })
     }
 
+    /// Bytes the factors hold.
+    pub fn held_bytes(&self) -> usize {
+        let entries = match &self.factors {
+            Factors::Dense(lu) => lu.l().len(),
+            Factors::Blocks(lus) => lus.iter().map(|lu| lu.l().len()).sum(),
+        };
+        entries * std::mem::size_of::<P>()
+    }
+
     /// `x` with `M x = rhs` (`rhs` state-shaped).
     pub fn solve(&self, rhs: &DMatrix<P>) -> Result<DMatrix<P>> {
         self.apply(rhs, false)

@@ -71,7 +71,11 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone +
         return Ok(sol);
     }
     let scheme = Scheme::of(opts);
-    if scheme.is_implicit() {
+    let replays_steps = matches!(
+        strategy,
+        Strategy::Taped | Strategy::StoreEveryStep | Strategy::Checkpointed { .. }
+    );
+    if scheme.is_implicit() && (!replays_steps || implicit_unsupported::<T>(opts)) {
         return Err(implicit_not_differentiable(strategy.name(), opts));
     }
     if scheme.is_reversible() && !strategy.runs_reversible_schemes() {
@@ -133,12 +137,18 @@ fn note_discrete_derivative<T: Scalar>(tape: &Tape<T>, opts: &Options) {
     }
 }
 
-/// Gradients through implicit stages need their implicit-function-theorem VJP, not built yet.
+/// What implicit stages do not run on yet: dual numbers (Newton on their parts) and
+/// tangent-aware planning.
+fn implicit_unsupported<T: Scalar>(opts: &Options) -> bool {
+    ad_core::carries_derivatives::<T>() || opts.error_control.carries_tangents()
+}
+
+/// The strategies and scalars implicit stages do not run with yet.
 fn implicit_not_differentiable(strategy: String, opts: &Options) -> Error {
     Error::SchemeNotSupported {
         strategy,
         scheme: format!("the implicit {}", opts.method.name),
-        fix: "gradients through implicit stages are not built yet: ode::solve gives their values (and a Dual64 solve is refused too); use an explicit method for gradients",
+        fix: "implicit stages run with taped, aca and checkpointed:K gradients on f32/f64 tapes; the continuous adjoints, auto, reversible, dual numbers and ErrorControl::WithTangents do not run them yet",
     }
 }
 
@@ -218,7 +228,7 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
     if let Some(sol) = input.without_steps(&Strategy::Taped)? {
         return Ok(sol);
     }
-    if Scheme::of(opts).is_implicit() {
+    if Scheme::of(opts).is_implicit() && implicit_unsupported::<T>(opts) {
         return Err(implicit_not_differentiable("taped".into(), opts));
     }
     let plan = planned(&input, f, opts)?;
@@ -245,8 +255,7 @@ pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
 ) -> Result<(Vec<DMatrix<T>>, SolveStats)> {
     opts.validate()?;
     check_precision::<T>(opts, &Strategy::Taped)?;
-    let implicit = Scheme::of(opts).is_implicit();
-    if implicit && (ad_core::carries_derivatives::<T>() || opts.error_control.carries_tangents()) {
+    if Scheme::of(opts).is_implicit() && implicit_unsupported::<T>(opts) {
         return Err(implicit_not_differentiable(
             "solve on dual numbers".into(),
             opts,

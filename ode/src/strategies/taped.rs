@@ -94,6 +94,10 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         outputs,
         stats: SolveStats {
             nfe: stepper.sys.nfe,
+            jacobians: stepper.sys.work.jacobians,
+            factorizations: stepper.sys.work.factorizations,
+            newton_iterations: stepper.sys.work.newton_iterations,
+            newton_failures: stepper.sys.work.newton_failures,
             ..stepper.stats
         },
         steps,
