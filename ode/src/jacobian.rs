@@ -114,7 +114,7 @@ pub fn jacobian<T: Scalar, F: Dynamics<DualOf<T>>>(
     let base = tape.mark();
     let mut stats = JacobianStats::default();
     // One sweep with a unit tangent wherever `seeded(r, c)`: the tangent of f.
-    let mut sweep = |seeded: &dyn Fn(usize, usize) -> bool| -> Result<DMatrix<T::Primitive>> {
+    let sweep = |seeded: &dyn Fn(usize, usize) -> bool| -> Result<DMatrix<T::Primitive>> {
         stats.sweeps += 1;
         let y = DMatrix::from_fn(b, d, |r, c| {
             T::Primitive::dual(h[(r, c)], if seeded(r, c) { one } else { zero })
@@ -131,45 +131,8 @@ pub fn jacobian<T: Scalar, F: Dynamics<DualOf<T>>>(
         }
         Ok(tangent)
     };
-    if f.rows_independent() {
-        if b > 1 {
-            // Seed entry (0, 0) alone: rows 1.. must not move.
-            let probe = sweep(&|r, c| r == 0 && c == 0)?;
-            if let Some(row) = (1..b).find(|&r| (0..d).any(|c| probe[(r, c)] != zero)) {
-                return Err(Error::RowsCoupled { row });
-            }
-        }
-        let mut blocks = vec![DMatrix::from_element(d, d, zero); b];
-        for j in 0..d {
-            // Column j of every block at once: each row sees only its own seed.
-            let column = sweep(&|_, c| c == j)?;
-            for (r, block) in blocks.iter_mut().enumerate() {
-                for i in 0..d {
-                    block[(i, j)] = column[(r, i)];
-                }
-            }
-        }
-        return Ok((Jacobian::Blocks(blocks), stats));
-    }
-    let n = b * d;
-    if n.checked_mul(n).is_none_or(|e| e > ad_core::MAX_ELEMENTS) {
-        return Err(Error::Tape(ad_core::Error::TooLarge {
-            op: "jacobian (dense: declare Dynamics::rows_independent if the rows are)",
-            rows: n,
-            cols: n,
-            limit: ad_core::MAX_ELEMENTS,
-        }));
-    }
-    let mut dense = DMatrix::from_element(n, n, zero);
-    for c in 0..d {
-        for r in 0..b {
-            let column = sweep(&|rr, cc| rr == r && cc == c)?;
-            dense
-                .column_mut(r + c * b)
-                .copy_from_slice(column.as_slice());
-        }
-    }
-    Ok((Jacobian::Dense(dense), stats))
+    let jac = assemble((b, d), f.rows_independent(), Pass::Column, sweep)?;
+    Ok((jac, stats))
 }
 
 /// `∂f/∂h` at `(t, h)` from one recording of `f` on a local tape and vector-Jacobian
@@ -191,7 +154,6 @@ pub(crate) fn jacobian_by_vjps<T: Scalar, F: Dynamics<T>>(
     let pv: Vec<Var<'_, T>> = params.iter().map(|p| local.constant(p.clone())).collect();
     let out = f.eval(tv, hv, &pv)?;
     check_field_output(out, (b, d), t)?;
-    let zero = T::Primitive::round_from(0.0);
     let pull = |seeded: &dyn Fn(usize, usize) -> bool| -> Result<DMatrix<T::Primitive>> {
         let cotangent =
             DMatrix::from_fn(b, d, |r, c| if seeded(r, c) { T::one() } else { T::zero() });
@@ -209,25 +171,50 @@ pub(crate) fn jacobian_by_vjps<T: Scalar, F: Dynamics<T>>(
         }
         Ok(g)
     };
-    if f.rows_independent() {
+    Ok((assemble((b, d), f.rows_independent(), Pass::Row, pull)?, 1))
+}
+
+/// What one pass seeded with a unit tangent (or cotangent) on some entries gives: a column
+/// of `J` (forward mode, `J e`) or a row (reverse mode, `eᵀ J`), as a state-shaped matrix.
+#[derive(Clone, Copy)]
+enum Pass {
+    Column,
+    Row,
+}
+
+/// The Jacobian of a `batch × dim` state from passes seeded where `seeded(r, c)`: `dim`
+/// passes (plus one probe that refuses coupled rows) when the rows are independent, each
+/// seeding one column in every row and giving one column (or row) of every block; else
+/// `batch × dim` passes, refused past `MAX_ELEMENTS` before any of them.
+fn assemble<P: Precision>(
+    (b, d): (usize, usize),
+    rows_independent: bool,
+    kind: Pass,
+    mut pass: impl FnMut(&dyn Fn(usize, usize) -> bool) -> Result<DMatrix<P>>,
+) -> Result<Jacobian<P>> {
+    let zero = P::round_from(0.0);
+    if rows_independent {
         if b > 1 {
-            // Row 0 of f must not depend on another row of h.
-            let probe = pull(&|r, c| r == 0 && c == 0)?;
+            // Entry (0, 0) alone: nothing in rows 1.. may respond.
+            let probe = pass(&|r, c| r == 0 && c == 0)?;
             if let Some(row) = (1..b).find(|&r| (0..d).any(|c| probe[(r, c)] != zero)) {
                 return Err(Error::RowsCoupled { row });
             }
         }
         let mut blocks = vec![DMatrix::from_element(d, d, zero); b];
-        for i in 0..d {
-            // Row i of every block: ∂f_{r,i}/∂h_{r,·}.
-            let g = pull(&|_, c| c == i)?;
+        for k in 0..d {
+            let g = pass(&|_, c| c == k)?;
             for (r, block) in blocks.iter_mut().enumerate() {
-                for j in 0..d {
-                    block[(i, j)] = g[(r, j)];
+                for x in 0..d {
+                    let at = match kind {
+                        Pass::Column => (x, k),
+                        Pass::Row => (k, x),
+                    };
+                    block[at] = g[(r, x)];
                 }
             }
         }
-        return Ok((Jacobian::Blocks(blocks), 1));
+        return Ok(Jacobian::Blocks(blocks));
     }
     let n = b * d;
     if n.checked_mul(n).is_none_or(|e| e > ad_core::MAX_ELEMENTS) {
@@ -241,12 +228,15 @@ pub(crate) fn jacobian_by_vjps<T: Scalar, F: Dynamics<T>>(
     let mut dense = DMatrix::from_element(n, n, zero);
     for c in 0..d {
         for r in 0..b {
-            // Row r + c·b of J: the gradient of f_{r,c}.
-            let g = pull(&|rr, cc| rr == r && cc == c)?;
+            // Entry (r, c) of the state is flat index r + c·b.
+            let g = pass(&|rr, cc| rr == r && cc == c)?;
             for (k, x) in g.iter().enumerate() {
-                dense[(r + c * b, k)] = *x;
+                match kind {
+                    Pass::Column => dense[(k, r + c * b)] = *x,
+                    Pass::Row => dense[(r + c * b, k)] = *x,
+                }
             }
         }
     }
-    Ok((Jacobian::Dense(dense), 1))
+    Ok(Jacobian::Dense(dense))
 }

@@ -71,11 +71,8 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone +
         return Ok(sol);
     }
     let scheme = Scheme::of(opts);
-    let replays_steps = matches!(
-        strategy,
-        Strategy::Taped | Strategy::StoreEveryStep | Strategy::Checkpointed { .. }
-    );
-    if scheme.is_implicit() && (!replays_steps || implicit_unsupported::<T>(opts)) {
+    if scheme.is_implicit() && (!strategy.runs_implicit_stages() || implicit_unsupported::<T>(opts))
+    {
         return Err(implicit_not_differentiable(strategy.name(), opts));
     }
     if scheme.is_reversible() && !strategy.runs_reversible_schemes() {

@@ -168,6 +168,17 @@ impl Strategy {
         )
     }
 
+    /// Whether the strategy differentiates solves over implicit methods (kvaerno3/5,
+    /// implicit_euler): those whose stages are recorded on a tape (taped, aca,
+    /// checkpointed:K), through the implicit-function theorem; the others refuse them with
+    /// [`Error::SchemeNotSupported`].
+    pub fn runs_implicit_stages(&self) -> bool {
+        matches!(
+            self,
+            Strategy::Taped | Strategy::StoreEveryStep | Strategy::Checkpointed { .. }
+        )
+    }
+
     /// Check the strategy's own settings against the solve's options.
     pub fn validate(&self, opts: &Options) -> Result<()> {
         let at_least_one = |name: &'static str, k: usize| {

@@ -62,8 +62,8 @@ impl<T: Scalar> Plan<T> {
             m.columns(0, m.ncols() / (self.directions + 1))
                 .clone_owned()
         };
-        if std::mem::size_of::<T>() == std::mem::size_of::<T::Primitive>() {
-            // A real T is its own primitive (ad_core's scalars: f64, f32, and duals).
+        if !ad_core::carries_derivatives::<T>() {
+            // A real T is its own primitive.
             return self
                 .outputs
                 .iter()
@@ -380,7 +380,7 @@ impl<T: Scalar, F: Dynamics<DualOf<T>>> TangentField<'_, '_, T, F> {
         ));
         for (j, params) in self.params.iter().enumerate() {
             let tangent = stacked.columns(d * (j + 1), d);
-            if !all_finite(&tangent.clone_owned()) {
+            if !tangent.iter().all(|x| x.as_f64().is_finite()) {
                 return Err(Error::TangentNonFinite {
                     t: t_f64,
                     direction: j,
