@@ -5,6 +5,9 @@
 //! it records; dense output is [`interpolate`]. Step-size control lives in
 //! `crate::controller`, the loop over steps in `crate::stepper`.
 
+use std::rc::Rc;
+
+use crate::newton::IterationMatrix;
 use ad_core::nalgebra::DMatrix;
 use ad_core::{Scalar, Tape, Var};
 
@@ -97,6 +100,30 @@ pub(crate) trait System<'t, T: Scalar> {
 
     /// Count the work of an implicit step (Jacobians, factorisations, Newton iterations).
     fn count(&mut self, _work: SolveStats) {}
+
+    /// The iteration matrix `I − c·J` for the Newton of a step from `(t, y)`, and whether its
+    /// `J` was reused from an earlier step rather than computed at `(t, y)`. The default
+    /// computes it afresh (every step a pure function of `(t, y, dt)`, as the replaying
+    /// strategies need); a values-only solve keeps `J` while Newton converges well.
+    fn newton_matrix(
+        &mut self,
+        t: f64,
+        tv: Var<'t, T>,
+        y: &[Var<'t, T>],
+        c: f64,
+    ) -> Result<(Rc<IterationMatrix<T::Primitive>>, bool)> {
+        let jac = self.jacobian(t, tv, y)?;
+        let m = IterationMatrix::new(&jac, c)?;
+        self.count(SolveStats {
+            factorizations: 1,
+            ..SolveStats::default()
+        });
+        Ok((Rc::new(m), false))
+    }
+
+    /// The Newton run with the last [`System::newton_matrix`] failed or converged slowly:
+    /// a system that reuses Jacobians computes the next one afresh.
+    fn drop_jacobian(&mut self) {}
 }
 
 impl<'t, T: Scalar, S: System<'t, T>> System<'t, T> for &mut S {
@@ -119,6 +146,20 @@ impl<'t, T: Scalar, S: System<'t, T>> System<'t, T> for &mut S {
 
     fn count(&mut self, work: SolveStats) {
         (**self).count(work)
+    }
+
+    fn newton_matrix(
+        &mut self,
+        t: f64,
+        tv: Var<'t, T>,
+        y: &[Var<'t, T>],
+        c: f64,
+    ) -> Result<(Rc<IterationMatrix<T::Primitive>>, bool)> {
+        (**self).newton_matrix(t, tv, y, c)
+    }
+
+    fn drop_jacobian(&mut self) {
+        (**self).drop_jacobian()
     }
 }
 

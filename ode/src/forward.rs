@@ -3,7 +3,9 @@
 //! evenly spread stored states of the checkpointed strategies).
 
 use ad_core::nalgebra::DMatrix;
-use ad_core::{all_finite, Scalar, Tape, Var};
+use std::rc::Rc;
+
+use ad_core::{all_finite, Precision, Scalar, Tape, Var};
 
 use crate::controller::{Controller, StepRecord};
 use crate::dynamics::Dynamics;
@@ -11,6 +13,7 @@ use crate::engine::{SolveStats, State, System};
 use crate::error::{Error, Result};
 use crate::input::{check_grid, check_h0, direction, NodeInputs};
 use crate::jacobian::{jacobian_by_vjps, Jacobian};
+use crate::newton::IterationMatrix;
 use crate::options::Options;
 use crate::scheme::Scheme;
 use crate::stepper::{Accepted, Memory, Start, Stepper};
@@ -58,6 +61,24 @@ pub(crate) struct FieldSystem<'a, 't, T: Scalar, F: Dynamics<T>> {
     pub nfe: usize,
     /// Jacobians, factorisations and Newton iterations of implicit steps.
     pub work: SolveStats,
+    /// `Some` in a values-only solve: the Jacobian kept across implicit steps while Newton
+    /// converges well ([`System::newton_matrix`]); `None`: every step computes its own.
+    pub reuse: Option<KeptJacobian<T::Primitive>>,
+}
+
+/// A Jacobian kept across implicit steps, and its iteration matrix for the last `c`.
+pub(crate) struct KeptJacobian<P: Precision> {
+    jacobian: Option<Jacobian<P>>,
+    matrix: Option<Rc<IterationMatrix<P>>>,
+}
+
+impl<P: Precision> Default for KeptJacobian<P> {
+    fn default() -> Self {
+        Self {
+            jacobian: None,
+            matrix: None,
+        }
+    }
 }
 
 impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> {
@@ -95,6 +116,57 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> 
 
     fn count(&mut self, work: SolveStats) {
         self.work += work;
+    }
+
+    fn newton_matrix(
+        &mut self,
+        t: f64,
+        tv: Var<'t, T>,
+        y: &[Var<'t, T>],
+        c: f64,
+    ) -> Result<(Rc<IterationMatrix<T::Primitive>>, bool)> {
+        let kept = match self.reuse.as_mut().and_then(|k| k.jacobian.take()) {
+            Some(jac) => Some(jac),
+            None if self.reuse.is_some() => None,
+            None => {
+                let jac = self.jacobian(t, tv, y)?;
+                self.work.factorizations += 1;
+                return Ok((Rc::new(IterationMatrix::new(&jac, c)?), false));
+            }
+        };
+        let (jac, reused) = match kept {
+            Some(jac) => (jac, true),
+            None => (self.jacobian(t, tv, y)?, false),
+        };
+        let Some(reuse) = self.reuse.as_mut() else {
+            return Err(Error::from_tape(ad_core::Error::InvalidArgument {
+                op: "implicit step",
+                message: "Jacobian reuse lost its cache; this is a bug in the ode crate".into(),
+            }));
+        };
+        let matrix = match reuse.matrix.take() {
+            Some(m) if reused && m.c == c => m,
+            _ => {
+                self.work.factorizations += 1;
+                match IterationMatrix::new(&jac, c) {
+                    Ok(m) => Rc::new(m),
+                    Err(e) => {
+                        // Keep J: a smaller step may factorise.
+                        reuse.jacobian = Some(jac);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        reuse.jacobian = Some(jac);
+        reuse.matrix = Some(matrix.clone());
+        Ok((matrix, reused))
+    }
+
+    fn drop_jacobian(&mut self) {
+        if let Some(reuse) = self.reuse.as_mut() {
+            *reuse = KeptJacobian::default();
+        }
     }
 }
 
@@ -147,11 +219,14 @@ pub(crate) fn forward_values<T: Scalar, F: Dynamics<T>>(
     ctl: Controller,
     mut keep: impl FnMut(usize, &Accepted<'_, T>) -> Result<()>,
 ) -> Result<Forward<T>> {
-    forward_landing(f, h0, t, params, ctl, false, &mut keep)
+    forward_landing(f, h0, t, params, ctl, false, false, &mut keep)
 }
 
 /// [`forward_values`], with `land_end`: the last step is shortened to end on the last
-/// output time instead of stepping past it and interpolating back.
+/// output time instead of stepping past it and interpolating back; and `reuse_jacobians`:
+/// implicit steps keep their Jacobian while Newton converges well (values-only solves:
+/// a replaying strategy needs every step to be a pure function of `(t, y, dt)`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
     f: &F,
     h0: &DMatrix<T>,
@@ -159,6 +234,7 @@ pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
     params: Vec<DMatrix<T>>,
     ctl: Controller,
     land_end: bool,
+    reuse_jacobians: bool,
     mut keep: impl FnMut(usize, &Accepted<'_, T>) -> Result<()>,
 ) -> Result<Forward<T>> {
     let grid = check_grid(t)?;
@@ -182,6 +258,7 @@ pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
         shape: h0.shape(),
         nfe: 0,
         work: Default::default(),
+        reuse: reuse_jacobians.then(KeptJacobian::default),
     };
     let start = Start {
         t0: grid[0],

@@ -5,12 +5,15 @@
 //! by the stiffness). A Newton that diverges, or a singular iteration matrix, rejects the
 //! step (its error ratio is infinite), so the controller retries it smaller.
 //!
-//! On a recording tape each converged stage `Z̃` is recorded as one more Newton step with a
-//! fresh iteration matrix `M = I − γ dt J(t_i, Z̃)`: `Z = Z̃ − M⁻¹ r(Z̃, S_i, θ)` with `Z̃` a
-//! constant and `r = Z̃ − S_i − γ dt f(t_i, Z̃)` recorded. Its value is `Z̃` to the Newton
-//! tolerance, and its derivative is the implicit-function theorem's: `∂Z/∂S = M⁻¹`,
-//! `∂Z/∂θ = γ dt M⁻¹ ∂f/∂θ`, so the pull-back is one transposed solve with `M` (the
-//! [`StageSolve`] node) and a VJP of `f`. Newton is never unrolled.
+//! On a recording tape, and on dual numbers, each converged stage `Z̃` (a constant) gets its
+//! derivative from the implicit-function theorem: `Z = Z̃ + T(r)` with the residual
+//! `r = Z̃ − S_i − γ dt f(t_i, Z̃)` recorded and `T` the [`StageTangent`] node, whose value is
+//! zero (so the stage's value is the Newton iterate `Z̃`, the same on every tape and in every
+//! replay) and whose derivative is `−M⁻¹` with a fresh `M = I − γ dt J(t_i, Z̃)`:
+//! `∂Z/∂S = M⁻¹`, `∂Z/∂θ = γ dt M⁻¹ ∂f/∂θ`. Its pull-back is one transposed solve with `M`
+//! and a VJP of `f`; on dual numbers its value is the dual part of `−M⁻¹ r`. Newton is never
+//! unrolled. Both derivatives are those of the exact stage solution at `Z̃`: they differ from
+//! the derivative of the discrete map `Z̃(S, θ)` by the Newton tolerance times `‖∂M/∂Z‖`.
 
 use ad_core::nalgebra::DMatrix;
 use ad_core::{BoxError, CustomOp, Precision, Scalar, Tape, Var};
@@ -33,97 +36,69 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     tolerances: (f64, f64),
 ) -> Result<Step<'t, T>> {
     let tab = method.tableau;
-    let StepKind::DiagonallyImplicit {
-        gamma,
-        explicit_first,
-    } = tab.step
-    else {
+    let StepKind::DiagonallyImplicit { gamma, .. } = tab.step else {
         return Err(internal("an implicit step of an explicit tableau"));
     };
-    if y.len() != 1 || ad_core::carries_derivatives::<T>() {
-        return Err(internal(
-            "implicit steps run on the plain field over real numbers only",
-        ));
+    if y.len() != 1 {
+        return Err(internal("implicit steps run on the plain field only"));
     }
-    let recording = tape.is_grad_enabled();
+    // Derivatives pass through stages on a recording tape and on dual numbers.
+    let derivatives = tape.is_grad_enabled() || ad_core::carries_derivatives::<T>();
     let c = gamma * dt;
     let mut work = SolveStats::default();
-    let jac = sys.jacobian(t.at, t.var, y)?;
-    let matrix = match IterationMatrix::new(&jac, c) {
-        Ok(m) => m,
-        Err(Error::SingularIterationMatrix { .. }) => {
-            work.newton_failures += 1;
-            sys.count(work);
-            return rejected(y, k0, &method, t.at, dt);
-        }
-        Err(e) => return Err(e),
-    };
-    work.factorizations += 1;
     let settings = NewtonSettings {
         rtol: tolerances.0,
         atol: tolerances.1,
         ..NewtonSettings::default()
     };
-    let to_p = |m: &DMatrix<T>| m.map(|x| T::Primitive::round_from(x.primal()));
-    let to_t = |m: &DMatrix<T::Primitive>| m.map(|x| T::constant(x.as_f64()));
-    let mut k: Vec<State<'t, T>> = Vec::with_capacity(tab.c.len());
-    for i in 0..tab.c.len() {
-        if i == 0 && explicit_first {
-            k.push(k0.clone());
-            continue;
-        }
-        let s_i = combine_where(tape, y, dt, tab.a[i], &k, |_| true)?;
-        let s_val = to_p(&s_i[0].value()?);
-        let t_i = t.at + tab.c[i] * dt;
-        let tv_i = t.var.add_scalar(T::constant(tab.c[i] * dt));
-        // Predictor: the last stage's slope carried on (the start state for the first).
-        let start = match k.last() {
-            Some(prev) => &s_val + to_p(&prev[0].value()?) * T::Primitive::round_from(c),
-            None => s_val.clone(),
-        };
-        let outcome = newton(&matrix, &start, &settings, |z| {
-            let zv = tape.constant(to_t(z));
-            let f = sys.eval(t_i, tv_i, &[zv])?;
-            let f = to_p(&f[0].value()?);
-            Ok(z - &s_val - f * T::Primitive::round_from(c))
-        })?;
-        let z = match outcome {
-            Outcome::Converged { z, iterations } => {
-                work.newton_iterations += iterations;
-                z
-            }
-            Outcome::Diverged { iterations, .. } => {
-                work.newton_iterations += iterations;
+    // A Jacobian reused from an earlier step that fails is replaced by one at (t, y) and the
+    // step tried again before it is rejected.
+    let mut k = None;
+    for _ in 0..2 {
+        let (matrix, reused) = match sys.newton_matrix(t.at, t.var, y, c) {
+            Ok(m) => m,
+            Err(Error::SingularIterationMatrix { .. }) => {
                 work.newton_failures += 1;
-                sys.count(work);
-                return rejected(y, k0, &method, t.at, dt);
+                sys.drop_jacobian();
+                break;
             }
-            Outcome::NotConverged { .. } => {
-                work.newton_iterations += settings.max_iterations;
-                work.newton_failures += 1;
-                sys.count(work);
-                return rejected(y, k0, &method, t.at, dt);
-            }
+            Err(e) => return Err(e),
         };
-        if recording {
-            // The stage through the implicit-function theorem (see the module docs).
-            let jac = sys.jacobian(t_i, tv_i, &[tape.constant(to_t(&z))])?;
-            work.jacobians += 1;
-            let fresh = IterationMatrix::new(&jac, c)?;
-            work.factorizations += 1;
-            let z_const = tape.constant(to_t(&z));
-            let f = sys.eval(t_i, tv_i, &[z_const])?;
-            let residual = z_const.sub(s_i[0])?.sub(f[0].scale(T::constant(c)))?;
-            let correction = tape.custom(StageSolve { matrix: fresh }, &[residual])?;
-            let stage = z_const.add(correction[0])?;
-            let slope = stage.sub(s_i[0])?.scale(T::constant(1.0 / c));
-            k.push(vec![slope]);
-        } else {
-            let slope = (z - &s_val) / T::Primitive::round_from(c);
-            k.push(vec![tape.constant(to_t(&slope))]);
+        let slow_after = 4;
+        match stages(
+            tape,
+            sys,
+            &method,
+            t,
+            y,
+            &k0,
+            dt,
+            c,
+            derivatives,
+            &matrix,
+            &settings,
+            &mut work,
+        )? {
+            Some((stages, most)) => {
+                if most > slow_after {
+                    sys.drop_jacobian();
+                }
+                k = Some(stages);
+                break;
+            }
+            None => {
+                work.newton_failures += 1;
+                sys.drop_jacobian();
+                if !reused {
+                    break;
+                }
+            }
         }
     }
     sys.count(work);
+    let Some(k) = k else {
+        return rejected(y, k0, &method, t.at, dt);
+    };
     let y1 = combine_where(tape, y, dt, tab.b, &k, |_| true)?;
     let err = match tab.b_error {
         Some(e) if method.estimate_error => {
@@ -151,6 +126,87 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     })
 }
 
+/// The stages of one step with the Newton matrix `matrix`: `Some((k, most))` with `most`
+/// the largest number of Newton iterations a stage took, or `None` when a stage's Newton
+/// diverged or ran out of iterations.
+#[allow(clippy::too_many_arguments)]
+fn stages<'t, T: Scalar, S: System<'t, T>>(
+    tape: &'t Tape<T>,
+    sys: &mut S,
+    method: &Method<'_>,
+    t: Time<'t, T>,
+    y: &[Var<'t, T>],
+    k0: &State<'t, T>,
+    dt: f64,
+    c: f64,
+    derivatives: bool,
+    matrix: &IterationMatrix<T::Primitive>,
+    settings: &NewtonSettings,
+    work: &mut SolveStats,
+) -> Result<Option<(Vec<State<'t, T>>, usize)>> {
+    let tab = method.tableau;
+    let StepKind::DiagonallyImplicit { explicit_first, .. } = tab.step else {
+        return Err(internal("an implicit step of an explicit tableau"));
+    };
+    let mut most = 0;
+    let to_p = |m: &DMatrix<T>| m.map(|x| T::Primitive::round_from(x.primal()));
+    let to_t = |m: &DMatrix<T::Primitive>| m.map(|x| T::constant(x.as_f64()));
+    let mut k: Vec<State<'t, T>> = Vec::with_capacity(tab.c.len());
+    for i in 0..tab.c.len() {
+        if i == 0 && explicit_first {
+            k.push(k0.clone());
+            continue;
+        }
+        let s_i = combine_where(tape, y, dt, tab.a[i], &k, |_| true)?;
+        let s_val = to_p(&s_i[0].value()?);
+        let t_i = t.at + tab.c[i] * dt;
+        let tv_i = t.var.add_scalar(T::constant(tab.c[i] * dt));
+        // Predictor: the last stage's slope carried on (the start state for the first).
+        let start = match k.last() {
+            Some(prev) => &s_val + to_p(&prev[0].value()?) * T::Primitive::round_from(c),
+            None => s_val.clone(),
+        };
+        let outcome = newton(matrix, &start, settings, |z| {
+            let zv = tape.constant(to_t(z));
+            let f = sys.eval(t_i, tv_i, &[zv])?;
+            let f = to_p(&f[0].value()?);
+            Ok(z - &s_val - f * T::Primitive::round_from(c))
+        })?;
+        let z = match outcome {
+            Outcome::Converged { z, iterations } => {
+                work.newton_iterations += iterations;
+                most = most.max(iterations);
+                z
+            }
+            Outcome::Diverged { iterations, .. } => {
+                work.newton_iterations += iterations;
+                return Ok(None);
+            }
+            Outcome::NotConverged { .. } => {
+                work.newton_iterations += settings.max_iterations;
+                return Ok(None);
+            }
+        };
+        if derivatives {
+            // The stage through the implicit-function theorem (see the module docs).
+            let z_const = tape.constant(to_t(&z));
+            let jac = sys.jacobian(t_i, tv_i, &[z_const])?;
+            let fresh = IterationMatrix::new(&jac, c)?;
+            work.factorizations += 1;
+            let f = sys.eval(t_i, tv_i, &[z_const])?;
+            let residual = z_const.sub(s_i[0])?.sub(f[0].scale(T::constant(c)))?;
+            let tangent = tape.custom(StageTangent { matrix: fresh }, &[residual])?;
+            let stage = z_const.add(tangent[0])?;
+            let slope = stage.sub(s_i[0])?.scale(T::constant(1.0 / c));
+            k.push(vec![slope]);
+        } else {
+            let slope = (z - &s_val) / T::Primitive::round_from(c);
+            k.push(vec![tape.constant(to_t(&slope))]);
+        }
+    }
+    Ok(Some((k, most)))
+}
+
 /// A step the controller must reject: an infinite error estimate. A fixed-step method has
 /// no estimate to reject with, so for it the failure is an error.
 fn rejected<'t, T: Scalar>(
@@ -173,13 +229,15 @@ fn rejected<'t, T: Scalar>(
     })
 }
 
-/// `−M⁻¹ r` for a recorded stage residual `r`; its VJP is `g ↦ −M⁻ᵀ g`. Over real numbers
-/// (`T` is its own primitive): dual scalars are refused before a stage is recorded.
-struct StageSolve<P: Precision> {
+/// The derivative part of a stage: value zero over real numbers (the dual part of `−M⁻¹ r`
+/// over dual numbers), derivative `−M⁻¹`, so its VJP is `g ↦ −M⁻ᵀ g`. On a recording tape
+/// of dual numbers (forward over reverse) the VJP would hold `M` fixed along the dual
+/// direction, so `crate::solve` refuses that combination before a stage is recorded.
+struct StageTangent<P: Precision> {
     matrix: IterationMatrix<P>,
 }
 
-impl<T: Scalar> CustomOp<T> for StageSolve<T::Primitive> {
+impl<T: Scalar> CustomOp<T> for StageTangent<T::Primitive> {
     fn name(&self) -> &str {
         "implicit_stage"
     }
@@ -188,9 +246,16 @@ impl<T: Scalar> CustomOp<T> for StageSolve<T::Primitive> {
         &mut self,
         inputs: &[&DMatrix<T>],
     ) -> std::result::Result<Vec<DMatrix<T>>, BoxError> {
-        let r = real_values(inputs[0]);
-        let x = self.matrix.solve(&r).map_err(|e| Box::new(e) as BoxError)?;
-        Ok(vec![x.map(|v| -T::constant(v.as_f64()))])
+        let r = inputs[0];
+        if !ad_core::carries_derivatives::<T>() {
+            return Ok(vec![DMatrix::from_element(r.nrows(), r.ncols(), T::zero())]);
+        }
+        let x = self
+            .matrix
+            .solve_lifted(r, false)
+            .map_err(|e| Box::new(e) as BoxError)?;
+        // The dual part of −x: −x minus its real part.
+        Ok(vec![x.map(|v| T::constant(v.primal()) - v)])
     }
 
     fn vjp(
@@ -205,19 +270,14 @@ impl<T: Scalar> CustomOp<T> for StageSolve<T::Primitive> {
         };
         let x = self
             .matrix
-            .solve_transpose(&real_values(&g))
+            .solve_lifted(&g, true)
             .map_err(|e| Box::new(e) as BoxError)?;
-        Ok(vec![Some(x.map(|v| -T::constant(v.as_f64())))])
+        Ok(vec![Some(-x)])
     }
 
     fn held_bytes(&self) -> usize {
         self.matrix.held_bytes()
     }
-}
-
-/// The real parts (exact for f32 and f64, the only scalars implicit stages run on).
-fn real_values<T: Scalar>(m: &DMatrix<T>) -> DMatrix<T::Primitive> {
-    m.map(|x| T::Primitive::round_from(x.primal()))
 }
 
 fn internal(message: &str) -> Error {

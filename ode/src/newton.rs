@@ -122,14 +122,46 @@ impl<P: Precision> IterationMatrix<P> {
     }
 
     fn apply(&self, rhs: &DMatrix<P>, transpose: bool) -> Result<DMatrix<P>> {
-        let (b, d) = rhs.shape();
-        let solve = |lu: &LU<P, Dyn, Dyn>, v: DMatrix<P>| -> Result<DMatrix<P>> {
-            let x = if transpose {
+        self.per_factor(rhs, |lu, v| {
+            if transpose {
                 lu_solve_transpose(lu, v)
             } else {
                 lu.solve(&v)
-            };
-            x.ok_or_else(|| Error::SingularIterationMatrix {
+            }
+        })
+    }
+
+    /// [`IterationMatrix::solve`] (or the transposed solve) for a right-hand side of dual
+    /// numbers over `P`: the real factors applied in `T`'s arithmetic, so each part of the
+    /// dual numbers is solved with the same `M` (forward-mode derivatives of a stage).
+    pub(crate) fn solve_lifted<T>(&self, rhs: &DMatrix<T>, transpose: bool) -> Result<DMatrix<T>>
+    where
+        T: ad_core::Scalar<Primitive = P>,
+    {
+        let lift = |m: DMatrix<P>| m.map(|x| T::constant(x.as_f64()));
+        self.per_factor(rhs, |lu, mut v| {
+            let (l, u) = (lift(lu.l()), lift(lu.u()));
+            if transpose {
+                let mut y = l.tr_solve_lower_triangular(&u.tr_solve_upper_triangular(&v)?)?;
+                lu.p().inv_permute_rows(&mut y);
+                Some(y)
+            } else {
+                lu.p().permute_rows(&mut v);
+                u.solve_upper_triangular(&l.solve_lower_triangular(&v)?)
+            }
+        })
+    }
+
+    /// `solve(factor, column)` for the whole state (dense: the state flattened column-major
+    /// as one column) or for each row with its block's factor.
+    fn per_factor<T: ad_core::nalgebra::Scalar>(
+        &self,
+        rhs: &DMatrix<T>,
+        solve: impl Fn(&LU<P, Dyn, Dyn>, DMatrix<T>) -> Option<DMatrix<T>>,
+    ) -> Result<DMatrix<T>> {
+        let (b, d) = rhs.shape();
+        let solve = |lu: &LU<P, Dyn, Dyn>, v: DMatrix<T>| {
+            solve(lu, v).ok_or_else(|| Error::SingularIterationMatrix {
                 c: self.c,
                 block: None,
                 reason: "a triangular solve met a zero pivot".into(),
@@ -140,7 +172,6 @@ impl<P: Precision> IterationMatrix<P> {
                 if lu.l().nrows() != b * d {
                     return Err(shape_error(lu.l().nrows(), (b, d)));
                 }
-                // The state flattened column-major is one column.
                 let v = DMatrix::from_column_slice(b * d, 1, rhs.as_slice());
                 let x = solve(lu, v)?;
                 Ok(DMatrix::from_column_slice(b, d, x.as_slice()))
@@ -151,10 +182,9 @@ impl<P: Precision> IterationMatrix<P> {
                 }
                 let mut out = rhs.clone();
                 for (r, lu) in lus.iter().enumerate() {
-                    let v = DMatrix::from_fn(d, 1, |i, _| rhs[(r, i)]);
-                    let x = solve(lu, v)?;
+                    let x = solve(lu, DMatrix::from_fn(d, 1, |i, _| rhs[(r, i)].clone()))?;
                     for i in 0..d {
-                        out[(r, i)] = x[(i, 0)];
+                        out[(r, i)] = x[(i, 0)].clone();
                     }
                 }
                 Ok(out)
@@ -268,13 +298,15 @@ pub fn newton<P: Precision>(
         let eta = match previous {
             Some(prev) if prev > 0.0 => {
                 let rate = norm / prev;
-                let left = (settings.max_iterations - iteration) as i32;
-                if rate >= 1.0 || rate.powi(left) / (1.0 - rate) * norm > settings.kappa {
-                    // Growing, or too slow to meet the test in the iterations left.
+                if rate > 2.0 {
                     return Ok(Outcome::Diverged {
                         rate,
                         iterations: iteration,
                     });
+                }
+                if rate >= 1.0 {
+                    previous = Some(norm);
+                    continue;
                 }
                 rate / (1.0 - rate)
             }

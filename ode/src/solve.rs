@@ -8,7 +8,7 @@ use ad_core::{Scalar, Tape, Var};
 use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
 use crate::error::{Error, Result};
-use crate::forward::{forward_values, planned_controller};
+use crate::forward::{forward_landing, planned_controller};
 use crate::input::{check_grid, check_h0, check_precision, check_tape, SolveInput};
 use crate::options::Options;
 use crate::scheme::Scheme;
@@ -136,6 +136,8 @@ fn note_discrete_derivative<T: Scalar>(tape: &Tape<T>, opts: &Options) {
 
 /// What implicit stages do not run on yet: dual numbers (Newton on their parts) and
 /// tangent-aware planning.
+/// Implicit stages on a recording tape of dual numbers (forward over reverse: the stage
+/// VJP holds `M` fixed along the dual direction), or under tangent control.
 fn implicit_unsupported<T: Scalar>(opts: &Options) -> bool {
     ad_core::carries_derivatives::<T>() || opts.error_control.carries_tangents()
 }
@@ -145,7 +147,7 @@ fn implicit_not_differentiable(strategy: String, opts: &Options) -> Error {
     Error::SchemeNotSupported {
         strategy,
         scheme: format!("the implicit {}", opts.method.name),
-        fix: "implicit stages run with taped, aca and checkpointed:K gradients on f32/f64 tapes; the continuous adjoints, auto, reversible, dual numbers and ErrorControl::WithTangents do not run them yet",
+        fix: "implicit stages run with taped, aca and checkpointed:K gradients on f32/f64 tapes and in `solve` on f32, f64 and dual numbers; the continuous adjoints, auto, reversible, dual-number tapes (forward over reverse) and ErrorControl::WithTangents do not run them yet",
     }
 }
 
@@ -243,6 +245,12 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
 /// is rewound after every step, so memory does not grow with the number of steps. With a
 /// dual-number `T` it also propagates forward-mode derivatives through the solve; with
 /// [`crate::ErrorControl::WithTangents`] its steps then resolve those derivatives too.
+///
+/// Implicit methods (`kvaerno3`, `kvaerno5`, `implicit_euler`) keep a step's Jacobian for
+/// the next steps while Newton converges well (recomputing it after a failure or a slow
+/// convergence), so on real numbers the values differ from a taped solve's by the Newton
+/// tolerance; on dual numbers every step computes its own Jacobian, as the gradient
+/// strategies do, and the derivatives are those of the same discrete solve.
 pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
     f: &F,
     h0: &DMatrix<T>,
@@ -252,9 +260,9 @@ pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
 ) -> Result<(Vec<DMatrix<T>>, SolveStats)> {
     opts.validate()?;
     check_precision::<T>(opts, &Strategy::Taped)?;
-    if Scheme::of(opts).is_implicit() && implicit_unsupported::<T>(opts) {
+    if Scheme::of(opts).is_implicit() && opts.error_control.carries_tangents() {
         return Err(implicit_not_differentiable(
-            "solve on dual numbers".into(),
+            "solve with ErrorControl::WithTangents".into(),
             opts,
         ));
     }
@@ -281,7 +289,19 @@ pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
         }
     }
     let ctl = planned_controller(opts, plan.as_ref().map(|p| p.steps.as_slice()));
-    let forward = forward_values(f, h0, t, params.to_vec(), ctl, |_, _| Ok(()))?;
+    // Implicit steps keep their Jacobian while Newton converges well; a dual-number solve
+    // computes each step's own, so that it is the same discrete solve as a taped one.
+    let reuse_jacobians = !ad_core::carries_derivatives::<T>();
+    let forward = forward_landing(
+        f,
+        h0,
+        t,
+        params.to_vec(),
+        ctl,
+        false,
+        reuse_jacobians,
+        |_, _| Ok(()),
+    )?;
     let mut outputs = Vec::with_capacity(t.len());
     outputs.push(h0.clone());
     outputs.extend(forward.outputs);

@@ -164,9 +164,16 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
     // The last step lands on the last output time: the output there is a step's end, whose
     // error (state and tangents) the embedded estimate controls, where stepping past it and
     // interpolating back would add the interpolant's error, which nothing controls.
-    let forward = forward_landing(&field, &stacked, &times, Vec::new(), ctl, true, |_, _| {
-        Ok(())
-    })
+    let forward = forward_landing(
+        &field,
+        &stacked,
+        &times,
+        Vec::new(),
+        ctl,
+        true,
+        false,
+        |_, _| Ok(()),
+    )
     .map_err(|e| match e {
         Error::Tape(e) => Error::from_tape(e),
         e => e,

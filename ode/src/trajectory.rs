@@ -330,6 +330,7 @@ fn resolve<T: Scalar, F: Dynamics<T>>(
         shape: start.shape(),
         nfe: 0,
         work: Default::default(),
+        reuse: None,
     };
     let first = steps[0];
     let ctl = forward_controller(opts).replaying(steps.iter().copied());

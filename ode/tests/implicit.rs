@@ -4,6 +4,7 @@
 mod common;
 
 use ad_core::nalgebra::DMatrix;
+use ad_core::num_dual::Dual64;
 use ad_core::{Result as TapeResult, Scalar, Tape, Var};
 use ode::{odeint, solve, Dynamics, Error, Options};
 
@@ -51,6 +52,13 @@ fn kvaerno_solves_a_stiff_relaxation_in_few_steps() {
         println!("{name}: {stats:?}");
         assert!(stats.accepted < 300, "{name}: {} steps", stats.accepted);
         assert!(stats.jacobians > 0 && stats.factorizations > 0 && stats.newton_iterations > 0);
+        // A values-only solve keeps J while Newton converges (J is constant here).
+        assert!(
+            stats.jacobians * 4 < stats.accepted,
+            "{name}: {} Jacobians for {} steps",
+            stats.jacobians,
+            stats.accepted
+        );
     }
     // dopri5 pays the stability limit: thousands of steps.
     let opts = Options {
@@ -159,13 +167,18 @@ fn strategies_that_do_not_run_implicit_stages_yet_refuse_them() {
         odeint(&tape, &Relax, h0, t, &[p], &opts.clone().with_tangents(1)),
         Err(Error::SchemeNotSupported { .. })
     ));
-    let dual = DMatrix::from_element(1, 1, ad_core::num_dual::Dual64::new(1.0, 1.0));
-    let times = [
-        ad_core::num_dual::Dual64::from_re(0.0),
-        ad_core::num_dual::Dual64::from_re(1.0),
-    ];
+    // Forward over reverse through a stage would hold its iteration matrix fixed along
+    // the dual direction: refused.
+    let dual_tape = Tape::<Dual64>::new();
+    let dh0 = dual_tape.var(DMatrix::from_element(1, 1, Dual64::new(1.0, 1.0)));
+    let dp = dual_tape.var(DMatrix::from_element(1, 1, Dual64::from_re(10.0)));
+    let dt = dual_tape.constant(DMatrix::from_row_slice(
+        1,
+        2,
+        &[Dual64::from_re(0.0), Dual64::from_re(1.0)],
+    ));
     assert!(matches!(
-        solve(&Relax, &dual, &times, std::slice::from_ref(&dual), &opts),
+        odeint(&dual_tape, &Relax, dh0, dt, &[dp], &opts),
         Err(Error::SchemeNotSupported { .. })
     ));
     assert_eq!(tape.len(), before);
@@ -217,4 +230,75 @@ fn a_dense_jacobian_system_gets_the_exact_gradient() {
     }
     // The stiff mode costs tens of steps, not the thousands dopri5 needs.
     assert!(sol.stats.accepted < 200, "{:?}", sol.stats);
+}
+
+/// `y' = −p₀ (y³ − cos t) + p₁ y` on two rows: nonlinear and stiff (p₀ = 500).
+#[derive(Clone, Copy)]
+struct Cubic;
+
+impl<T: Scalar> Dynamics<T> for Cubic {
+    fn eval<'t>(&self, t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (r, c) = h.shape()?;
+        let target = t.cos().broadcast(r, c)?;
+        let cube = h.mul(h)?.mul(h)?;
+        cube.sub(target)?
+            .mul(p[0])?
+            .scale(T::constant(-1.0))
+            .add(h.mul(p[1])?)
+    }
+    fn rows_independent(&self) -> bool {
+        true
+    }
+}
+
+/// The same discrete solve on `Dual64` (forward mode through every stage's
+/// implicit-function theorem) and taped (reverse mode): one derivative, to rounding, for
+/// every method and every input direction.
+#[test]
+fn dual_number_solves_through_implicit_stages_equal_the_taped_gradient() {
+    let h0 = DMatrix::from_row_slice(2, 1, &[0.4, -0.9]);
+    let p = [
+        DMatrix::from_element(1, 1, 500.0),
+        DMatrix::from_element(1, 1, 0.3),
+    ];
+    let grid = [0.0, 0.7, 1.5];
+    for name in ["kvaerno3", "kvaerno5"] {
+        let opts = Options {
+            max_num_steps: 100_000,
+            ..Options::with_method(name).unwrap().tolerances(1e-7, 1e-9)
+        };
+        // Taped: L = sum of h at every output after the first.
+        let tape = Tape::<f64>::new();
+        let hv = tape.var(h0.clone());
+        let pv: Vec<_> = p.iter().map(|m| tape.var(m.clone())).collect();
+        let t = tape.constant(DMatrix::from_row_slice(1, 3, &grid));
+        let sol = odeint(&tape, &Cubic, hv, t, &pv, &opts).unwrap();
+        let loss = sol.outputs[1].sum().add(sol.outputs[2].sum()).unwrap();
+        let g = tape.backward(loss).unwrap();
+        let mut taped = g.get(hv).unwrap().as_slice().to_vec();
+        taped.extend(pv.iter().map(|v| g.get(*v).unwrap()[(0, 0)]));
+        // Dual64: one input direction at a time.
+        let lift = |m: &DMatrix<f64>, seed: Option<usize>| {
+            DMatrix::from_fn(m.nrows(), m.ncols(), |r, c| {
+                let k = r + c * m.nrows();
+                Dual64::new(m[(r, c)], if seed == Some(k) { 1.0 } else { 0.0 })
+            })
+        };
+        let times: Vec<Dual64> = grid.iter().map(|&x| Dual64::from_re(x)).collect();
+        for (dir, want) in taped.iter().enumerate() {
+            let hd = lift(&h0, (dir < 2).then_some(dir));
+            let pd: Vec<_> = p
+                .iter()
+                .enumerate()
+                .map(|(i, m)| lift(m, (dir == 2 + i).then_some(0)))
+                .collect();
+            let (hs, stats) = solve(&Cubic, &hd, &times, &pd, &opts).unwrap();
+            let got: f64 = hs[1..].iter().flat_map(|m| m.iter()).map(|x| x.eps).sum();
+            assert!(
+                (got - want).abs() <= 1e-10 * want.abs().max(1e-3),
+                "{name} direction {dir}: dual {got:e} vs taped {want:e}"
+            );
+            assert_eq!(stats.accepted, sol.stats.accepted, "{name}: the same steps");
+        }
+    }
 }

@@ -281,6 +281,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             shape: self.shape,
             nfe: 0,
             work: Default::default(),
+            reuse: None,
         };
         let ctl = forward_controller(&op.opts).replaying(op.steps[from..to].iter().copied());
         let start = Start {
@@ -346,6 +347,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             shape: self.shape,
             nfe: 0,
             work: Default::default(),
+            reuse: None,
         };
         let ctl = forward_controller(&op.opts).replaying([op.steps[k]]);
         let start = Start {

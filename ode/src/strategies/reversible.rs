@@ -463,6 +463,7 @@ fn field_system<'a, 'l, T: Scalar, F: Dynamics<T>>(
         shape,
         nfe: 0,
         work: Default::default(),
+        reuse: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         shape: h0.shape()?,
         nfe: 0,
         work: Default::default(),
+        reuse: None,
     };
     let start = Start {
         t0: grid[0],
