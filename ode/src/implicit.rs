@@ -57,6 +57,10 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     for _ in 0..2 {
         let (matrix, reused) = match sys.newton_matrix(t.at, t.var, y, c) {
             Ok(m) => m,
+            // A fixed step cannot shrink the matrix's c: the cause is the error.
+            Err(e @ Error::SingularIterationMatrix { .. }) if !method.estimate_error => {
+                return Err(e)
+            }
             Err(Error::SingularIterationMatrix { .. }) => {
                 work.newton_failures += 1;
                 sys.drop_jacobian();

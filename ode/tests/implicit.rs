@@ -302,3 +302,118 @@ fn dual_number_solves_through_implicit_stages_equal_the_taped_gradient() {
         }
     }
 }
+
+/// `y' = a sin(b y)`: the simplified Newton with `J` from the step's start oscillates when
+/// `c·a·b` is large and `y` moves across several periods.
+#[derive(Clone, Copy)]
+struct Wavy;
+
+impl<T: Scalar> Dynamics<T> for Wavy {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        h.mul(p[1])?.sin().mul(p[0])
+    }
+}
+
+/// `y' = −√y`: at `y = 0` its Jacobian is −∞.
+#[derive(Clone, Copy)]
+struct Root;
+
+impl<T: Scalar> Dynamics<T> for Root {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        Ok(-h.sqrt())
+    }
+}
+
+/// Sums over the batch: row r of f depends on every row of h.
+#[derive(Clone, Copy)]
+struct Coupled;
+
+impl<T: Scalar> Dynamics<T> for Coupled {
+    fn eval<'t>(&self, _t: Var<'t, T>, h: Var<'t, T>, _p: &[Var<'t, T>]) -> TapeResult<Var<'t, T>> {
+        let (r, c) = h.shape()?;
+        Ok(-h.sum().broadcast(r, c)?)
+    }
+    fn rows_independent(&self) -> bool {
+        true
+    }
+}
+
+/// After a failed solve the tape still records and differentiates a good one.
+fn tape_still_works(tape: &Tape<f64>) {
+    let h0 = tape.var(DMatrix::from_element(1, 1, 1.0));
+    let p = tape.var(DMatrix::from_element(1, 1, 5.0));
+    let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 1.0]));
+    let opts = Options::with_method("kvaerno3").unwrap();
+    let sol = odeint(tape, &Relax, h0, t, &[p], &opts).unwrap();
+    let g = tape.backward(sol.last().sum()).unwrap();
+    assert!(g.get(h0).unwrap()[(0, 0)].is_finite());
+}
+
+#[test]
+fn bad_implicit_input_gets_typed_errors_and_the_tape_stays_usable() {
+    let tape = Tape::<f64>::new();
+    let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 1.0]));
+    let h0 = tape.var(DMatrix::from_element(1, 1, 1.0));
+
+    // I − c·J = 1 + 0.1·(−10) = 0 for implicit Euler at dt = 0.1 on y' = 10 (y − cos t).
+    let p = tape.var(DMatrix::from_element(1, 1, -10.0));
+    let fixed = Options::fixed("implicit_euler", 0.1).unwrap();
+    let err = odeint(&tape, &Relax, h0, t, &[p], &fixed)
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(err, Error::SingularIterationMatrix { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("smaller step"), "{err}");
+    // The adaptive method shrinks the step past the singular c and solves it.
+    let adaptive = Options::with_method("kvaerno5").unwrap();
+    let sol = odeint(&tape, &Relax, h0, t, &[p], &adaptive).unwrap();
+    assert!(sol.last().value().unwrap()[(0, 0)].is_finite());
+    tape_still_works(&tape);
+
+    // A Newton that never converges at a fixed step: a typed error naming the fix.
+    let wavy = [
+        tape.var(DMatrix::from_element(1, 1, 50.0)),
+        tape.var(DMatrix::from_element(1, 1, 20.0)),
+    ];
+    let big = Options::fixed("implicit_euler", 0.5).unwrap();
+    let err = odeint(&tape, &Wavy, h0, t, &wavy, &big)
+        .err()
+        .expect("an error");
+    assert!(matches!(err, Error::NewtonFailed { .. }), "{err}");
+    assert!(err.to_string().contains("smaller step_size"), "{err}");
+    // Adaptive steps reject and retry smaller instead.
+    let (_, stats) = solve(
+        &Wavy,
+        &DMatrix::from_element(1, 1, 1.0),
+        &[0.0, 1.0],
+        &[
+            DMatrix::from_element(1, 1, 50.0),
+            DMatrix::from_element(1, 1, 20.0),
+        ],
+        &Options::with_method("kvaerno5").unwrap(),
+    )
+    .unwrap();
+    assert!(stats.accepted > 0);
+    tape_still_works(&tape);
+
+    // An infinite Jacobian (√y at 0): refused, naming the Jacobian.
+    let zero = tape.var(DMatrix::from_element(1, 1, 0.0));
+    let err = odeint(&tape, &Root, zero, t, &[], &adaptive)
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(err, Error::NonFinite { what, .. } if what.contains("Jacobian")),
+        "{err}"
+    );
+    tape_still_works(&tape);
+
+    // Rows declared independent but coupled: caught on the first Jacobian.
+    let batch = tape.var(DMatrix::from_row_slice(2, 1, &[1.0, 2.0]));
+    let err = odeint(&tape, &Coupled, batch, t, &[], &adaptive)
+        .err()
+        .expect("an error");
+    assert!(matches!(err, Error::RowsCoupled { row: 1 }), "{err}");
+    tape_still_works(&tape);
+}
