@@ -39,11 +39,15 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     let StepKind::DiagonallyImplicit { gamma, .. } = tab.step else {
         return Err(internal("an implicit step of an explicit tableau"));
     };
-    if y.len() != 1 {
-        return Err(internal("implicit steps run on the plain field only"));
-    }
     // Derivatives pass through stages on a recording tape and on dual numbers.
     let derivatives = tape.is_grad_enabled() || ad_core::carries_derivatives::<T>();
+    // Component 0 is implicit; further ones are quadratures (F does not read them: the
+    // continuous adjoints' a_θ, a_t), evaluated at the converged stages, values only.
+    if y.len() != 1 && (derivatives || (1..y.len()).any(|c| sys.reads(c))) {
+        return Err(internal(
+            "implicit steps solve one component; further ones must be quadratures on values",
+        ));
+    }
     let c = gamma * dt;
     let mut work = SolveStats::default();
     let settings = NewtonSettings {
@@ -69,6 +73,10 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
             Err(e) => return Err(e),
         };
         let slow_after = 4;
+        let settings = NewtonSettings {
+            min_iterations: if reused { 2 } else { 1 },
+            ..settings
+        };
         match stages(
             tape,
             sys,
@@ -106,18 +114,22 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     let y1 = combine_where(tape, y, dt, tab.b, &k, |_| true)?;
     let err = match tab.b_error {
         Some(e) if method.estimate_error => {
-            let mut acc = vec![0.0; y1[0].shape().map(|(r, c)| r * c)?];
-            for (w, ki) in e.iter().zip(&k) {
-                if *w == 0.0 {
-                    continue;
-                }
-                ki[0].with_value(|m| {
-                    for (a, x) in acc.iter_mut().zip(m.as_slice()) {
-                        *a += dt * w * x.primal();
+            let mut all = Vec::with_capacity(y1.len());
+            for (comp, y1c) in y1.iter().enumerate() {
+                let mut acc = vec![0.0; y1c.shape().map(|(r, c)| r * c)?];
+                for (w, ki) in e.iter().zip(&k) {
+                    if *w == 0.0 {
+                        continue;
                     }
-                })?;
+                    ki[comp].with_value(|m| {
+                        for (a, x) in acc.iter_mut().zip(m.as_slice()) {
+                            *a += dt * w * x.primal();
+                        }
+                    })?;
+                }
+                all.push(acc);
             }
-            Some(vec![acc])
+            Some(all)
         }
         _ => None,
     };
@@ -171,8 +183,9 @@ fn stages<'t, T: Scalar, S: System<'t, T>>(
             None => s_val.clone(),
         };
         let outcome = newton(matrix, &start, settings, |z| {
-            let zv = tape.constant(to_t(z));
-            let f = sys.eval(t_i, tv_i, &[zv])?;
+            let mut at = vec![tape.constant(to_t(z))];
+            at.extend_from_slice(&s_i[1..]);
+            let f = sys.eval(t_i, tv_i, &at)?;
             let f = to_p(&f[0].value()?);
             Ok(z - &s_val - f * T::Primitive::round_from(c))
         })?;
@@ -204,8 +217,15 @@ fn stages<'t, T: Scalar, S: System<'t, T>>(
             let slope = stage.sub(s_i[0])?.scale(T::constant(1.0 / c));
             k.push(vec![slope]);
         } else {
-            let slope = (z - &s_val) / T::Primitive::round_from(c);
-            k.push(vec![tape.constant(to_t(&slope))]);
+            let slope = (&z - &s_val) / T::Primitive::round_from(c);
+            let mut stage = vec![tape.constant(to_t(&slope))];
+            if y.len() > 1 {
+                // The quadratures' slopes at the converged stage.
+                let mut at = vec![tape.constant(to_t(&z))];
+                at.extend_from_slice(&s_i[1..]);
+                stage.extend(sys.eval(t_i, tv_i, &at)?.into_iter().skip(1));
+            }
+            k.push(stage);
         }
     }
     Ok(Some((k, most)))
@@ -223,12 +243,15 @@ fn rejected<'t, T: Scalar>(
     if !method.estimate_error {
         return Err(Error::NewtonFailed { t, dt });
     }
-    let n = y[0].shape().map(|(r, c)| r * c)?;
+    let err = y
+        .iter()
+        .map(|c| Ok(vec![f64::INFINITY; c.shape().map(|(r, c)| r * c)?]))
+        .collect::<Result<_>>()?;
     Ok(Step {
         y0: y.to_vec(),
         k: vec![k0],
         y1: y.to_vec(),
-        err: Some(vec![vec![f64::INFINITY; n]]),
+        err: Some(err),
         complete: false,
     })
 }

@@ -26,6 +26,7 @@ use crate::forward::{
     check_field_output, forward_controller, forward_keeping, forward_values, planned_controller,
 };
 use crate::input::{direction, SolveInput};
+use crate::jacobian::{jacobian_by_vjps, Jacobian};
 use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
 use crate::scheme::Scheme;
@@ -239,7 +240,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
             norm,
             mask,
             first_step: None,
-            scheme: Scheme::Explicit,
+            scheme: Scheme::of_tableau(method),
             ..forward_controller(o)
         }
     }
@@ -619,6 +620,25 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AdjointSystem<'_, '_, T, F
     /// Only `a` feeds the dynamics; `a_θ` and `a_t` are quadratures.
     fn reads(&self, c: usize) -> bool {
         c == 0
+    }
+
+    /// `∂(−aᵀ ∂f/∂h)/∂a = −Jᵀ` with `J = ∂f/∂h` at `(t, h(t))` from the interpolant: an
+    /// implicit backward method solves the adjoint's stiffness as the forward solved `f`'s.
+    fn jacobian(
+        &mut self,
+        t: f64,
+        tv: Var<'t, T>,
+        _y: &[Var<'t, T>],
+    ) -> Result<Jacobian<T::Primitive>> {
+        let params: Vec<DMatrix<T>> = self
+            .params
+            .iter()
+            .map(|p| p.value())
+            .collect::<ad_core::Result<_>>()?;
+        let h = self.trajectory.at(t)?;
+        let (jac, sweeps) = jacobian_by_vjps(self.f, t, &tv.value()?, &h, &params)?;
+        self.nfe += sweeps;
+        Ok(jac.negated_transpose())
     }
 
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {

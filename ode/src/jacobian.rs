@@ -53,6 +53,16 @@ pub enum Jacobian<P> {
 }
 
 impl<P: Precision> Jacobian<P> {
+    /// `−Jᵀ`: the Jacobian of the adjoint's `a ↦ −aᵀ ∂f/∂h` (with the same layout).
+    pub(crate) fn negated_transpose(&self) -> Self {
+        match self {
+            Jacobian::Dense(m) => Jacobian::Dense(-m.transpose()),
+            Jacobian::Blocks(blocks) => {
+                Jacobian::Blocks(blocks.iter().map(|m| -m.transpose()).collect())
+            }
+        }
+    }
+
     /// The full matrix (for checks and small states: a block-diagonal Jacobian of a large
     /// batch is mostly zeros).
     pub fn to_dense(&self) -> DMatrix<P> {

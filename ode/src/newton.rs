@@ -224,6 +224,10 @@ pub struct NewtonSettings {
     pub kappa: f64,
     /// Most iterations before giving up (default 10).
     pub max_iterations: usize,
+    /// Fewest iterations before the test may pass (default 1). With a matrix far from the
+    /// current Jacobian (one reused from an earlier step) a small first increment does not
+    /// mean a small error: 2 makes the test use an observed rate.
+    pub min_iterations: usize,
 }
 
 impl Default for NewtonSettings {
@@ -233,6 +237,7 @@ impl Default for NewtonSettings {
             atol: 1e-9,
             kappa: 0.03,
             max_iterations: 10,
+            min_iterations: 1,
         }
     }
 }
@@ -313,7 +318,7 @@ pub fn newton<P: Precision>(
             Some(_) => 0.0,
             None => 1.0,
         };
-        if eta * norm <= settings.kappa {
+        if iteration >= settings.min_iterations && eta * norm <= settings.kappa {
             return Ok(Outcome::Converged {
                 z,
                 iterations: iteration,

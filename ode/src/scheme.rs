@@ -38,6 +38,15 @@ impl Scheme {
         }
     }
 
+    /// The plain (not reversible) step of `tableau`: explicit or diagonally implicit (the
+    /// backward solves of the continuous adjoints).
+    pub fn of_tableau(tableau: &Tableau) -> Self {
+        match tableau.step {
+            StepKind::DiagonallyImplicit { .. } => Scheme::DiagonallyImplicit,
+            _ => Scheme::Explicit,
+        }
+    }
+
     /// Whether outputs inside a step come from a dense output ([`dense_output`]): the plain
     /// step's (its interpolant or a Hermite), or the coupled scheme's over a tableau with its
     /// own interpolant. Reversible Heun and the coupled scheme over other tableaux land on

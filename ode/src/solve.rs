@@ -15,6 +15,7 @@ use crate::scheme::Scheme;
 use crate::solution::Solution;
 use crate::strategies::{auto, backsolve, gauss, interpolating, replay, reversible, taped};
 use crate::strategy::{reversible_options, Backsolve, Strategy};
+use crate::tableau::StepKind;
 use crate::tangent_control::{plan, DualOf, Plan};
 
 /// Solve with any gradient [`Strategy`]: the one entry point behind [`odeint`] (taped) and
@@ -73,7 +74,23 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone +
     let scheme = Scheme::of(opts);
     if scheme.is_implicit() && (!strategy.runs_implicit_stages() || implicit_unsupported::<T>(opts))
     {
-        return Err(implicit_not_differentiable(strategy.name(), opts));
+        return Err(implicit_not_differentiable(strategy, opts));
+    }
+    if let Strategy::Gauss(c) | Strategy::Interpolating(c) = strategy {
+        // Their interpolants read F(t₀, y₀) as a step's first stage.
+        for m in [Some(opts.method), c.method].into_iter().flatten() {
+            if let StepKind::DiagonallyImplicit {
+                explicit_first: false,
+                ..
+            } = m.step
+            {
+                return Err(Error::SchemeNotSupported {
+                    strategy: strategy.name(),
+                    scheme: format!("the implicit {}", m.name),
+                    fix: "its first stage is implicit, so its steps carry no F(t₀, y₀) for the interpolant the continuous adjoints read: use kvaerno3 or kvaerno5 (explicit first stage), or an exact strategy",
+                });
+            }
+        }
     }
     if scheme.is_reversible() && !strategy.runs_reversible_schemes() {
         return Err(Error::SchemeNotSupported {
@@ -142,12 +159,23 @@ fn implicit_unsupported<T: Scalar>(opts: &Options) -> bool {
     ad_core::carries_derivatives::<T>() || opts.error_control.carries_tangents()
 }
 
-/// The strategies and scalars implicit stages do not run with yet.
-fn implicit_not_differentiable(strategy: String, opts: &Options) -> Error {
+/// Why a strategy (or scalar, or error control) does not differentiate an implicit solve.
+fn implicit_not_differentiable(strategy: &Strategy, opts: &Options) -> Error {
+    let fix = match strategy {
+        Strategy::Backsolve(_) | Strategy::BacksolveCheckpointed { .. } => {
+            "backsolve integrates h backwards through the stiff field, where its fast decaying modes grow: use interpolating or gauss (h read from the forward's interpolant, the adjoint integrated by the implicit method) or an exact strategy (taped, aca, checkpointed:K, auto:BYTES); to watch the instability, give Backsolve an explicit backward method"
+        }
+        Strategy::Reversible { .. } => {
+            "the reversible schemes are explicit: use taped, aca, checkpointed:K or auto:BYTES for an exact gradient of the implicit solve"
+        }
+        _ => {
+            "implicit stages run with every strategy but reversible on f32/f64 tapes, and in `solve` on f32, f64 and dual numbers; not on dual-number tapes (forward over reverse: a stage's VJP holds its matrix fixed along the dual direction) nor under ErrorControl::WithTangents yet"
+        }
+    };
     Error::SchemeNotSupported {
-        strategy,
+        strategy: strategy.name(),
         scheme: format!("the implicit {}", opts.method.name),
-        fix: "implicit stages run with taped, aca and checkpointed:K gradients on f32/f64 tapes and in `solve` on f32, f64 and dual numbers; the continuous adjoints, auto, reversible, dual-number tapes (forward over reverse) and ErrorControl::WithTangents do not run them yet",
+        fix,
     }
 }
 
@@ -194,7 +222,10 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
 ) -> Result<Solution<'t, T>> {
     check_tape(tape, "odeint_adjoint", [&h0, &t].into_iter().chain(params))?;
     if Scheme::of(opts).is_implicit() {
-        return Err(implicit_not_differentiable("backsolve".into(), opts));
+        return Err(implicit_not_differentiable(
+            &Strategy::Backsolve(Backsolve::default()),
+            opts,
+        ));
     }
     // Backsolve does not plan with tangents, so it needs no dual-number field: this is
     // `odeint_with`'s backsolve branch without that bound.
@@ -228,7 +259,7 @@ pub fn odeint<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
         return Ok(sol);
     }
     if Scheme::of(opts).is_implicit() && implicit_unsupported::<T>(opts) {
-        return Err(implicit_not_differentiable("taped".into(), opts));
+        return Err(implicit_not_differentiable(&Strategy::Taped, opts));
     }
     let plan = planned(&input, f, opts)?;
     let input = SolveInput {
@@ -261,10 +292,7 @@ pub fn solve<T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>>>(
     opts.validate()?;
     check_precision::<T>(opts, &Strategy::Taped)?;
     if Scheme::of(opts).is_implicit() && opts.error_control.carries_tangents() {
-        return Err(implicit_not_differentiable(
-            "solve with ErrorControl::WithTangents".into(),
-            opts,
-        ));
+        return Err(implicit_not_differentiable(&Strategy::Taped, opts));
     }
     if check_grid(t)?.len() == 1 {
         check_h0(h0, t[0].primal())?;

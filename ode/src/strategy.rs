@@ -169,14 +169,25 @@ impl Strategy {
     }
 
     /// Whether the strategy differentiates solves over implicit methods (kvaerno3/5,
-    /// implicit_euler): those whose stages are recorded on a tape (taped, aca,
-    /// checkpointed:K), through the implicit-function theorem; the others refuse them with
-    /// [`Error::SchemeNotSupported`].
+    /// implicit_euler). The exact strategies (taped, aca, checkpointed:K, auto) record the
+    /// stages and differentiate them by the implicit-function theorem; interpolating and
+    /// gauss integrate the adjoint backwards with the implicit method (its Jacobian `−Jᵀ`),
+    /// reading `h` from the forward's interpolant. Backsolve integrates `h` backwards through
+    /// the stiff field, where its decaying modes grow: it runs only with an explicit backward
+    /// method given ([`Backsolve::method`]), to show that. Reversible schemes are explicit.
     pub fn runs_implicit_stages(&self) -> bool {
-        matches!(
-            self,
-            Strategy::Taped | Strategy::StoreEveryStep | Strategy::Checkpointed { .. }
-        )
+        match self {
+            Strategy::Taped
+            | Strategy::StoreEveryStep
+            | Strategy::Checkpointed { .. }
+            | Strategy::Auto { .. }
+            | Strategy::Gauss(_)
+            | Strategy::Interpolating(_) => true,
+            Strategy::Backsolve(b) | Strategy::BacksolveCheckpointed { backsolve: b, .. } => b
+                .method
+                .is_some_and(|m| !matches!(m.step, StepKind::DiagonallyImplicit { .. })),
+            Strategy::Reversible { .. } => false,
+        }
     }
 
     /// Check the strategy's own settings against the solve's options.
@@ -462,9 +473,16 @@ impl ContinuousAdjoint {
             "ContinuousAdjoint::step_size",
         )?;
         let forward = opts.method;
-        if forward.interpolant.is_none() && forward.b_error.is_some() && forward.order > 4 {
+        let implicit = matches!(forward.step, StepKind::DiagonallyImplicit { .. });
+        if forward.interpolant.is_none()
+            && forward.b_error.is_some()
+            && forward.order > 4
+            && !implicit
+        {
             // A cubic Hermite between a high-order method's large steps is far less accurate
-            // than its tolerance (dopri8 at rtol 1e-8: gradient errors of 1e-5).
+            // than its tolerance (dopri8 at rtol 1e-8: gradient errors of 1e-5). Implicit
+            // methods have no interpolant either (Diffrax's Kvaerno5 uses the same Hermite);
+            // on stiff problems they are the only continuous choice, so they are let through.
             return Err(Error::SchemeNotSupported {
                 strategy: "gauss / interpolating".into(),
                 scheme: format!(

@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::input::{grid_row, SolveInput};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::strategies::{backsolve, replay, reversible, taped};
-use crate::strategy::{Backsolve, Strategy, StrategyReport};
+use crate::strategies::{backsolve, interpolating, replay, reversible, taped};
+use crate::strategy::{Backsolve, ContinuousAdjoint, Strategy, StrategyReport};
 
 /// Bytes of one f evaluation recorded on a tape, measured on a throwaway tape.
 fn eval_bytes<T: Scalar, F: Dynamics<T>>(input: &SolveInput<'_, '_, T>, f: &F) -> Result<usize> {
@@ -132,6 +132,17 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         if sol.strategy.stored_states >= sol.steps.len() {
             sol.strategy.name = "aca".into();
         }
+        return Ok(sol);
+    }
+    if Scheme::of(input.opts).is_implicit() {
+        // Backsolve would integrate h backwards through the stiff field: the interpolating
+        // adjoint reads h from the forward's dense output instead (O(N·d), not exact).
+        let settings = ContinuousAdjoint::default();
+        let strategy = Strategy::Interpolating(settings.clone());
+        let mut sol = interpolating::interpolating(input, f, &settings, &strategy)?;
+        sol.strategy.reason = format!(
+            "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), and backsolve is unstable through a stiff field, so the interpolating adjoint (not exact; it keeps the forward's dense output)"
+        );
         return Ok(sol);
     }
     let mut sol = backsolve::backsolve(input, f, &Backsolve::default(), 1)?;

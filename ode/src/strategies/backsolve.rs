@@ -189,7 +189,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
             // The forward's first step is for the forward; the backward picks its own
             // (and then carries its step size across stops).
             first_step: None,
-            scheme: Scheme::Explicit,
+            scheme: Scheme::of_tableau(method),
             ..forward_controller(o)
         }
     }
