@@ -1,6 +1,9 @@
 //! The vector field `f_θ(t, h)`, written once against the tape API.
 
+use ad_core::nalgebra::DMatrix;
 use ad_core::{Result, Scalar, Var};
+
+use crate::jacobian::Jacobian;
 
 /// A vector field `dh/dt = f_θ(t, h)`.
 ///
@@ -68,6 +71,18 @@ pub trait Dynamics<T: Scalar> {
     fn rows_independent(&self) -> bool {
         false
     }
+
+    /// `∂f/∂h` at `(t, h)` with parameter values `params`, when the field computes it itself
+    /// (an analytic or structured Jacobian, in [`crate::jacobian::Jacobian`]'s layout). `None`
+    /// (the default): implicit methods build it from VJP rows of [`Dynamics::eval`].
+    fn jacobian(
+        &self,
+        _t: f64,
+        _h: &DMatrix<T>,
+        _params: &[DMatrix<T>],
+    ) -> Option<crate::Result<Jacobian<T::Primitive>>> {
+        None
+    }
 }
 
 impl<T: Scalar, F: Dynamics<T> + ?Sized> Dynamics<T> for &F {
@@ -77,5 +92,14 @@ impl<T: Scalar, F: Dynamics<T> + ?Sized> Dynamics<T> for &F {
 
     fn rows_independent(&self) -> bool {
         (**self).rows_independent()
+    }
+
+    fn jacobian(
+        &self,
+        t: f64,
+        h: &DMatrix<T>,
+        params: &[DMatrix<T>],
+    ) -> Option<crate::Result<Jacobian<T::Primitive>>> {
+        (**self).jacobian(t, h, params)
     }
 }

@@ -401,6 +401,9 @@ pub(crate) struct Method<'a> {
     pub final_stage: bool,
     /// `(rtol, atol)` of the step's control, for an implicit method's Newton iterations.
     pub tolerances: (f64, f64),
+    /// Equal column blocks the Newton norm measures apart ([`crate::controller::Controller`]'s
+    /// `blocks`: the state and its tangents in tangent-aware planning), else 1.
+    pub newton_blocks: usize,
 }
 
 impl Method<'_> {

@@ -111,7 +111,7 @@ pub enum Error {
         atol: f64,
     },
     /// The adaptive step size fell so low that `t + dt == t`.
-    #[error("step size underflow at t = {}: the controller asked for dt = {}, which no longer moves t; the problem is stiff or singular near t, so loosen rtol/atol, set min_step (steps are then clamped to it), or use an implicit solver", num(*t), num(*dt))]
+    #[error("step size underflow at t = {}: the controller asked for dt = {}, which no longer moves t; the problem is stiff or singular near t, so loosen rtol/atol, set min_step (steps are then clamped to it), or, if it is stiff, solve with an implicit method (kvaerno3, kvaerno5)", num(*t), num(*dt))]
     StepSizeUnderflow {
         /// Where the solve stopped.
         t: f64,

@@ -109,7 +109,11 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for FieldSystem<'_, 't, T, F> 
             .iter()
             .map(|p| p.value())
             .collect::<ad_core::Result<_>>()?;
-        let (jac, sweeps) = jacobian_by_vjps(self.f, t, &tv.value()?, &y[0].value()?, &params)?;
+        let h = y[0].value()?;
+        if let Some(jac) = self.f.jacobian(t, &h, &params) {
+            return jac;
+        }
+        let (jac, sweeps) = jacobian_by_vjps(self.f, t, &tv.value()?, &h, &params)?;
         self.nfe += sweeps;
         Ok(jac)
     }

@@ -53,6 +53,7 @@ pub(crate) fn implicit_step<'t, T: Scalar, S: System<'t, T>>(
     let settings = NewtonSettings {
         rtol: tolerances.0,
         atol: tolerances.1,
+        blocks: method.newton_blocks,
         ..NewtonSettings::default()
     };
     // A Jacobian reused from an earlier step that fails is replaced by one at (t, y) and the
@@ -182,27 +183,54 @@ fn stages<'t, T: Scalar, S: System<'t, T>>(
             Some(prev) => &s_val + to_p(&prev[0].value()?) * T::Primitive::round_from(c),
             None => s_val.clone(),
         };
-        let outcome = newton(matrix, &start, settings, |z| {
-            let mut at = vec![tape.constant(to_t(z))];
-            at.extend_from_slice(&s_i[1..]);
-            let f = sys.eval(t_i, tv_i, &at)?;
-            let f = to_p(&f[0].value()?);
-            Ok(z - &s_val - f * T::Primitive::round_from(c))
-        })?;
-        let z = match outcome {
-            Outcome::Converged { z, iterations } => {
-                work.newton_iterations += iterations;
-                most = most.max(iterations);
-                z
+        // A step that cannot be retried smaller (fixed, or replaying planned steps) gets
+        // up to two more tries with J at the stage's own starting points before failing.
+        let rescue_points = if method.estimate_error { 0 } else { 2 };
+        let mut fresh: Option<IterationMatrix<T::Primitive>> = None;
+        let mut attempt = 0;
+        let z = loop {
+            let m = fresh.as_ref().unwrap_or(matrix);
+            // Without a smaller alternative, increments that grow for a while are given
+            // time (the tangent-planning solve, whose norm covers the tangents too, may
+            // have accepted such a step).
+            let patient = NewtonSettings {
+                max_iterations: 4 * settings.max_iterations,
+                diverged_above: f64::INFINITY,
+                ..*settings
+            };
+            let settings = if method.estimate_error {
+                settings
+            } else {
+                &patient
+            };
+            let outcome = newton(m, &start, settings, |z| {
+                let mut at = vec![tape.constant(to_t(z))];
+                at.extend_from_slice(&s_i[1..]);
+                let f = sys.eval(t_i, tv_i, &at)?;
+                let f = to_p(&f[0].value()?);
+                Ok(z - &s_val - f * T::Primitive::round_from(c))
+            })?;
+            match outcome {
+                Outcome::Converged { z, iterations } => {
+                    work.newton_iterations += iterations;
+                    most = most.max(iterations);
+                    break z;
+                }
+                Outcome::Diverged { iterations, .. } => work.newton_iterations += iterations,
+                Outcome::NotConverged { .. } => work.newton_iterations += settings.max_iterations,
             }
-            Outcome::Diverged { iterations, .. } => {
-                work.newton_iterations += iterations;
+            if attempt == rescue_points {
                 return Ok(None);
             }
-            Outcome::NotConverged { .. } => {
-                work.newton_iterations += settings.max_iterations;
-                return Ok(None);
+            let point = if attempt == 0 { &start } else { &s_val };
+            attempt += 1;
+            let jac = sys.jacobian(t_i, tv_i, &[tape.constant(to_t(point))])?;
+            match IterationMatrix::new(&jac, c) {
+                Ok(m) => fresh = Some(m),
+                Err(Error::SingularIterationMatrix { .. }) => return Ok(None),
+                Err(e) => return Err(e),
             }
+            work.factorizations += 1;
         };
         if derivatives {
             // The stage through the implicit-function theorem (see the module docs).

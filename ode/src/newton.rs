@@ -224,6 +224,14 @@ pub struct NewtonSettings {
     pub kappa: f64,
     /// Most iterations before giving up (default 10).
     pub max_iterations: usize,
+    /// The contraction rate above which the iteration is declared diverged (default 2, as
+    /// Diffrax's VeryChord). A step that cannot be retried smaller sets it infinite and
+    /// relies on `max_iterations`.
+    pub diverged_above: f64,
+    /// Equal column blocks of the state whose scaled RMS norms are taken apart, the largest
+    /// deciding (default 1: one norm). Tangent-aware planning stacks `[y | u_1 | …]`: its
+    /// `y` must converge as if alone, so that a replay of the planned step converges too.
+    pub blocks: usize,
     /// Fewest iterations before the test may pass (default 1). With a matrix far from the
     /// current Jacobian (one reused from an earlier step) a small first increment does not
     /// mean a small error: 2 makes the test use an observed rate.
@@ -237,6 +245,8 @@ impl Default for NewtonSettings {
             atol: 1e-9,
             kappa: 0.03,
             max_iterations: 10,
+            diverged_above: 2.0,
+            blocks: 1,
             min_iterations: 1,
         }
     }
@@ -303,7 +313,7 @@ pub fn newton<P: Precision>(
         let eta = match previous {
             Some(prev) if prev > 0.0 => {
                 let rate = norm / prev;
-                if rate > 2.0 {
+                if rate > settings.diverged_above {
                     return Ok(Outcome::Diverged {
                         rate,
                         iterations: iteration,
@@ -331,8 +341,19 @@ pub fn newton<P: Precision>(
     })
 }
 
-/// RMS of `delta / (atol + rtol·|z|)`.
+/// RMS of `delta / (atol + rtol·|z|)`, the largest over `s.blocks` equal column blocks.
 fn scaled_rms<P: Precision>(delta: &DMatrix<P>, z: &DMatrix<P>, s: &NewtonSettings) -> f64 {
+    let blocks = s.blocks.max(1);
+    let cols = delta.ncols() / blocks;
+    if blocks > 1 && cols * blocks == delta.ncols() && cols > 0 {
+        return (0..blocks)
+            .map(|b| {
+                let d = delta.columns(b * cols, cols).into_owned();
+                let zb = z.columns(b * cols, cols).into_owned();
+                scaled_rms(&d, &zb, &NewtonSettings { blocks: 1, ..*s })
+            })
+            .fold(0.0, f64::max);
+    }
     let n = delta.len().max(1) as f64;
     let sum: f64 = delta
         .iter()

@@ -252,6 +252,7 @@ pub(crate) fn backward_base_step<'t, T: Scalar, S: System<'t, T>>(
         error_mask: None,
         final_stage: false,
         tolerances: (0.0, 0.0),
+        newton_blocks: 1,
     };
     let step = rk_step(tape, sys, method, t1, &[y1], k, -dt)?;
     Ok(step.y1[0])

@@ -209,6 +209,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 error_mask: self.ctl.mask.as_deref(),
                 final_stage: self.final_stage,
                 tolerances: (self.ctl.rtol, self.ctl.atol),
+                newton_blocks: self.ctl.blocks.max(1),
             };
             let time = Time {
                 at: self.t,

@@ -21,6 +21,7 @@ use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
 use crate::error::{Error, Result};
 use crate::forward::{forward_controller, forward_landing};
+use crate::jacobian::{jacobian, Jacobian};
 use crate::options::{ErrorControl, Options, TangentDirection};
 
 /// The dual number of `T`'s precision (`Dual64` for `f64`, `f32` → `Dual32`; for a `Dual64`
@@ -149,6 +150,7 @@ pub(crate) fn plan<T: Scalar, F: Dynamics<DualOf<T>>>(
     let field = TangentField::<T, F> {
         f,
         tape: &tape,
+        theta: theta.to_vec(),
         params: duals,
         mark: tape.mark(),
         block: (b, d),
@@ -349,6 +351,8 @@ impl Normal {
 struct TangentField<'a, 'd, T: Scalar, F> {
     f: &'a F,
     tape: &'d Tape<DualOf<T>>,
+    /// θ's values, for the Jacobian of `f`.
+    theta: Vec<DMatrix<T::Primitive>>,
     /// `θ + ε w_j` for every direction `j`.
     params: Vec<Vec<Var<'d, DualOf<T>>>>,
     mark: Mark,
@@ -368,9 +372,59 @@ impl<T: Scalar, F: Dynamics<DualOf<T>>> Dynamics<T::Primitive> for TangentField<
         self.tape.rewind(self.mark)?;
         Ok(h.tape().constant(out.map_err(boxed)?))
     }
+
+    /// For implicit methods' Newton: `J = ∂f/∂y` repeated on the diagonal, once per block
+    /// `[y | u_1 | … | u_k]`. The stacked system's Jacobian is block lower-triangular (the
+    /// tangents' rows also hold `∂(J u)/∂y`); a simplified Newton on its diagonal converges
+    /// all the same (the iteration's error map is nilpotent over the blocks).
+    fn jacobian(
+        &self,
+        t: f64,
+        stacked: &DMatrix<T::Primitive>,
+        _params: &[DMatrix<T::Primitive>],
+    ) -> Option<Result<Jacobian<T::Primitive>>> {
+        Some(self.diagonal_jacobian(t, stacked))
+    }
 }
 
 impl<T: Scalar, F: Dynamics<DualOf<T>>> TangentField<'_, '_, T, F> {
+    /// See [`Dynamics::jacobian`] above.
+    fn diagonal_jacobian(
+        &self,
+        t: f64,
+        stacked: &DMatrix<T::Primitive>,
+    ) -> Result<Jacobian<T::Primitive>> {
+        let (b, d) = self.block;
+        let copies = stacked.ncols() / d;
+        let y = stacked.columns(0, d).into_owned();
+        let (jac, _) = jacobian::<T::Primitive, F>(self.f, t, &y, &self.theta)?;
+        let repeat = |m: &DMatrix<T::Primitive>| {
+            let n = m.nrows();
+            let mut big = DMatrix::zeros(n * copies, n * copies);
+            for j in 0..copies {
+                big.view_mut((j * n, j * n), (n, n)).copy_from(m);
+            }
+            big
+        };
+        Ok(match jac {
+            // The stacked state flattened column-major puts each block's entries together,
+            // in y's own order.
+            Jacobian::Dense(m) => {
+                let n = b * d * copies;
+                if n.checked_mul(n).is_none_or(|e| e > ad_core::MAX_ELEMENTS) {
+                    return Err(Error::Tape(ad_core::Error::TooLarge {
+                        op: "jacobian of the tangent-planning system (declare Dynamics::rows_independent if the rows are)",
+                        rows: n,
+                        cols: n,
+                        limit: ad_core::MAX_ELEMENTS,
+                    }));
+                }
+                Jacobian::Dense(repeat(&m))
+            }
+            Jacobian::Blocks(blocks) => Jacobian::Blocks(blocks.iter().map(repeat).collect()),
+        })
+    }
+
     /// Evaluate the stacked system at time `at` (as a number) on stacked values.
     fn stacked_eval(
         &self,

@@ -366,6 +366,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
             // An FSAL method's last stage enters the dense output only.
             final_stage: !seeded.is_empty(),
             tolerances: (0.0, 0.0),
+            newton_blocks: 1,
         };
         let step = rk_step(
             self.local,
