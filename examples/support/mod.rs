@@ -6,5 +6,6 @@ pub mod chart;
 pub mod cli;
 pub mod heap;
 pub mod report;
+pub mod stiff;
 pub mod styles;
 pub mod workloads;
