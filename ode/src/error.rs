@@ -177,6 +177,15 @@ pub enum Error {
         /// Its size.
         dt: f64,
     },
+    /// At an event's root `∂g/∂t + ∂g/∂h · f = 0`: the event time does not move to first
+    /// order with the inputs (a grazing or stationary crossing), so its derivative is undefined.
+    #[error("event function {event} crosses zero at t = {} with ∂g/∂t + ∂g/∂h·f = 0 (a grazing or stationary crossing): the event time's derivative is undefined; use an event function that crosses zero transversally", num(*t))]
+    EventTimeUndefined {
+        /// The root.
+        t: f64,
+        /// Which event function.
+        event: usize,
+    },
     /// The Newton iteration matrix `I − c·J` of an implicit stage cannot be factorised.
     #[error("the Newton iteration matrix I − c·J (c = γ·dt = {}){} is singular: {reason}; take a smaller step (c shrinks with dt), or check the Jacobian for NaN", num(*c), block.map_or(String::new(), |r| format!(", block of batch row {r},")))]
     SingularIterationMatrix {

@@ -212,6 +212,7 @@ mod controller;
 mod dynamics;
 mod engine;
 mod error;
+pub mod event;
 mod forward;
 mod implicit;
 mod input;
