@@ -102,6 +102,7 @@ fn free_fall_event_time_and_its_derivatives_under_every_strategy() {
         "interpolating",
         "gauss",
         "auto:1",
+        "reversible",
     ] {
         let strategy: Strategy = name.parse().unwrap();
         let opts = Options::default().tolerances(1e-9, 1e-11);
