@@ -250,6 +250,17 @@ fn inconsistent_ops_and_bad_calls_are_typed_errors() {
         run(Variant::Correct, &zero_pairs).0,
         Err(CheckError::InvalidSettings { .. })
     ));
+    // Counts that would preallocate past memory (2^40, usize::MAX) are refused up front.
+    for pairs in [1usize << 40, usize::MAX] {
+        let huge = CustomOpSettings {
+            pairs,
+            ..Default::default()
+        };
+        assert!(matches!(
+            run(Variant::Correct, &huge).0,
+            Err(CheckError::InvalidSettings { .. })
+        ));
+    }
     let forwards = Rc::new(Cell::new((0, 0)));
     let make = || ProductTanh {
         variant: Variant::Correct,

@@ -46,8 +46,15 @@ pub fn repetitions(n: usize, slots: usize) -> usize {
         // β(k, 1) = k + 1 ≥ n.
         return 1;
     }
+    // β(k, r + 1) = β(k, r)·(k + r + 1)/(r + 1), exact at every step: O(r), not O(r²)
+    // (one slot needs r = n − 1).
     let mut r = 1;
-    while reversible_steps(slots, r) < n as u128 {
+    let mut beta = slots as u128 + 1;
+    while beta < n as u128 {
+        beta = match beta.checked_mul(slots as u128 + r as u128 + 1) {
+            Some(p) => p / (r as u128 + 1),
+            None => u128::MAX,
+        };
         r += 1;
     }
     r
@@ -83,6 +90,14 @@ pub(crate) fn split(n: usize, slots: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One slot: r = n − 1 and t = n(n − 1)/2, from a million steps in O(n).
+    #[test]
+    fn one_slot_takes_the_closed_form_without_quadratic_work() {
+        let n = 1_000_000usize;
+        assert_eq!(repetitions(n, 1), n - 1);
+        assert_eq!(min_recomputations(n, 1), n * (n - 1) / 2);
+    }
 
     /// The schedule's cost by its recursion with [`split`].
     fn cost(n: usize, k: usize) -> usize {

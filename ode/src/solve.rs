@@ -120,11 +120,9 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone +
     };
     let solution = match strategy {
         Strategy::Taped => taped::taped(&input, f, |_| Ok(())),
-        Strategy::Backsolve(b) => backsolve::backsolve(&input, f, b, 1),
-        Strategy::BacksolveCheckpointed {
-            checkpoints,
-            backsolve,
-        } => backsolve::backsolve(&input, f, backsolve, *checkpoints),
+        Strategy::Backsolve(_) | Strategy::BacksolveCheckpointed { .. } => {
+            backsolve::backsolve(&input, f, strategy)
+        }
         Strategy::StoreEveryStep => replay::exact(&input, f, None, String::new()),
         Strategy::Checkpointed { slots } => replay::exact(&input, f, Some(*slots), String::new()),
         Strategy::Auto { budget_bytes } => auto::solve(&input, f, *budget_bytes),
@@ -234,7 +232,7 @@ pub fn odeint_adjoint<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     if let Some(sol) = input.without_steps(&strategy)? {
         return Ok(sol);
     }
-    backsolve::backsolve(&input, f, &settings, 1)
+    backsolve::backsolve(&input, f, &strategy)
 }
 
 /// Taped solve: every stage is recorded on `tape`, so `tape.backward` differentiates the

@@ -383,3 +383,33 @@ fn auto_reports_its_choice() {
     );
     assert_eq!(names[2], "backsolve");
 }
+
+/// Every strategy's report is named as `Strategy::name` spells it (backsolve with one
+/// checkpoint was reported as plain `backsolve`).
+#[test]
+fn strategy_reports_carry_the_strategy_name() {
+    let tape = ad_core::Tape::<f64>::new();
+    let h0 = tape.var(DMatrix::from_element(1, 1, 1.0));
+    let k = tape.var(DMatrix::from_element(1, 1, 0.5));
+    let t = tape.constant(DMatrix::from_row_slice(1, 3, &[0.0, 0.5, 1.0]));
+    for name in [
+        "backsolve",
+        "backsolve-checkpointed:1",
+        "backsolve-checkpointed:3",
+        "aca",
+        "gauss",
+    ] {
+        let strategy: Strategy = name.parse().unwrap();
+        let sol = ode::odeint_with(
+            &tape,
+            &common::Decay,
+            h0,
+            t,
+            &[k],
+            &ode::Options::default(),
+            &strategy,
+        )
+        .unwrap();
+        assert_eq!(sol.strategy.name, strategy.name(), "{name}");
+    }
+}

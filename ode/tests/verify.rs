@@ -536,6 +536,8 @@ fn bad_inputs_are_typed_errors() {
     // Directions of the wrong shape.
     let v = ProblemVector::zeros_like(&good);
     assert!(v.clone().with_param(1, one(1.0)).is_err());
+    // The largest index is an error, not an overflow.
+    assert!(v.clone().with_param(usize::MAX, one(1.0)).is_err());
     assert!(v.clone().with_param(0, one(1.0)).is_err());
     let mut short = v.clone();
     short.t = DMatrix::zeros(1, 5);

@@ -17,6 +17,10 @@ use super::{
 use crate::ops::CustomOp;
 use crate::tape::{Tape, Var};
 
+/// The most pairs [`check_custom_op`] compares: random pairs beyond a few dozen add no
+/// evidence, and a count near `usize::MAX` would preallocate past memory.
+pub const MAX_PAIRS: usize = 100_000;
+
 /// What [`check_custom_op`] compares, and when it passes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CustomOpSettings {
@@ -211,6 +215,14 @@ where
     if settings.pairs == 0 {
         return Err(CheckError::InvalidSettings {
             message: "`pairs` is 0, so nothing would be compared; ask for at least one pair".into(),
+        });
+    }
+    if settings.pairs > MAX_PAIRS {
+        return Err(CheckError::InvalidSettings {
+            message: format!(
+                "`pairs` is {}, more than the {MAX_PAIRS} a check can use (each pair is a taped run, a dual run and finite differences); ask for fewer",
+                settings.pairs
+            ),
         });
     }
     validate_inputs(inputs)?;

@@ -65,7 +65,7 @@ use crate::tape::{Tape, Var};
 
 pub use compare::{Comparison, Entry, Mismatch};
 pub use custom_op::{
-    check_custom_op, BlockReport, CustomOpReport, CustomOpSettings, NonFiniteCotangent,
+    check_custom_op, BlockReport, CustomOpReport, CustomOpSettings, NonFiniteCotangent, MAX_PAIRS,
 };
 pub use gradcheck::{
     gradcheck, gradcheck_fd, DirectionReport, Entries, Evaluations, GradcheckReport,

@@ -145,7 +145,7 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         );
         return Ok(sol);
     }
-    let mut sol = backsolve::backsolve(input, f, &Backsolve::default(), 1)?;
+    let mut sol = backsolve::backsolve(input, f, &Strategy::Backsolve(Backsolve::default()))?;
     sol.strategy.reason = format!(
         "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), so backsolve (not exact)"
     );

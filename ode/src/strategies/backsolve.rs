@@ -18,13 +18,26 @@ use crate::solution::Solution;
 use crate::stepper::{Memory, Start, Stepper};
 use crate::strategy::{Backsolve, BackwardStats, Drift, Strategy, StrategyReport};
 
-/// The backsolve strategy with `checkpoints` stored states (1: only `h0`).
+/// The backsolve strategy (`Strategy::Backsolve`, or `BacksolveCheckpointed` with its
+/// stored states; 1: only `h0`), reported under the strategy's own name.
 pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     input: &SolveInput<'_, 't, T>,
     f: &F,
-    settings: &Backsolve,
-    checkpoints: usize,
+    strategy: &Strategy,
 ) -> Result<Solution<'t, T>> {
+    let (settings, checkpoints) = match strategy {
+        Strategy::Backsolve(b) => (b, 1),
+        Strategy::BacksolveCheckpointed {
+            checkpoints,
+            backsolve,
+        } => (backsolve, *checkpoints),
+        _ => {
+            return Err(Error::Tape(ad_core::Error::InvalidArgument {
+                op: "backsolve",
+                message: "called for another strategy; this is a bug in the ode crate".into(),
+            }))
+        }
+    };
     let mut values = input.values()?;
     let (forward, kept) = forward_keeping(
         &mut values,
@@ -33,14 +46,6 @@ pub(crate) fn backsolve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         checkpoints,
     )?;
     let stored: Vec<(f64, DMatrix<T>)> = kept.into_iter().map(|c| (c.t, c.y)).collect();
-    let strategy = if checkpoints > 1 {
-        Strategy::BacksolveCheckpointed {
-            checkpoints,
-            backsolve: settings.clone(),
-        }
-    } else {
-        Strategy::Backsolve(settings.clone())
-    };
     let report = StrategyReport {
         name: strategy.name(),
         stored_states: stored.len() + 1,

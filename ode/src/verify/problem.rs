@@ -94,7 +94,7 @@ impl ProblemVector {
             return Err(VerifyError::Shape {
                 what: format!("parameter index {index} (of the parameter list (count, 1))"),
                 expected: (count, 1),
-                got: (index + 1, 1),
+                got: (index.saturating_add(1), 1),
             });
         };
         same_shape(
