@@ -8,8 +8,8 @@
 //! - [`ode`]: one Runge–Kutta engine; taped `odeint` and `odeint_adjoint` (one opaque node).
 //! - [`nn`]: layers, `OdeFunc`, `NeuralOde`, optimisers, problem files.
 //!
-//! The examples' shared support (a counting allocator, tables, SVG charts) lives with them
-//! in `examples/support/`, not in this API. `rand`, `nalgebra` and `num_dual` are
+//! [`heap`] measures peak heap (a counting global allocator and peak scopes); the examples'
+//! tables and SVG charts live with them in `examples/support/`, not in this API. `rand`, `nalgebra` and `num_dual` are
 //! re-exported in the versions the API's signatures use (no version traps).
 //!
 //! ```
@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub use ad_core;
+pub use ad_core::heap;
 pub use ad_core::{nalgebra, num_dual};
 pub use nn;
 pub use ode;

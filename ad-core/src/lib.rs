@@ -28,6 +28,9 @@
 //! Other crates add opaque nodes through [`CustomOp`]; [`Tape::no_grad`] runs the same code
 //! recording values only, and [`Tape::mark`] / [`Tape::rewind`] reuse a scratch tape.
 //!
+//! [`heap`] measures *peak heap*: a counting global allocator and nested peak scopes, for
+//! memory figures beside the tape's held bytes.
+//!
 //! The [`check`] module verifies gradients: [`gradcheck`] compares a function's reverse-mode
 //! gradient with `Dual64` forward mode and finite differences, and [`check_custom_op`] a custom
 //! op's VJP with `Dual64` JVPs of its own forward.
@@ -54,6 +57,7 @@
 mod backward;
 pub mod check;
 mod error;
+pub mod heap;
 mod ops;
 mod scalar;
 mod table;

@@ -6,14 +6,11 @@
 
 mod common;
 
-// The examples' counting allocator: one definition of peak heap for the whole repository.
-#[path = "../../examples/support/heap.rs"]
-mod heap;
-
 use ad_core::nalgebra::DMatrix;
 use ad_core::Tape;
 use common::*;
-use heap::CountingAlloc;
+// The library's counting allocator: one definition of peak heap for the whole repository.
+use ad_core::heap::CountingAlloc;
 use ode::{odeint_with, Dynamics, Options, Strategy};
 
 #[global_allocator]

@@ -4,14 +4,11 @@
 
 mod common;
 
-// The examples' counting allocator: one definition of peak heap for the whole repository.
-#[path = "../../examples/support/heap.rs"]
-mod heap;
-
 use ad_core::nalgebra::DMatrix;
 use ad_core::Tape;
 use common::*;
-use heap::CountingAlloc;
+// The library's counting allocator: one definition of peak heap for the whole repository.
+use ad_core::heap::CountingAlloc;
 use ode::{odeint_with, Options, StepRecord, Strategy};
 
 #[global_allocator]
@@ -77,6 +74,7 @@ fn checkpointing_and_auto_stay_within_their_memory() {
             &opts,
             &Strategy::Auto {
                 budget_bytes: budget,
+                strict: false,
             },
         );
         eprintln!("auto:{budget}: {name}, peak {got} B");
@@ -96,4 +94,60 @@ fn checkpointing_and_auto_stay_within_their_memory() {
         "{chosen:?}"
     );
     assert!(chosen.iter().any(|c| c == "aca"), "{chosen:?}");
+
+    // Below what any exact strategy needs, auto falls back to backsolve and estimates
+    // backsolve's own peak: "over budget" when even that does not fit, and the strict form
+    // refuses then, naming the estimate.
+    let (backsolve, _, _) = peak(&p, &opts, &Strategy::backsolve());
+    let tiny = Strategy::Auto {
+        budget_bytes: 1_000,
+        strict: false,
+    };
+    let reason = auto_reason(&p, &opts, &tiny).unwrap();
+    eprintln!("auto:1000 -> {reason}; backsolve's measured peak {backsolve} B");
+    assert!(reason.contains("over budget"), "{reason}");
+    let strict = Strategy::Auto {
+        budget_bytes: 1_000,
+        strict: true,
+    };
+    match auto_reason(&p, &opts, &strict) {
+        Err(ode::Error::OverBudget {
+            budget,
+            strategy,
+            needed,
+        }) => {
+            assert_eq!((budget, strategy.as_str()), (1_000, "backsolve"));
+            // The estimate is within a factor of 2 of the measured peak either way.
+            assert!(
+                needed >= backsolve / 2 && needed <= 2 * backsolve,
+                "estimate {needed} B against measured {backsolve} B"
+            );
+        }
+        other => panic!("auto-strict:1000 gave {other:?}"),
+    }
+    // A budget above backsolve's estimate but below one step's replay: backsolve, within it.
+    let roomy = 2 * backsolve;
+    if roomy < lowest {
+        for strict in [false, true] {
+            let s = Strategy::Auto {
+                budget_bytes: roomy,
+                strict,
+            };
+            let reason = auto_reason(&p, &opts, &s).unwrap();
+            assert!(
+                reason.contains("fits") && !reason.contains("over budget"),
+                "{reason}"
+            );
+        }
+    }
+}
+
+/// The reason auto gives for its choice, or the error it refuses with.
+fn auto_reason(p: &Problem, opts: &Options, strategy: &Strategy) -> Result<String, ode::Error> {
+    let tape = Tape::<f64>::new();
+    let h0 = tape.var(p.h0.clone());
+    let t = tape.var(DMatrix::from_row_slice(1, p.grid.len(), &p.grid));
+    let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
+    let sol = odeint_with(&tape, &p.f, h0, t, &params, opts, strategy)?;
+    Ok(sol.strategy.reason)
 }
