@@ -1248,3 +1248,72 @@ fn non_finite_cotangent_of_dual_numbers() {
     // d(x²) = 2x, with the tangent: 2 (3 + ε).
     assert_eq!(g.get(x).unwrap()[(0, 1)], Dual64::new(6.0, 2.0));
 }
+
+/// Ops whose results fit `MAX_ELEMENTS` but not the process's memory return `TooLarge`
+/// instead of aborting in their kernel's allocation: the child test below runs in a
+/// process capped at about 4 GB of address space (`ulimit -v`), where a 20 GB product
+/// cannot be allocated.
+#[cfg(target_os = "linux")]
+#[test]
+fn results_past_the_memory_cap_are_refused_not_aborted() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4000000 && exec \"$0\" --exact capped_results --ignored --nocapture --test-threads 1")
+        .arg(&exe)
+        .env("AD_CORE_CAPPED_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the capped child failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("refused 6 of 6"), "{stdout}\n{stderr}");
+}
+
+/// Run by the test above under `ulimit -v`; does nothing without its environment variable
+/// (uncapped, the probes could succeed by overcommit and the kernels would touch 20 GB).
+#[test]
+#[ignore = "run under a memory cap by results_past_the_memory_cap_are_refused_not_aborted"]
+fn capped_results() {
+    if std::env::var_os("AD_CORE_CAPPED_CHILD").is_none() {
+        return;
+    }
+    let tape = Tape::<f64>::new();
+    let row = |n: usize| tape.var(DMatrix::from_element(1, n, 1.0));
+    let col = |n: usize| tape.var(DMatrix::from_element(n, 1, 1.0));
+    let before = tape.len();
+    let mut refused = 0;
+    let mut expect = |r: Result<Var<'_, f64>, Error>, name: &str, shape: (usize, usize)| {
+        assert_too_large(r, name, shape);
+        refused += 1;
+    };
+    // 2³² entries (32 GiB): within MAX_ELEMENTS, beyond the cap.
+    expect(row(1 << 16).mul(col(1 << 16)), "mul", (1 << 16, 1 << 16));
+    expect(row(40_000).add(col(40_000)), "add", (40_000, 40_000));
+    expect(col(50_000).matmul(row(50_000)), "matmul", (50_000, 50_000));
+    expect(
+        col(50_000).matmul_t(col(50_000)),
+        "matmul_t",
+        (50_000, 50_000),
+    );
+    expect(
+        col(50_000).linear(col(50_000), row(50_000)),
+        "linear",
+        (50_000, 50_000),
+    );
+    expect(
+        row(1).broadcast(50_000, 50_000),
+        "broadcast",
+        (50_000, 50_000),
+    );
+    // Only the operands were recorded (two per case).
+    assert_eq!(tape.len(), before + 2 * refused);
+    // The tape is usable: a product that fits still runs.
+    let a = col(1000).matmul(row(1000)).unwrap();
+    assert_eq!(a.shape().unwrap(), (1000, 1000));
+    println!("refused {refused} of 6");
+}

@@ -54,6 +54,7 @@ pub(crate) enum Op<T: Scalar> {
     Reduce(Reduce),
     Mse,
     Concat,
+    ConcatRows,
     SliceCols(usize),
     FixedWeightedSum(SmallVec<[T; 4]>),
     Custom(Box<CustomNode<T>>),
@@ -82,6 +83,7 @@ impl<T: Scalar> Op<T> {
             Op::Reduce(r) => r.name(),
             Op::Mse => "mse",
             Op::Concat => "concat",
+            Op::ConcatRows => "concat_rows",
             Op::SliceCols(_) => "slice_cols",
             Op::FixedWeightedSum(_) => "fixed_weighted_sum",
             Op::Custom(c) => c.op.name(),
@@ -106,7 +108,9 @@ impl<T: Scalar> Op<T> {
             Op::Binary(Binary::Mul) | Op::BroadcastBinary(Binary::Mul, ..) => (false, true),
             Op::Binary(Binary::Div) | Op::BroadcastBinary(Binary::Div, ..) => (true, true),
             Op::MatMul | Op::MatMulT | Op::Linear | Op::Mse | Op::WeightedSum => (false, true),
-            Op::Broadcast | Op::Reduce(_) | Op::Concat | Op::SliceCols(_) => (false, true),
+            Op::Broadcast | Op::Reduce(_) | Op::Concat | Op::ConcatRows | Op::SliceCols(_) => {
+                (false, true)
+            }
             // A custom op's VJP gets its inputs and outputs (the output nodes' values).
             Op::Custom(_) => (false, true),
             Op::CustomOutput => (true, false),
@@ -151,6 +155,7 @@ impl<T: Scalar> Op<T> {
             Op::Reduce(r) => one(r.vjp(inputs[0].shape(), g)),
             Op::Mse => reduce::mse_vjp(inputs[0], inputs[1], &g, wants),
             Op::Concat => shape::concat_vjp(inputs, &g, wants),
+            Op::ConcatRows => shape::concat_rows_vjp(inputs, &g, wants),
             Op::SliceCols(start) => one(shape::slice_cols_vjp(inputs[0].shape(), *start, g)),
             Op::FixedWeightedSum(c) => elementwise::fixed_weighted_sum_vjp(c, g, wants),
             Op::CustomOutput => one(g),
@@ -180,13 +185,7 @@ pub const MAX_ELEMENTS: usize = if usize::BITS >= 64 {
 /// The number of entries of a `rows × cols` result, or [`Error::TooLarge`] if it is over
 /// [`MAX_ELEMENTS`] (an empty dimension counting as 1) or its bytes would not fit in an
 /// allocation.
-pub(crate) fn checked_len<T: Scalar>(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
-    let too_large = Error::TooLarge {
-        op,
-        rows,
-        cols,
-        limit: MAX_ELEMENTS,
-    };
+fn limited_len<T: Scalar>(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
     let fits = rows.max(1).checked_mul(cols.max(1)).is_some_and(|n| {
         n <= MAX_ELEMENTS
             && n.checked_mul(std::mem::size_of::<T>())
@@ -195,21 +194,44 @@ pub(crate) fn checked_len<T: Scalar>(op: &'static str, rows: usize, cols: usize)
     if fits {
         Ok(rows * cols)
     } else {
-        Err(too_large)
+        Err(too_large(op, rows, cols))
     }
+}
+
+fn too_large(op: &'static str, rows: usize, cols: usize) -> Error {
+    Error::TooLarge {
+        op,
+        rows,
+        cols,
+        limit: MAX_ELEMENTS,
+    }
+}
+
+/// Results from this many bytes up are allocated once on trial before the op computes them.
+const PROBED_BYTES: usize = 1 << 20;
+
+/// [`limited_len`], and for a result of a mebibyte or more, whether the allocator can
+/// provide it: a trial allocation, freed at once, so that an op whose result the process
+/// cannot hold (under a memory cap, say) returns [`Error::TooLarge`] instead of aborting
+/// in the infallible allocation of its kernel. Below a mebibyte a failed allocation is the
+/// process running out of memory, not a size the op could have checked.
+pub(crate) fn checked_len<T: Scalar>(op: &'static str, rows: usize, cols: usize) -> Result<usize> {
+    let len = limited_len::<T>(op, rows, cols)?;
+    if len.saturating_mul(std::mem::size_of::<T>()) >= PROBED_BYTES {
+        Vec::<T>::new()
+            .try_reserve_exact(len)
+            .map_err(|_| too_large(op, rows, cols))?;
+    }
+    Ok(len)
 }
 
 /// An empty buffer with room for a `rows × cols` result: [`Error::TooLarge`] over the limit
 /// or if the allocator cannot provide it (instead of aborting the process).
 pub(crate) fn buffer<T: Scalar>(op: &'static str, rows: usize, cols: usize) -> Result<Vec<T>> {
-    let len = checked_len::<T>(op, rows, cols)?;
+    let len = limited_len::<T>(op, rows, cols)?;
     let mut data = Vec::new();
-    data.try_reserve_exact(len).map_err(|_| Error::TooLarge {
-        op,
-        rows,
-        cols,
-        limit: MAX_ELEMENTS,
-    })?;
+    data.try_reserve_exact(len)
+        .map_err(|_| too_large(op, rows, cols))?;
     Ok(data)
 }
 

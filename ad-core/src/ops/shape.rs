@@ -115,6 +115,58 @@ impl<T: Scalar> Tape<T> {
     }
 }
 
+impl<T: Scalar> Tape<T> {
+    /// Stack same-column-count variables on top of each other: `[x₁; x₂; …]`, e.g. a
+    /// trajectory's states as one `(n·batch) × d` tensor. A result of more than
+    /// [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
+    pub fn concat_rows<'t>(&'t self, parts: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+        self.apply("concat_rows", parts, |x| {
+            let Some(first) = x.first() else {
+                return Err(Error::InvalidArgument {
+                    op: "concat_rows",
+                    message: "needs at least one part".into(),
+                });
+            };
+            let cols = first.ncols();
+            let mut rows: usize = 0;
+            for p in x {
+                if p.ncols() != cols {
+                    return Err(Error::ShapeMismatch {
+                        op: "concat_rows",
+                        left: first.shape(),
+                        right: p.shape(),
+                        expected: "every part must have the same number of columns",
+                    });
+                }
+                rows = rows.saturating_add(p.nrows());
+            }
+            let mut data = buffer("concat_rows", rows, cols)?;
+            // Column-major storage: each output column is the parts' columns in turn.
+            for j in 0..cols {
+                for p in x {
+                    data.extend_from_slice(p.column(j).as_slice());
+                }
+            }
+            Ok((DMatrix::from_vec(rows, cols, data), Op::ConcatRows))
+        })
+    }
+}
+
+/// Each part receives its own block of rows of the cotangent.
+pub(crate) fn concat_rows_vjp<T: Scalar>(
+    parts: &[&DMatrix<T>],
+    g: &DMatrix<T>,
+    wants: &[bool],
+) -> Grads<T> {
+    let mut start = 0;
+    let mut out: SmallVec<_> = SmallVec::new();
+    for (p, &w) in parts.iter().zip(wants) {
+        out.push(w.then(|| g.rows(start, p.nrows()).into_owned()));
+        start += p.nrows();
+    }
+    out
+}
+
 /// y = x + 1 bᵀ:  x̄ = ȳ,  b̄ = Σ_rows ȳ.
 pub(crate) fn add_row_vjp<T: Scalar>(g: DMatrix<T>, wants: &[bool]) -> Grads<T> {
     let gb = wants[1].then(|| sum_rows(&g));
