@@ -184,7 +184,9 @@ impl NeuralOde {
     }
 
     /// `h(t_0), …, h(t_n)` on `tape`, with solver statistics. `params` are the field's
-    /// parameters on the same tape (see [`crate::ParamSet::to_tape`]).
+    /// parameters on the same tape (see [`crate::ParamSet::to_tape`]). An `h0` whose width is
+    /// not the field's state dimension is an [`ode::Error::Shape`] naming `h0` (not a shape
+    /// error from inside the first layer).
     pub fn forward<'t, T: Scalar>(
         &self,
         tape: &'t Tape<T>,
@@ -192,6 +194,18 @@ impl NeuralOde {
         t: Var<'t, T>,
         params: &[Var<'t, T>],
     ) -> Result<Solution<'t, T>> {
+        let (rows, cols) = h0.shape()?;
+        if cols != self.func.dim() {
+            return Err(ode::Error::Shape {
+                what: format!(
+                    "h0 (one row per sample, one column per state component: this OdeFunc's state has {} components)",
+                    self.func.dim()
+                ),
+                expected: (rows, self.func.dim()),
+                got: (rows, cols),
+            }
+            .into());
+        }
         Ok(odeint_with(
             tape,
             &self.func,

@@ -186,6 +186,9 @@ impl<P: Precision> Optimizer<P> for Sgd {
 
 /// Adam (Kingma & Ba 2015) with the standard bias correction, as `torch.optim.Adam`.
 ///
+/// The second moment is kept as its square root, `√v ← hypot(√β₂·√v, √(1−β₂)·|g|)`, the same
+/// number up to rounding, so any finite gradient (1e200, say) gives a finite step.
+///
 /// The fields are checked by every [`Optimizer::step`]: `lr` finite and ≥ 0, `beta1` and
 /// `beta2` in [0, 1), `eps` finite and > 0 (with `eps = 0` a zero gradient gives 0/0).
 #[derive(Clone, Debug)]
@@ -200,6 +203,9 @@ pub struct Adam {
     pub eps: f64,
     steps: i32,
     m: Vec<DMatrix<f64>>,
+    /// The square root of the second-moment estimate, `√v`: kept as a root (updated with
+    /// `hypot`) so that any finite gradient gives a finite moment; `g²` overflows f64 from
+    /// |g| ≈ 1.3e154.
     v: Vec<DMatrix<f64>>,
 }
 
@@ -266,7 +272,8 @@ impl<P: Precision> Optimizer<P> for Adam {
         };
         let steps = self.steps.saturating_add(1);
         let c1 = 1.0 - self.beta1.powi(steps);
-        let c2 = 1.0 - self.beta2.powi(steps);
+        let c2_root = (1.0 - self.beta2.powi(steps)).sqrt();
+        let (b2_root, g2_weight) = (self.beta2.sqrt(), (1.0 - self.beta2).sqrt());
         let mut updated = Vec::with_capacity(params.len());
         for (i, (((p, g), m), v)) in params
             .values()
@@ -285,10 +292,11 @@ impl<P: Precision> Optimizer<P> for Adam {
             {
                 let g = g.as_f64();
                 *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-                *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
-                let m_hat = *m / c1;
-                let v_hat = *v / c2;
-                *p = P::round_from(p.as_f64() - self.lr * m_hat / (v_hat.sqrt() + self.eps));
+                // v = β₂ v + (1 − β₂) g², in roots: no g² to overflow.
+                *v = (b2_root * *v).hypot(g2_weight * g.abs());
+                // m̂ / (√v̂ + ε) = m / (√v + ε·√c₂) · √c₂ / c₁, with no m̂ to overflow.
+                let direction = (*m / (*v + self.eps * c2_root)) * (c2_root / c1);
+                *p = P::round_from(p.as_f64() - self.lr * direction);
             }
             check_update("Adam", "first moment", params, i, m)?;
             check_update("Adam", "second moment", params, i, v)?;
@@ -314,7 +322,8 @@ pub struct StepStats {
     pub loss: f64,
     /// Evaluations of the vector field in the forward solve.
     pub nfe_forward: usize,
-    /// Evaluations in the backward pass (0 for taped solves, whose backward is the tape's).
+    /// Evaluations in the backward pass (for taped solves, the VJPs through the recorded
+    /// evaluations: [`ode::BackwardStats::nfe`]).
     pub nfe_backward: usize,
     /// Held bytes ([`ode::Solution::held_bytes`]) between forward and backward, measured
     /// after `loss` returns, so the loss's own nodes count too.

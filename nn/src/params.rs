@@ -181,6 +181,11 @@ impl<P: Precision> ParamSet<P> {
 
     /// The gradients of `vars` (as returned by [`ParamSet::to_tape`]), zeros where the loss
     /// does not depend on a tensor.
+    ///
+    /// The gradients are **moved out** of `grads` (hence `&mut`), with no copy: afterwards
+    /// `grads.get(v)` is `None` for these variables, and a second call returns zeros. Read
+    /// anything else you need from `grads` (e.g. [`ode::Solution::backward_stats`]'s
+    /// report, or a gradient to log) first.
     pub fn grads<T: Scalar>(
         &self,
         grads: &mut Gradients<T>,

@@ -14,7 +14,7 @@ use ode::{BackwardStats, Solution, SolveStats, Strategy, StrategyReport};
 use crate::error::Result;
 use crate::odefunc::NeuralOde;
 use crate::params::{lifted, lower};
-use crate::problem::Problem;
+use crate::problem::{Loss, Problem};
 
 /// Which input of a problem a tensor is: what [`Problem::forward_with`]'s `lift` is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +116,8 @@ pub struct ProblemGradients<T: Scalar = f64> {
     pub t: DMatrix<T>,
     /// Counts of the forward solve.
     pub forward: SolveStats,
-    /// What the backward pass did inside the solve's opaque node (`None` for taped solves).
+    /// What the backward pass did inside the solve (for taped solves, through its recorded
+    /// steps); `None` if the pass did not reach it.
     pub backward: Option<BackwardStats>,
     /// The strategy that ran (for `auto`, the one it chose, and why).
     pub strategy: StrategyReport,
@@ -187,7 +188,18 @@ impl Problem {
     /// ([`crate::Error::Overflow`], naming the tensor and entry).
     fn check_fits<Q: Precision>(&self) -> Result<()> {
         let grid = DMatrix::from_row_slice(1, self.t.len(), &self.t);
-        check_fits::<Q>(&self.params, &[("h0", &self.h0), ("t", &grid)])
+        let mut others = vec![("h0".to_owned(), &self.h0), ("t".to_owned(), &grid)];
+        if let Loss::Cotangents(v) = &self.loss {
+            // The loss's weights go on the tape in `T` too.
+            others.extend(
+                v.iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("loss.cotangents[{i}]"), c)),
+            );
+        }
+        let others: Vec<(&str, &DMatrix<f64>)> =
+            others.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        check_fits::<Q>(&self.params, &others)
     }
 
     /// [`Problem::forward`] with each input's value on the tape given by `lift(leaf,
@@ -266,7 +278,8 @@ impl Problem {
     /// let taped = problem.gradients(&Strategy::Taped)?;
     /// let adjoint = problem.gradients(&Strategy::backsolve())?;
     /// assert_eq!(taped.params.len(), problem.params.len());
-    /// assert!(taped.backward.is_none() && adjoint.backward.is_some_and(|b| b.nfe > 0));
+    /// // Taped reports the VJPs through its recorded steps, backsolve its backward solve.
+    /// assert!(taped.backward.is_some_and(|b| b.nfe > 0) && adjoint.backward.is_some_and(|b| b.nfe > 0));
     /// let gap = (&taped.h0 - &adjoint.h0).abs().max() / taped.h0.abs().max();
     /// assert!(gap < 1e-4, "{gap}");
     /// # Ok::<(), nn::Error>(())

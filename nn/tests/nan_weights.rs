@@ -40,3 +40,46 @@ fn a_nan_weight_behind_relu_is_an_error_in_every_strategy() {
         assert_eq!(ok.scalar_value().unwrap(), 4.0);
     }
 }
+
+/// A wrong-width or NaN `h0` is reported as what it is: a shape error naming `h0` (it was a
+/// `linear` shape mismatch from the first layer) and a non-finite initial state (it was
+/// "the dynamics blew up").
+#[test]
+fn a_bad_h0_is_named_as_h0() {
+    let func = OdeFunc::new(3, &[8], Activation::Tanh).unwrap();
+    let params = func
+        .mlp
+        .init_params(&mut nn::rand::rngs::StdRng::seed_from_u64(1));
+    let model = NeuralOde::new(func, Strategy::Taped);
+    let tape = Tape::new();
+    let p = params.to_tape(&tape);
+    let t = tape.constant(DMatrix::from_row_slice(1, 2, &[0.0, 1.0]));
+    let wide = tape.constant(DMatrix::from_element(2, 4, 0.5));
+    let e = model.forward(&tape, wide, t, &p).err().unwrap();
+    assert!(
+        matches!(
+            &e,
+            nn::Error::Ode(ode::Error::Shape {
+                expected: (2, 3),
+                got: (2, 4),
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("h0"), "{e}");
+    let mut nan = DMatrix::from_element(2, 3, 0.5);
+    nan[(1, 2)] = f64::NAN;
+    let e = model
+        .forward(&tape, tape.constant(nan), t, &p)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            &e,
+            nn::Error::Ode(ode::Error::NonFiniteInitialState { row: 1, col: 2, .. })
+        ),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("blew up"), "{e}");
+}

@@ -207,6 +207,22 @@ fn values_beyond_f32_are_refused_by_name_not_turned_into_infinities() {
         q.record(&tape, &Strategy::backsolve()),
         Err(nn::Error::Overflow { row: 0, col: 1, .. })
     ));
+    // A loss cotangent beyond f32 (it was lifted to infinity unchecked).
+    let mut c = problems().remove(1);
+    match &mut c.loss {
+        nn::Loss::Cotangents(v) => v[3][(2, 1)] = 1e39,
+        nn::Loss::SumFinal => panic!("spiral_small's loss has cotangents"),
+    }
+    match c.gradients_in::<f32>(&Strategy::Taped) {
+        Err(nn::Error::Overflow {
+            tensor,
+            row: 2,
+            col: 1,
+            precision: "f32",
+            ..
+        }) => assert_eq!(tensor, "loss.cotangents[3]"),
+        other => panic!("{:?}", other.map(|g| g.loss)),
+    }
     // The tape is still usable.
     let x = tape.var(DMatrix::from_element(1, 1, 2.0f32));
     let g = tape.backward(x.square().sum()).unwrap();

@@ -92,8 +92,11 @@ pub(crate) fn check_h0<T: Scalar>(h0: &DMatrix<T>, t0: f64) -> Result<()> {
         });
     }
     if !all_finite(h0) {
-        return Err(Error::NonFinite {
-            what: "state",
+        let at = h0.iter().position(|x| !x.primal().is_finite()).unwrap_or(0);
+        return Err(Error::NonFiniteInitialState {
+            row: at % h0.nrows(),
+            col: at / h0.nrows(),
+            value: h0[at].primal(),
             t: t0,
         });
     }
