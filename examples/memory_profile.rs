@@ -93,6 +93,7 @@ fn strategies() -> [Strategy; 6] {
         Strategy::Checkpointed { slots: K },
         Strategy::Auto {
             budget_bytes: AUTO_BUDGET,
+            strict: false,
         },
     ]
 }

@@ -53,6 +53,7 @@ fn strategies() -> [Strategy; 10] {
         Strategy::Reversible { coupling: None },
         Strategy::Auto {
             budget_bytes: AUTO_BUDGET,
+            strict: false,
         },
     ]
 }

@@ -251,6 +251,19 @@ impl Controller {
         } else {
             0.01 * d0 / d1
         };
+        if !(d0.is_finite() && d1.is_finite()) {
+            // An overflowed state or derivative (a huge adjoint, say) is the cause to report,
+            // not the step size it leaves undefined.
+            for (v, what) in y0
+                .iter()
+                .map(|v| (v, "state"))
+                .chain(f0.iter().map(|v| (v, "derivative")))
+            {
+                if !v.with_value(ad_core::all_finite)? {
+                    return Err(Error::NonFinite { what, t: t0.at });
+                }
+            }
+        }
         if !(h0.is_finite() && h0 > 0.0) {
             // NaN scaled norms (tolerances so small that the scaling overflows, a custom
             // norm returning NaN): say so here, not as a NaN state one evaluation later.
@@ -281,6 +294,19 @@ impl Controller {
                 )
             })?)
         })? / h0;
+        if !d2.is_finite() {
+            // The probe state overflowed (a huge adjoint, say): that is the cause to report,
+            // not the step size it leaves undefined.
+            for v in y1.iter().chain(&f1) {
+                if !v.with_value(ad_core::all_finite)? {
+                    tape.rewind(mark)?;
+                    return Err(Error::NonFinite {
+                        what: "state at the initial step's probe",
+                        t: t0.at,
+                    });
+                }
+            }
+        }
         tape.rewind(mark)?;
         let h1 = if d1 <= 1e-15 && d2 <= 1e-15 {
             (h0 * 1e-3).max(1e-6)

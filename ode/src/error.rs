@@ -90,6 +90,18 @@ pub enum Error {
         /// The time at which it was found.
         t: f64,
     },
+    /// The initial state `h0` holds NaN or infinity: the input, not the dynamics.
+    #[error("the initial state h0 has a non-finite entry, {value}, at row {row}, column {col} (t = {}): the solve has not started; check the data or whatever computed h0", num(*t))]
+    NonFiniteInitialState {
+        /// Row (batch sample) of the first such entry.
+        row: usize,
+        /// Column (state component) of the first such entry.
+        col: usize,
+        /// The entry.
+        value: f64,
+        /// The grid's first time.
+        t: f64,
+    },
     /// A cotangent handed to a solve's backward pass contains NaN or infinity.
     #[error("the cotangent of output {output} (t = {}) is not finite: the loss or whatever reads h(t_{output}) produced NaN or infinity; check the loss, not the dynamics", num(*t))]
     NonFiniteCotangent {
@@ -185,6 +197,16 @@ pub enum Error {
         t: f64,
         /// Which event function.
         event: usize,
+    },
+    /// `auto-strict:BYTES`: no strategy's estimated peak fits the budget.
+    #[error("no gradient strategy fits the budget of {budget} bytes: the smallest, {strategy}, needs about {needed} bytes at its peak; raise the budget, or use auto:BYTES to run {strategy} over budget")]
+    OverBudget {
+        /// The budget asked for.
+        budget: usize,
+        /// The strategy with the smallest estimated peak.
+        strategy: String,
+        /// Its estimated peak in bytes.
+        needed: usize,
     },
     /// The Newton iteration matrix `I − c·J` of an implicit stage cannot be factorised.
     #[error("the Newton iteration matrix I − c·J (c = γ·dt = {}){} is singular: {reason}; take a smaller step (c shrinks with dt), or check the Jacobian for NaN", num(*c), block.map_or(String::new(), |r| format!(", block of batch row {r},")))]

@@ -338,6 +338,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
         let mut peak = 0;
         for w in stops.windows(2).rev() {
             let (to, from) = (w[0], w[1]);
+            stats.segments += 1;
             // The stretch this segment lies in (its midpoint's).
             trajectory.load_around(
                 0.5 * (to.0 + from.0),

@@ -125,7 +125,10 @@ pub fn odeint_with<'t, T: Scalar, F: Dynamics<T> + Dynamics<DualOf<T>> + Clone +
         }
         Strategy::StoreEveryStep => replay::exact(&input, f, None, String::new()),
         Strategy::Checkpointed { slots } => replay::exact(&input, f, Some(*slots), String::new()),
-        Strategy::Auto { budget_bytes } => auto::solve(&input, f, *budget_bytes),
+        Strategy::Auto {
+            budget_bytes,
+            strict,
+        } => auto::solve(&input, f, *budget_bytes, *strict),
         Strategy::Gauss(c) => gauss::gauss(&input, f, c, strategy),
         Strategy::Interpolating(c) => interpolating::interpolating(&input, f, c, strategy),
         Strategy::Reversible { .. } => reversible::reversible(&input, f, strategy, String::new()),

@@ -107,9 +107,18 @@ pub enum Strategy {
     /// when its tape does not fit. Gauss and interpolating are never chosen: not exact, and
     /// they need more than the two states `checkpointed:2` needs.
     /// [`Solution::strategy`](crate::Solution::strategy) says what was chosen and why.
+    ///
+    /// Backsolve's own peak (its augmented state `[h, a, a_θ, a_t]` with its stages, one
+    /// evaluation's tape and VJP) can exceed a small budget too: the report's reason then
+    /// says "over budget" with the estimate, and `strict` refuses with
+    /// [`Error::OverBudget`] instead of running. Parsed as `auto:BYTES` and
+    /// `auto-strict:BYTES`.
     Auto {
         /// Bytes the solve and its backward may use beyond inputs, parameters and outputs.
         budget_bytes: usize,
+        /// Refuse ([`Error::OverBudget`]) rather than run a strategy whose estimated peak
+        /// exceeds the budget.
+        strict: bool,
     },
 }
 
@@ -128,7 +137,8 @@ impl Strategy {
     }
 
     /// The short name used by reports and by [`Strategy::from_str`]: `taped`, `backsolve`,
-    /// `backsolve-checkpointed:K`, `aca`, `checkpointed:K`, `auto:BYTES`.
+    /// `backsolve-checkpointed:K`, `aca`, `checkpointed:K`, `auto:BYTES`, `auto-strict:BYTES`,
+    /// `gauss`, `interpolating`, `reversible`.
     pub fn name(&self) -> String {
         match self {
             Strategy::Taped => "taped".into(),
@@ -138,7 +148,14 @@ impl Strategy {
             }
             Strategy::StoreEveryStep => "aca".into(),
             Strategy::Checkpointed { slots } => format!("checkpointed:{slots}"),
-            Strategy::Auto { budget_bytes } => format!("auto:{budget_bytes}"),
+            Strategy::Auto {
+                budget_bytes,
+                strict: false,
+            } => format!("auto:{budget_bytes}"),
+            Strategy::Auto {
+                budget_bytes,
+                strict: true,
+            } => format!("auto-strict:{budget_bytes}"),
             Strategy::Gauss(c) => c.name("gauss"),
             Strategy::Interpolating(c) => c.name("interpolating"),
             Strategy::Reversible { coupling: None } => "reversible".into(),
@@ -233,7 +250,7 @@ impl fmt::Display for Strategy {
 
 /// The text of a strategy name that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown gradient strategy `{0}`: use taped, backsolve, backsolve-checkpointed:K, aca (store every step), checkpointed:K, gauss, gauss:K, interpolating, interpolating:K, reversible, reversible:COUPLING or auto:BYTES, with K ≥ 1 and 0 < COUPLING ≤ 1")]
+#[error("unknown gradient strategy `{0}`: use taped, backsolve, backsolve-checkpointed:K, aca (store every step), checkpointed:K, gauss, gauss:K, interpolating, interpolating:K, reversible, reversible:COUPLING, auto:BYTES or auto-strict:BYTES, with K ≥ 1 and 0 < COUPLING ≤ 1")]
 pub struct ParseStrategyError(pub String);
 
 impl FromStr for Strategy {
@@ -273,10 +290,11 @@ impl FromStr for Strategy {
                         .ok_or_else(bad)?,
                 ),
             },
-            ("auto", a) => Strategy::Auto {
+            ("auto" | "auto-strict", a) => Strategy::Auto {
                 budget_bytes: a
                     .and_then(|a| a.trim().parse::<usize>().ok())
                     .ok_or_else(bad)?,
+                strict: head.trim() == "auto-strict",
             },
             _ => return Err(bad()),
         })
@@ -359,6 +377,14 @@ impl Default for Backsolve {
 
 impl Backsolve {
     /// These settings with both backward tolerances set.
+    ///
+    /// The backward solve stops at every output time ([`Backsolve::stop_at_all_outputs`]) and
+    /// checkpoint, and takes at least one step per segment between stops
+    /// ([`BackwardStats::segments`] counts them). On a dense output grid — 50 points, say —
+    /// the segments are shorter than the steps the tolerances would choose, so the grid, not
+    /// the tolerances, sets the step count and the accuracy: tightening them then changes
+    /// nothing. Set `stop_at_all_outputs = false` to let the tolerances choose the steps
+    /// between outputs that carry a cotangent.
     pub fn tolerances(mut self, rtol: f64, atol: f64) -> Self {
         self.rtol = Some(rtol);
         self.atol = Some(atol);
@@ -511,10 +537,13 @@ pub struct Drift {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackwardStats {
     /// Evaluations of the vector field: for backsolve, of the augmented dynamics (each one
-    /// f evaluation plus one VJP); for the exact strategies, in replays and recomputations.
+    /// f evaluation plus one VJP); for the exact strategies, in replays and recomputations;
+    /// for taped, the VJPs through the evaluations its accepted steps recorded (the method's
+    /// stages per step, the first-same-as-last stage once).
     pub nfe: usize,
     /// Accepted steps of the backward solve (backsolve), or steps replayed on a tape for
-    /// their VJP (exact strategies; steps no cotangent reaches are not replayed).
+    /// their VJP (exact strategies; steps no cotangent reaches are not replayed; taped: the
+    /// recorded steps).
     pub accepted: usize,
     /// Rejected steps of the backward solve.
     pub rejected: usize,
@@ -533,6 +562,12 @@ pub struct BackwardStats {
     /// `t_0`, latest first. Rounding alone gives ~1e-15; growth towards `t_0` shows the inversion losing
     /// digits on dynamics that expand backwards (the gradient is then off by about as much).
     pub reconstruction: Vec<Drift>,
+    /// Backsolve: the stretches between stops (output times and checkpoints) the backward
+    /// solve integrated, each taking at least one step; the continuous adjoints: the
+    /// segments between output times; 0 for the exact strategies. When it is close to
+    /// [`BackwardStats::accepted`], the output grid, not the adjoint tolerances, chose the
+    /// steps ([`Backsolve::tolerances`]).
+    pub segments: usize,
     /// The library's own account of the *peak heap* of this backward pass (see
     /// `docs/design.md`): the largest number of bytes it held at once in tensors it created
     /// itself, sampled at every vector-field VJP (where the peak lies) and after every
@@ -545,7 +580,10 @@ pub struct BackwardStats {
     /// outputs, the forward's stored states, which are held bytes) and the caller's tape's
     /// own backward buffers. A counting allocator's peak above the live bytes at the
     /// start of the pass agrees within a few tens of percent (`ode/tests/reported_memory.rs`
-    /// checks the band for every strategy).
+    /// checks the band for every strategy). For taped, an estimate of the cotangents pending
+    /// at once (a step's stages and ends, the parameters' gradients): its tape is held
+    /// bytes, and its bookkeeping per node is not counted, so a counting allocator
+    /// ([`ad_core::heap`]) shows a larger peak.
     pub peak_bytes: usize,
 }
 

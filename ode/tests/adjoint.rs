@@ -199,6 +199,11 @@ fn stopping_at_all_outputs_changes_cost_not_gradients() {
         a.nfe <= b.nfe,
         "stepping through outputs cannot cost more here"
     );
+    // Stepping through: one stretch from the last output to t_0; stopping: one per grid
+    // interval, each at least one step.
+    assert_eq!(a.segments, 1);
+    assert_eq!(b.segments, p.grid.len() - 1);
+    assert!(b.accepted >= b.segments);
 
     let mut dense = sparse_loss_problem(21, 6);
     let mut rng = Rng::new(5);
@@ -209,6 +214,7 @@ fn stopping_at_all_outputs_changes_cost_not_gradients() {
     let y = dense.grads_with(&opts(tol), &stop).unwrap();
     assert_eq!(x.max_diff(&y), 0.0);
     assert_eq!(x.backward, y.backward);
+    assert_eq!(x.backward.unwrap().segments, dense.grid.len() - 1);
 }
 
 /// The seminorm leaves the parameter adjoints (75 entries here) out of the step control:
@@ -356,12 +362,13 @@ fn backward_stats_appear_after_backward() {
         let unrelated = tape.backward(params[0].sum()).unwrap();
         assert_eq!(sol.backward_stats(&unrelated), None);
         let g = tape.backward(loss).unwrap();
-        match sol.backward_stats(&g) {
-            Some(b) => {
-                assert!(adjoint);
-                assert!(b.nfe > 0 && b.accepted > 0, "{b:?}");
-            }
-            None => assert!(!adjoint),
+        // Both report: the taped solve the VJPs through its recorded steps.
+        let b = sol
+            .backward_stats(&g)
+            .expect("a pass through the solve reports");
+        assert!(b.nfe > 0 && b.accepted > 0, "{b:?}");
+        if !adjoint {
+            assert_eq!(b.accepted, sol.steps.len());
         }
     }
 }

@@ -217,9 +217,10 @@ fn bad_initial_states() {
         h0[(1, 0)] = bad;
         for e in errors(&f, &h0, &grid, &p, &opts) {
             assert!(
-                matches!(e, Error::NonFinite { what: "state", t } if t == 0.0),
+                matches!(e, Error::NonFiniteInitialState { row: 1, col: 0, value, t } if t == 0.0 && (value == bad || value.is_nan() && bad.is_nan())),
                 "{bad}: {e:?}"
             );
+            assert!(e.to_string().contains("initial state h0"), "{e}");
         }
     }
 }
@@ -477,4 +478,43 @@ fn errors_in_the_adjoint_backward_pass() {
         e => panic!("{e:?}"),
     }
     assert_usable(&tape, before);
+}
+
+/// A loss whose gradient overflows inside the solve: every strategy, taped included, returns
+/// a typed `NonFinite` from the backward pass instead of `Ok` with NaN or infinite gradients
+/// (f64 with a weight of f64::MAX on every output, f32 with 1e38), and the tape stays usable.
+#[test]
+fn overflowing_gradients_are_refused_by_every_strategy() {
+    fn check<T: Scalar>(weight: T, precision: &str) {
+        for name in STRATEGIES.iter().chain(&["gauss", "interpolating"]) {
+            let strategy: Strategy = name.parse().unwrap();
+            let tape = Tape::<T>::new();
+            let h0 = tape.var(DMatrix::from_element(2, 2, T::constant(1.0)));
+            let k = tape.var(DMatrix::from_element(1, 1, T::constant(-0.5)));
+            let grid: Vec<T> = (0..6).map(|i| T::constant(i as f64 * 0.4)).collect();
+            let t = tape.var(DMatrix::from_row_slice(1, grid.len(), &grid));
+            let opts = Options::default().tolerances(1e-5, 1e-7);
+            let sol = odeint_with(&tape, &Decay, h0, t, &[k], &opts, &strategy).unwrap();
+            let mut loss = tape.scalar(T::constant(0.0));
+            for h in &sol.outputs[1..] {
+                loss = loss.add(h.sum().scale(weight)).unwrap();
+            }
+            let before = tape.len();
+            let err = tape.backward(loss).err();
+            let Some(ad_core::Error::Custom { source, .. }) = &err else {
+                panic!("{precision} {name}: {err:?}");
+            };
+            let inner = source.downcast_ref::<Error>();
+            assert!(
+                matches!(inner, Some(Error::NonFinite { .. })),
+                "{precision} {name}: {inner:?}"
+            );
+            assert_eq!(tape.len(), before, "{precision} {name}");
+            let x = tape.var(DMatrix::from_element(1, 1, T::constant(3.0)));
+            let g = tape.backward(x.square().sum()).unwrap();
+            assert_eq!(g.get(x).unwrap()[(0, 0)].primal(), 6.0);
+        }
+    }
+    check::<f64>(f64::MAX, "f64");
+    check::<f32>(1e38, "f32");
 }

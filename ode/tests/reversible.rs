@@ -351,6 +351,7 @@ fn auto_picks_reversible_for_a_reversible_solve() {
     let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
     let auto = Strategy::Auto {
         budget_bytes: 2_000,
+        strict: false,
     };
     let sol = odeint_with(&tape, &p.f, h0, t, &params, &opts, &auto).unwrap();
     assert_eq!(sol.strategy.name, "reversible");

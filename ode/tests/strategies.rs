@@ -188,9 +188,11 @@ fn hessian_vector_products_through_every_strategy() {
         Strategy::Checkpointed { slots: 2 },
         Strategy::Auto {
             budget_bytes: 1 << 30,
+            strict: false,
         },
         Strategy::Auto {
             budget_bytes: 40_000,
+            strict: false,
         },
     ];
     let lift = |m: &DMatrix<f64>, i: usize| -> DMatrix<Dual64> {
@@ -358,6 +360,7 @@ fn auto_reports_its_choice() {
         let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
         let s = Strategy::Auto {
             budget_bytes: budget,
+            strict: false,
         };
         let sol = odeint_with(&tape, &p.f, h0, t, &params, &opts, &s).unwrap();
         assert!(
@@ -411,5 +414,69 @@ fn strategy_reports_carry_the_strategy_name() {
         )
         .unwrap();
         assert_eq!(sol.strategy.name, strategy.name(), "{name}");
+    }
+}
+
+/// `auto-strict:BYTES` parses, names itself, refuses a budget nothing fits with a typed
+/// error, and leaves the tape usable: the same solve then runs under a roomy budget.
+#[test]
+fn strict_auto_refuses_and_leaves_the_tape_usable() {
+    let strict: Strategy = "auto-strict:10".parse().unwrap();
+    assert_eq!(strict.name(), "auto-strict:10");
+    assert!(matches!(
+        strict,
+        Strategy::Auto {
+            budget_bytes: 10,
+            strict: true
+        }
+    ));
+    assert!("auto-strict".parse::<Strategy>().is_err());
+    let p = random_problem(3, true, false, true, 5);
+    let opts = Options::default().tolerances(1e-7, 1e-9);
+    let tape = Tape::<f64>::new();
+    let h0 = tape.var(p.h0.clone());
+    let t = tape.var(DMatrix::from_row_slice(1, p.grid.len(), &p.grid));
+    let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
+    let nodes = tape.len();
+    let err = odeint_with(&tape, &p.f, h0, t, &params, &opts, &strict).err();
+    match &err {
+        Some(ode::Error::OverBudget { budget: 10, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let message = err.unwrap().to_string();
+    assert!(message.contains("raise the budget"), "{message}");
+    assert_eq!(tape.len(), nodes);
+    let roomy: Strategy = "auto-strict:1000000000".parse().unwrap();
+    let sol = odeint_with(&tape, &p.f, h0, t, &params, &opts, &roomy).unwrap();
+    assert_eq!(sol.strategy.name, "taped");
+    let g = tape.backward(sol.last().sum()).unwrap();
+    assert!(g.get(h0).is_some());
+}
+
+/// A taped solve reports its backward too: the VJPs through its recorded evaluations and
+/// steps (it read `None`, and the pipeline counted 0 backward evaluations).
+#[test]
+fn taped_backward_reports_its_vjps() {
+    let p = random_problem(3, true, false, true, 5);
+    for (method, per_step) in [("dopri5", 6), ("rk4", 4)] {
+        let opts = if method == "rk4" {
+            Options::fixed(method, 0.1).unwrap()
+        } else {
+            Options::default().tolerances(1e-7, 1e-9)
+        };
+        let tape = Tape::<f64>::new();
+        let h0 = tape.var(p.h0.clone());
+        let t = tape.var(DMatrix::from_row_slice(1, p.grid.len(), &p.grid));
+        let params: Vec<_> = p.params.iter().map(|m| tape.var(m.clone())).collect();
+        let sol = odeint_with(&tape, &p.f, h0, t, &params, &opts, &Strategy::Taped).unwrap();
+        let g = tape.backward(sol.last().sum()).unwrap();
+        let b = sol.backward_stats(&g).expect("taped reports its backward");
+        let n = sol.steps.len();
+        assert_eq!(b.accepted, n, "{method}");
+        // dopri5: six new stages per step and the shared one once; rk4: four per step.
+        let fsal = usize::from(method == "dopri5");
+        assert_eq!(b.nfe, n * per_step + fsal, "{method}");
+        assert!(b.nfe <= sol.stats.nfe, "{method}");
+        assert!(b.peak_bytes > 0);
     }
 }

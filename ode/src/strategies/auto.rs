@@ -2,7 +2,9 @@
 //! budget. Taped runs while its tape (and what its backward will need on top) fits; it is
 //! abandoned, and the tape rewound, before a step that would not fit. Then store-every-step
 //! or K-slot checkpointing takes over with as many slots as fit beside one step's replay
-//! tape, and backsolve only when not even two states fit. A solve over a reversible scheme
+//! tape, and backsolve only when not even two states fit (its own peak estimated, and the
+//! report saying "over budget" when even that does not fit; the strict form refuses then).
+//! A solve over a reversible scheme
 //! (which the user chose: it changes the discrete solution) goes to the reversible strategy
 //! instead of the replays.
 
@@ -38,6 +40,7 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
     input: &SolveInput<'_, 't, T>,
     f: &F,
     budget: usize,
+    strict: bool,
 ) -> Result<Solution<'t, T>> {
     let size = std::mem::size_of::<T>();
     let (rows, cols) = input.h0.shape()?;
@@ -134,20 +137,62 @@ pub(crate) fn solve<'t, T: Scalar, F: Dynamics<T> + Clone + 'static>(
         }
         return Ok(sol);
     }
+    // The smallest exact strategy: two slots beside one step's replay.
+    let checkpointed_2 = step_peak + transient + 4 * state;
     if Scheme::of(input.opts).is_implicit() {
+        if strict {
+            return Err(Error::OverBudget {
+                budget,
+                strategy: "checkpointed:2".into(),
+                needed: checkpointed_2,
+            });
+        }
         // Backsolve would integrate h backwards through the stiff field: the interpolating
         // adjoint reads h from the forward's dense output instead (O(N·d), not exact).
         let settings = ContinuousAdjoint::default();
         let strategy = Strategy::Interpolating(settings.clone());
         let mut sol = interpolating::interpolating(input, f, &settings, &strategy)?;
         sol.strategy.reason = format!(
-            "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), and backsolve is unstable through a stiff field, so the interpolating adjoint (not exact; it keeps the forward's dense output)"
+            "auto: over budget: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), and backsolve is unstable through a stiff field, so the interpolating adjoint (not exact), whose dense output of {} steps is more than two states",
+            sol.steps.len()
         );
         return Ok(sol);
     }
+    let backsolve_peak = backsolve_estimate(input, eval, state, params, transient);
+    let fits = if backsolve_peak <= budget {
+        format!("backsolve's own peak, about {backsolve_peak} bytes, fits")
+    } else if strict {
+        let (strategy, needed) = if backsolve_peak <= checkpointed_2 {
+            ("backsolve", backsolve_peak)
+        } else {
+            ("checkpointed:2", checkpointed_2)
+        };
+        return Err(Error::OverBudget {
+            budget,
+            strategy: strategy.into(),
+            needed,
+        });
+    } else {
+        format!("over budget: backsolve's own peak is about {backsolve_peak} bytes, above the budget of {budget} (auto-strict:{budget} would refuse)")
+    };
     let mut sol = backsolve::backsolve(input, f, &Strategy::Backsolve(Backsolve::default()))?;
     sol.strategy.reason = format!(
-        "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), so backsolve (not exact)"
+        "auto: {taped_note}; not even two states of {state} bytes fit beside one step's replay ({step_peak} bytes), so backsolve (not exact): {fits}"
     );
     Ok(sol)
+}
+
+/// Backsolve's estimated peak: the augmented state `[h, a, a_θ, a_t]` in its backward
+/// method's stages, the step's two ends and error estimate, plus one evaluation's tape and
+/// the VJP's cotangents through it, plus the gradient buffers.
+fn backsolve_estimate<T: Scalar>(
+    input: &SolveInput<'_, '_, T>,
+    eval: usize,
+    state: usize,
+    params: usize,
+    transient: usize,
+) -> usize {
+    let stages = input.opts.method.c.len();
+    let augmented = 2 * state + params + std::mem::size_of::<T>();
+    (stages + 3) * augmented + 2 * eval + params + transient
 }

@@ -311,6 +311,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
         let mut reconstructed: Option<DMatrix<T>> = None;
         for w in stops.windows(2).rev() {
             let (to, from) = (w[0], w[1]);
+            stats.segments += 1;
             let h_stored = stored(&from);
             if let Some(h_rec) = reconstructed.take() {
                 stats.drift.push(Drift {

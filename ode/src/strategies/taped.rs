@@ -1,16 +1,25 @@
 //! [`Strategy::Taped`]: every stage on the caller's tape.
+//!
+//! The steps' VJPs run in the caller's own backward pass, so the solve's inputs go through
+//! one identity node ([`InputGuard`]) whose VJP runs after all of them: it checks that the
+//! gradients reaching `h0`, the grid and the parameters are finite (as the opaque
+//! strategies check theirs) and reports the pass's [`BackwardStats`].
 
-use ad_core::{Scalar, Var};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use ad_core::nalgebra::DMatrix;
+use ad_core::{BoxError, CustomOp, ReportedVjp, Scalar, Var};
 
 use crate::dynamics::Dynamics;
 use crate::engine::SolveStats;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::forward::{planned_controller, FieldSystem};
 use crate::input::{check_h0, direction, grid_row, SolveInput};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
 use crate::stepper::{Accepted, Memory, Start, Stepper};
-use crate::strategy::{Strategy, StrategyReport};
+use crate::strategy::{BackwardStats, Strategy, StrategyReport};
 
 /// The taped solve, calling `on_step` after every accepted step (auto's budget watch).
 pub(crate) fn taped<'t, T: Scalar, F: Dynamics<T>>(
@@ -36,14 +45,26 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
 ) -> Result<Solution<'t, T>> {
     let SolveInput {
         tape,
-        h0,
+        h0: user_h0,
         t,
         params,
         opts,
         ..
     } = *input;
-    let (row, grid) = grid_row(t)?;
-    h0.with_value(|m| check_h0(m, grid[0]))??;
+    let (_, grid) = grid_row(t)?;
+    user_h0.with_value(|m| check_h0(m, grid[0]))??;
+    let mut guarded = vec![user_h0, t];
+    guarded.extend_from_slice(params);
+    let report = Rc::new(RefCell::new(BackwardStats::default()));
+    let guard = InputGuard {
+        t0: grid[0],
+        n_params: params.len(),
+        stats: Rc::clone(&report),
+    };
+    let guarded = tape.custom(guard, &guarded)?;
+    let node = guarded[0].requires_grad()?.then_some(guarded[0]);
+    let (h0, t, params) = (guarded[0], guarded[1], &guarded[2..]);
+    let (row, _) = grid_row(t)?;
     let times: Vec<(f64, Var<'t, T>)> = grid
         .iter()
         .enumerate()
@@ -74,7 +95,8 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         Memory::Taped,
         start,
     )?;
-    let mut outputs = vec![h0];
+    // h(t_0) is the caller's own h0: a loss that reads it reaches it directly.
+    let mut outputs = vec![user_h0];
     let mut steps = Vec::new();
     stepper.run(
         &times,
@@ -91,6 +113,26 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
     // Keep only what backward reads (and the outputs): e.g. pre-activations that only a
     // tanh consumes are dropped.
     tape.release_unneeded(mark, &outputs)?;
+    if node.is_some() {
+        let (rows, cols) = h0.shape()?;
+        let size = std::mem::size_of::<T>();
+        let state = rows * cols * size;
+        let param_bytes = params
+            .iter()
+            .map(|p| p.shape().map(|(r, c)| r * c * size))
+            .sum::<ad_core::Result<usize>>()?;
+        let method = opts.method;
+        let per_step = method.c.len() - usize::from(method.fsal);
+        *report.borrow_mut() = BackwardStats {
+            // The backward pulls back through every recorded step.
+            nfe: steps.len() * per_step + usize::from(method.fsal && !steps.is_empty()),
+            accepted: steps.len(),
+            // Pending cotangents: a step's stages and its two ends, and the parameters'
+            // accumulating gradients with one more term on its way in.
+            peak_bytes: (method.c.len() + 2) * state + 2 * param_bytes,
+            ..BackwardStats::default()
+        };
+    }
     Ok(Solution {
         outputs,
         stats: SolveStats {
@@ -107,6 +149,65 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
             stored_states: 0,
             reason: "every stage on the caller's tape".into(),
         },
-        node: None,
+        node,
     })
+}
+
+/// The identity on a taped solve's inputs `[h0, t, θ…]`: its VJP runs once the caller's
+/// backward has pulled back through every recorded step, so it sees the solve's gradients
+/// whole.
+struct InputGuard {
+    t0: f64,
+    n_params: usize,
+    /// Filled in once the forward has recorded its steps.
+    stats: Rc<RefCell<BackwardStats>>,
+}
+
+impl<T: Scalar> CustomOp<T> for InputGuard {
+    fn name(&self) -> &str {
+        "taped solve inputs"
+    }
+
+    fn forward(
+        &mut self,
+        inputs: &[&DMatrix<T>],
+    ) -> std::result::Result<Vec<DMatrix<T>>, BoxError> {
+        Ok(inputs.iter().map(|m| (*m).clone()).collect())
+    }
+
+    fn vjp(
+        &self,
+        _inputs: &[&DMatrix<T>],
+        _outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+        _wants: &[bool],
+    ) -> std::result::Result<Vec<Option<DMatrix<T>>>, BoxError> {
+        for (i, g) in cotangents.iter().enumerate() {
+            if g.as_ref().is_some_and(|g| !ad_core::all_finite(g)) {
+                let what = match i {
+                    0 => "gradient of h0",
+                    1 => "gradient of the time grid",
+                    _ => "gradient of a parameter",
+                };
+                return Err(Box::new(Error::NonFinite { what, t: self.t0 }));
+            }
+        }
+        debug_assert_eq!(cotangents.len(), self.n_params + 2);
+        Ok(cotangents)
+    }
+
+    fn vjp_with_report(
+        &self,
+        inputs: &[&DMatrix<T>],
+        outputs: &[&DMatrix<T>],
+        cotangents: Vec<Option<DMatrix<T>>>,
+        wants: &[bool],
+    ) -> std::result::Result<ReportedVjp<T>, BoxError> {
+        let grads = self.vjp(inputs, outputs, cotangents, wants)?;
+        Ok((grads, Some(Box::new(self.stats.borrow().clone()))))
+    }
+
+    fn held_bytes(&self) -> usize {
+        0
+    }
 }

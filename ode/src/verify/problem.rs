@@ -269,7 +269,8 @@ impl<F: Dynamics<f64> + Dynamics<Dual64> + Clone + 'static> GradientProblem<F> {
     }
 
     /// [`GradientProblem::gradient`] with the forward solve's f evaluations and the
-    /// backward pass's (`None` for taped, which has no solve node).
+    /// backward pass's ([`crate::BackwardStats::nfe`]; for taped, the VJPs through the
+    /// recorded evaluations).
     pub fn gradient_with_counts(
         &self,
         opts: &Options,

@@ -114,7 +114,8 @@ pub struct StudyRow {
     pub fd_rel_err: Option<f64>,
     /// Evaluations of f in the forward solve.
     pub forward_nfe: usize,
-    /// Evaluations in the backward pass (`None` for taped, which has no solve node).
+    /// Evaluations in the backward pass (for taped, the VJPs through the recorded
+    /// evaluations; `None` if the pass did not reach the solve).
     pub backward_nfe: Option<usize>,
 }
 
