@@ -47,6 +47,7 @@ use costate::ode::schedule::min_recomputations;
 use costate::ode::{ContinuousAdjoint, Options};
 use serde_json::json;
 use support::chart::{Axis, Chart, Marker, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 
@@ -65,7 +66,17 @@ const REFERENCE_ATOL: f64 = 1e-12;
 /// Errors below this are drawn at it on the chart's log axis (the taped run's error is 0).
 const ERROR_FLOOR: f64 = 1e-16;
 
-const USAGE: &str = "usage: checkpointing [--workload horizon|seed|both] [--problem FILE] [--reps N] [--json] [--svg PATH]";
+const CLI: Cli = Cli {
+    name: "checkpointing",
+    about: "Checkpointed gradients between pure backprop and the pure adjoint: error, memory, NFE, time.",
+    flags: &[
+        Flag::value("--workload", "W", "horizon (T = 100), seed or both (default both)"),
+        Flag::value("--problem", "FILE", "a costate-problem/1 file as the seed workload"),
+        Flag::value("--reps", "N", "timed repetitions of each run (default 3)"),
+        Flag::switch("--json", "print one JSON object {\"runs\": [...]} instead of the tables"),
+        Flag::value("--svg", "PATH", "the chart (default target/checkpointing.svg)"),
+    ],
+};
 
 struct Args {
     horizon: bool,
@@ -76,40 +87,20 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        horizon: true,
-        seed: true,
-        problem: None,
-        reps: 3,
-        json: false,
-        svg: "target/checkpointing.svg".into(),
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    let workload = m.parse_or(
+        "--workload",
+        "both",
+        cli::one_of(&["horizon", "seed", "both"]),
+    )?;
+    let args = Args {
+        horizon: workload != "seed",
+        seed: workload != "horizon",
+        problem: m.parse("--problem", cli::existing_file)?,
+        reps: m.parse_or("--reps", 3, cli::positive)?,
+        json: m.has("--json"),
+        svg: m.string_or("--svg", "target/checkpointing.svg"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--workload" => {
-                (args.horizon, args.seed) = match it.next().as_deref() {
-                    Some("horizon") => (true, false),
-                    Some("seed") => (false, true),
-                    Some("both") => (true, true),
-                    _ => return Err("--workload needs horizon, seed or both".into()),
-                }
-            }
-            "--problem" => args.problem = Some(it.next().ok_or("--problem needs a file")?),
-            "--reps" => {
-                args.reps = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--reps needs a positive integer")?;
-            }
-            "--json" => args.json = true,
-            "--svg" => args.svg = it.next().ok_or("--svg needs a path")?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
-        }
-    }
     if args.problem.is_some() && !args.seed {
         return Err("--problem replaces the seed workload; use --workload seed or both".into());
     }
@@ -573,5 +564,5 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }

@@ -40,6 +40,7 @@ use costate::ode::Options;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::bytes;
 use support::styles::strategy_style;
@@ -56,7 +57,25 @@ const K: usize = 8;
 /// The budget of the `auto` strategy.
 const AUTO_BUDGET: usize = 8 * 1024 * 1024;
 
-const USAGE: &str = "usage: memory_profile [--quick] [--json] [--svg PATH]";
+const CLI: Cli = Cli {
+    name: "memory_profile",
+    about: "Every gradient strategy across batch, width and tolerance: NFE, held bytes, peak heap.",
+    flags: &[
+        Flag::switch(
+            "--quick",
+            "one configuration, two tolerances (12 runs) instead of 216 runs",
+        ),
+        Flag::switch(
+            "--json",
+            "print one JSON object {\"runs\": [...]} instead of the table",
+        ),
+        Flag::value(
+            "--svg",
+            "PATH",
+            "the chart (default target/memory_profile.svg)",
+        ),
+    ],
+};
 
 struct Args {
     quick: bool,
@@ -64,23 +83,12 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        quick: false,
-        json: false,
-        svg: "target/memory_profile.svg".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => args.quick = true,
-            "--json" => args.json = true,
-            "--svg" => args.svg = it.next().ok_or("--svg needs a path")?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
-        }
-    }
-    Ok(args)
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    Ok(Args {
+        quick: m.has("--quick"),
+        json: m.has("--json"),
+        svg: m.string_or("--svg", "target/memory_profile.svg"),
+    })
 }
 
 /// The strategies of the exercise.
@@ -323,5 +331,5 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }

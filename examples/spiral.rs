@@ -22,6 +22,7 @@ use costate::rand::{Rng, SeedableRng};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::report::median;
 
 const DATA_SIZE: usize = 1000;
@@ -49,46 +50,41 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        f32: false,
-        mode: Strategy::Taped,
-        iters: 200,
-        json: false,
-        quiet: false,
-        svg: "target/spiral.svg".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--mode" => {
-                // Any strategy name: taped, adjoint / backsolve, aca, checkpointed:K, ...
-                let name = it.next().ok_or("--mode needs a gradient strategy")?;
-                a.mode = name.parse().map_err(|e: costate::ode::ParseStrategyError| e.to_string())?;
-            }
-            "--iters" => a.iters = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--iters needs a positive integer")?,
-            "--json" => a.json = true,
-            "--precision" => {
-                a.f32 = match it.next().as_deref() {
-                    Some("f32") => true,
-                    Some("f64") => false,
-                    _ => return Err("--precision needs f64 or f32".into()),
-                }
-            }
-            "--quiet" => a.quiet = true,
-            "--svg" => a.svg = it.next().ok_or("--svg needs a path")?,
-            _ => return Err(format!("unknown argument {arg:?}; usage: spiral [--mode taped|adjoint|aca|checkpointed:K|...] [--iters N] [--precision f64|f32] [--json] [--svg PATH] [--quiet]")),
-        }
-    }
-    Ok(a)
+const CLI: Cli = Cli {
+    name: "spiral",
+    about: "torchdiffeq's ode_demo: learn the spiral dy/dt = y³ A from short random segments.",
+    flags: &[
+        Flag::value(
+            "--mode",
+            "NAME",
+            "gradient strategy: taped, adjoint, aca, checkpointed:K, ... (default taped)",
+        ),
+        Flag::value("--iters", "N", "Adam iterations (default 200)"),
+        Flag::value("--precision", "P", "f64 or f32 (default f64)"),
+        Flag::switch("--json", "print one JSON object instead of the summary"),
+        Flag::value(
+            "--svg",
+            "PATH",
+            "the phase-plane chart (default target/spiral.svg)",
+        ),
+        Flag::switch("--quiet", "no progress bar"),
+    ],
+};
+
+fn parse_args(m: &Matches) -> Result<Args, ArgError> {
+    Ok(Args {
+        // Any strategy name: taped, adjoint / backsolve, aca, checkpointed:K, ...
+        mode: m.parse_or("--mode", Strategy::Taped, str::parse::<Strategy>)?,
+        iters: m.parse_or("--iters", 200, cli::positive)?,
+        f32: m.parse_or("--precision", "f64", cli::one_of(&["f64", "f32"]))? == "f32",
+        json: m.has("--json"),
+        quiet: m.has("--quiet"),
+        svg: m.string_or("--svg", "target/spiral.svg"),
+    })
 }
 
 fn main() {
-    // Errors print with Display: one line that says what went wrong and how to fix it.
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::run_main(&CLI, parse_args, run);
 }
 
 /// What a training run produced: the final parameters (as f64) and per-iteration figures.
@@ -181,14 +177,7 @@ fn train<P: Precision>(
     })
 }
 
-fn run() -> Result<(), Box<dyn Error>> {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            std::process::exit(2);
-        }
-    };
+fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let t: Vec<f64> = (0..DATA_SIZE)
         .map(|i| 25.0 * i as f64 / (DATA_SIZE - 1) as f64)
         .collect();
@@ -210,9 +199,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     let batch_t = DMatrix::from_row_slice(1, BATCH_TIME, &t[..BATCH_TIME]);
 
     let run = if args.f32 {
-        train::<f32>(&args, &model, params.cast()?, &true_y, &batch_t, &mut rng)?
+        train::<f32>(args, &model, params.cast()?, &true_y, &batch_t, &mut rng)?
     } else {
-        train::<f64>(&args, &model, params, &true_y, &batch_t, &mut rng)?
+        train::<f64>(args, &model, params, &true_y, &batch_t, &mut rng)?
     };
     let Training {
         params,
