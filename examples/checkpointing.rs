@@ -32,8 +32,8 @@
 //! over `--reps N` (default 3).
 //!
 //! Prints a table per workload (or, with `--json`, one object `{"runs": [...]}`) and writes
-//! a log-log chart of peak heap against gradient error (default `target/checkpointing.svg`,
-//! `--svg PATH` to override).
+//! a log-log chart of peak heap against gradient error, one panel per workload (default
+//! `target/checkpointing.svg`, `--svg PATH` to override).
 
 mod support;
 
@@ -46,7 +46,7 @@ use costate::nn::{Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::{ContinuousAdjoint, Options};
 use serde_json::json;
-use support::chart::{Axis, Chart, Marker, Series};
+use support::chart::{Axis, Chart, Facets, Marker, Series};
 use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::{bytes, median};
@@ -440,8 +440,10 @@ fn family(s: &Strategy) -> &'static str {
     }
 }
 
-fn chart(runs: &[Run]) -> Chart {
-    // Colour by family, marker by workload.
+/// One panel per workload on shared axes. Colour: the family; marker: plain (●), with K
+/// checkpoints (■, labelled with K), reversible (▲). Only the K values are written beside
+/// the points; the legend names the families.
+fn chart(runs: &[Run]) -> Facets {
     let families = [
         ("taped", 0xd62728),
         ("backsolve", 0x1f77b4),
@@ -454,18 +456,25 @@ fn chart(runs: &[Run]) -> Chart {
         ("interpolating:K", 0x7f7f7f),
         ("reversible", 0x8c564b),
     ];
-    let mut chart = Chart::new("Peak heap against gradient error (● horizon T = 100, ■ seed)")
-        .x_axis(Axis::log("peak heap during forward + backward (MiB)"))
-        .y_axis(Axis::log(
-            "gradient error relative to taped (drawn at 1e-16 when smaller)",
-        ));
-    for (workload, marker, tag) in [
-        ("horizon", Marker::Circle, "T=100"),
-        ("seed", Marker::Square, "seed"),
-    ] {
+    let workloads: Vec<(&str, &str)> = [
+        ("horizon", "horizon workload: T = 100"),
+        ("seed", "seed workload: 50 outputs in [0, 1]"),
+    ]
+    .into_iter()
+    .filter(|(w, _)| runs.iter().any(|r| r.workload == *w))
+    .collect();
+    let mut facets = Facets::new(
+        "Peak heap against gradient error (gradient error drawn at 1e-16 when smaller)",
+        workloads.len(),
+    )
+    .size(1500, 680);
+    for (workload, title) in workloads {
+        let mut chart = Chart::new(title)
+            .x_axis(Axis::log("peak heap during forward + backward (MiB)"))
+            .y_axis(Axis::log("gradient error relative to taped"));
         for (name, color) in families {
             // Runs of one family that land on the same spot share a marker: "K=5,10,50".
-            let mut points: Vec<((f64, f64), String, Vec<usize>)> = Vec::new();
+            let mut points: Vec<((f64, f64), Vec<usize>)> = Vec::new();
             for r in runs
                 .iter()
                 .filter(|r| r.workload == workload && family(&r.strategy) == name)
@@ -477,20 +486,9 @@ fn chart(runs: &[Run]) -> Chart {
                 let near = |&(px, py): &(f64, f64)| {
                     (px / x).ln().abs() < 0.005 && (py / y).ln().abs() < 0.01
                 };
-                match (
-                    k_of(&r.strategy),
-                    points.iter_mut().find(|(p, _, _)| near(p)),
-                ) {
-                    (Some(k), Some((_, _, ks))) if !ks.is_empty() => ks.push(k),
-                    (k, _) => points.push((
-                        (x, y),
-                        if k.is_some() {
-                            String::new()
-                        } else {
-                            r.strategy.name()
-                        },
-                        k.into_iter().collect(),
-                    )),
+                match (k_of(&r.strategy), points.iter_mut().find(|(p, _)| near(p))) {
+                    (Some(k), Some((_, ks))) if !ks.is_empty() => ks.push(k),
+                    (k, _) => points.push(((x, y), k.into_iter().collect())),
                 }
             }
             if points.is_empty() {
@@ -498,25 +496,33 @@ fn chart(runs: &[Run]) -> Chart {
             }
             let labels = points
                 .iter()
-                .map(|(_, label, ks)| {
+                .map(|(_, ks)| {
+                    let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
                     if ks.is_empty() {
-                        label.clone()
+                        String::new()
                     } else {
-                        let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
                         format!("K={}", ks.join(","))
                     }
                 })
                 .collect();
-            let xy = points.into_iter().map(|(p, _, _)| p).collect();
+            let marker = if name.ends_with(":K") {
+                Marker::Square
+            } else if name == "reversible" {
+                Marker::Triangle
+            } else {
+                Marker::Circle
+            };
+            let xy = points.into_iter().map(|(p, _)| p).collect();
             chart = chart.add(
-                Series::scatter(format!("{name} ({tag})"), xy)
+                Series::scatter(name, xy)
                     .color(color)
                     .marker(marker)
                     .labels(labels),
             );
         }
+        facets = facets.panel(chart);
     }
-    chart
+    facets
 }
 
 fn to_json(r: &Run) -> serde_json::Value {

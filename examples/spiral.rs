@@ -5,7 +5,8 @@
 //! True dynamics dy/dt = y³ A with A = [[-0.1, 2], [-2, -0.1]], y0 = [2, 0], 1000 points on
 //! [0, 25]. Each iteration draws 20 random start points and fits 10-point segments with an
 //! `OdeFunc` (2 → 50 → 2, tanh, applied to y³), loss = mean |pred − true|, Adam. Ends with a
-//! phase-plane plot of the true and learned trajectories (default `target/spiral.svg`).
+//! phase-plane plot of the true and learned trajectories, equal aspect, the gradient strategy
+//! in its title (default `target/spiral.svg`).
 //! `--precision f32` trains in `f32` (parameters, tape, solves, updates), as `ode_demo` does.
 
 mod support;
@@ -216,12 +217,19 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // Learned trajectory over the whole interval, from the true y0.
     let (learned, _) = ode::solve(&model.func, &y0, &t, params.values(), &Options::default())?;
     let points = |ys: &[DMatrix<f64>]| ys.iter().map(|y| (y[(0, 0)], y[(0, 1)])).collect();
-    Chart::new("Spiral: true and learned trajectories")
-        .x_axis(Axis::linear("y₁"))
-        .y_axis(Axis::linear("y₂"))
-        .add(Series::line("true", points(&true_y)).color(0x2ca02c))
-        .add(Series::line("learned", points(&learned)).color(0x1f77b4))
-        .write_svg(&args.svg)?;
+    Chart::new(format!(
+        "Spiral: true and learned trajectories ({}, {} iterations, {})",
+        model.strategy.name(),
+        args.iters,
+        if args.f32 { "f32" } else { "f64" }
+    ))
+    .x_axis(Axis::linear("y₁"))
+    .y_axis(Axis::linear("y₂"))
+    .equal_aspect()
+    .size(900, 720)
+    .add(Series::line("true", points(&true_y)).color(0x2ca02c))
+    .add(Series::line("learned", points(&learned)).color(0x1f77b4))
+    .write_svg(&args.svg)?;
 
     let window = (args.iters / 10).max(1);
     let first = median(&losses[..window]);
