@@ -23,13 +23,23 @@ use costate::nn::{Adam, Optimizer, ParamSet};
 use costate::ode::event::{odeint_event, Crossing, EventFunctions, EventOutcome, Events};
 use costate::ode::{Dynamics, Options, Strategy};
 use support::chart::{Axis, Chart, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: bouncing_ball [--bounces N] [--iterations N] [--svg PATH]
-  --bounces N      bounces observed and fitted (default 5)
-  --iterations N   Adam iterations (default 1500)
-  --svg PATH       the trajectory chart (default target/bouncing_ball.svg)";
+const CLI: Cli = Cli {
+    name: "bouncing_ball",
+    about: "A bouncing ball's restitution and drop height learned from its bounce times.",
+    flags: &[
+        Flag::value("--bounces", "N", "bounces observed and fitted (default 5)"),
+        Flag::value("--iterations", "N", "Adam iterations (default 1500)"),
+        Flag::value(
+            "--svg",
+            "PATH",
+            "the trajectory chart (default target/bouncing_ball.svg)",
+        ),
+    ],
+};
 
 const G: f64 = 9.81;
 const TRUE_E: f64 = 0.7;
@@ -41,39 +51,16 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        bounces: 5,
-        iterations: 1500,
-        svg: "target/bouncing_ball.svg".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    let count = |v: Option<String>, flag: &str| {
-        v.and_then(|n| n.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("{flag} needs a positive integer\n{USAGE}"))
-    };
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--bounces" => args.bounces = count(it.next(), "--bounces")?,
-            "--iterations" => args.iterations = count(it.next(), "--iterations")?,
-            "--svg" => {
-                args.svg = it
-                    .next()
-                    .ok_or_else(|| format!("--svg needs a path\n{USAGE}"))?
-            }
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
-        }
-    }
-    Ok(args)
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    Ok(Args {
+        bounces: m.parse_or("--bounces", 5, cli::positive)?,
+        iterations: m.parse_or("--iterations", 1500, cli::positive)?,
+        svg: m.string_or("--svg", "target/bouncing_ball.svg"),
+    })
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }
 
 /// h = [height, velocity], h' = [v, −g].

@@ -32,8 +32,8 @@
 //! over `--reps N` (default 3).
 //!
 //! Prints a table per workload (or, with `--json`, one object `{"runs": [...]}`) and writes
-//! a log-log chart of peak heap against gradient error (default `target/checkpointing.svg`,
-//! `--svg PATH` to override).
+//! a log-log chart of peak heap against gradient error, one panel per workload (default
+//! `target/checkpointing.svg`, `--svg PATH` to override).
 
 mod support;
 
@@ -46,7 +46,8 @@ use costate::nn::{Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::{ContinuousAdjoint, Options};
 use serde_json::json;
-use support::chart::{Axis, Chart, Marker, Series};
+use support::chart::{Axis, Chart, Facets, Marker, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 
@@ -65,7 +66,17 @@ const REFERENCE_ATOL: f64 = 1e-12;
 /// Errors below this are drawn at it on the chart's log axis (the taped run's error is 0).
 const ERROR_FLOOR: f64 = 1e-16;
 
-const USAGE: &str = "usage: checkpointing [--workload horizon|seed|both] [--problem FILE] [--reps N] [--json] [--svg PATH]";
+const CLI: Cli = Cli {
+    name: "checkpointing",
+    about: "Checkpointed gradients between pure backprop and the pure adjoint: error, memory, NFE, time.",
+    flags: &[
+        Flag::value("--workload", "W", "horizon (T = 100), seed or both (default both)"),
+        Flag::value("--problem", "FILE", "a costate-problem/1 file as the seed workload"),
+        Flag::value("--reps", "N", "timed repetitions of each run (default 3)"),
+        Flag::switch("--json", "print one JSON object {\"runs\": [...]} instead of the tables"),
+        Flag::value("--svg", "PATH", "the chart (default target/checkpointing.svg)"),
+    ],
+};
 
 struct Args {
     horizon: bool,
@@ -76,40 +87,20 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        horizon: true,
-        seed: true,
-        problem: None,
-        reps: 3,
-        json: false,
-        svg: "target/checkpointing.svg".into(),
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    let workload = m.parse_or(
+        "--workload",
+        "both",
+        cli::one_of(&["horizon", "seed", "both"]),
+    )?;
+    let args = Args {
+        horizon: workload != "seed",
+        seed: workload != "horizon",
+        problem: m.parse("--problem", cli::existing_file)?,
+        reps: m.parse_or("--reps", 3, cli::positive)?,
+        json: m.has("--json"),
+        svg: m.string_or("--svg", "target/checkpointing.svg"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--workload" => {
-                (args.horizon, args.seed) = match it.next().as_deref() {
-                    Some("horizon") => (true, false),
-                    Some("seed") => (false, true),
-                    Some("both") => (true, true),
-                    _ => return Err("--workload needs horizon, seed or both".into()),
-                }
-            }
-            "--problem" => args.problem = Some(it.next().ok_or("--problem needs a file")?),
-            "--reps" => {
-                args.reps = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--reps needs a positive integer")?;
-            }
-            "--json" => args.json = true,
-            "--svg" => args.svg = it.next().ok_or("--svg needs a path")?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
-        }
-    }
     if args.problem.is_some() && !args.seed {
         return Err("--problem replaces the seed workload; use --workload seed or both".into());
     }
@@ -449,8 +440,10 @@ fn family(s: &Strategy) -> &'static str {
     }
 }
 
-fn chart(runs: &[Run]) -> Chart {
-    // Colour by family, marker by workload.
+/// One panel per workload on shared axes. Colour: the family; marker: plain (●), with K
+/// checkpoints (■, labelled with K), reversible (▲). Only the K values are written beside
+/// the points; the legend names the families.
+fn chart(runs: &[Run]) -> Facets {
     let families = [
         ("taped", 0xd62728),
         ("backsolve", 0x1f77b4),
@@ -463,18 +456,25 @@ fn chart(runs: &[Run]) -> Chart {
         ("interpolating:K", 0x7f7f7f),
         ("reversible", 0x8c564b),
     ];
-    let mut chart = Chart::new("Peak heap against gradient error (● horizon T = 100, ■ seed)")
-        .x_axis(Axis::log("peak heap during forward + backward (MiB)"))
-        .y_axis(Axis::log(
-            "gradient error relative to taped (drawn at 1e-16 when smaller)",
-        ));
-    for (workload, marker, tag) in [
-        ("horizon", Marker::Circle, "T=100"),
-        ("seed", Marker::Square, "seed"),
-    ] {
+    let workloads: Vec<(&str, &str)> = [
+        ("horizon", "horizon workload: T = 100"),
+        ("seed", "seed workload: 50 outputs in [0, 1]"),
+    ]
+    .into_iter()
+    .filter(|(w, _)| runs.iter().any(|r| r.workload == *w))
+    .collect();
+    let mut facets = Facets::new(
+        "Peak heap against gradient error (gradient error drawn at 1e-16 when smaller)",
+        workloads.len(),
+    )
+    .size(1500, 680);
+    for (workload, title) in workloads {
+        let mut chart = Chart::new(title)
+            .x_axis(Axis::log("peak heap during forward + backward (MiB)"))
+            .y_axis(Axis::log("gradient error relative to taped"));
         for (name, color) in families {
             // Runs of one family that land on the same spot share a marker: "K=5,10,50".
-            let mut points: Vec<((f64, f64), String, Vec<usize>)> = Vec::new();
+            let mut points: Vec<((f64, f64), Vec<usize>)> = Vec::new();
             for r in runs
                 .iter()
                 .filter(|r| r.workload == workload && family(&r.strategy) == name)
@@ -486,20 +486,9 @@ fn chart(runs: &[Run]) -> Chart {
                 let near = |&(px, py): &(f64, f64)| {
                     (px / x).ln().abs() < 0.005 && (py / y).ln().abs() < 0.01
                 };
-                match (
-                    k_of(&r.strategy),
-                    points.iter_mut().find(|(p, _, _)| near(p)),
-                ) {
-                    (Some(k), Some((_, _, ks))) if !ks.is_empty() => ks.push(k),
-                    (k, _) => points.push((
-                        (x, y),
-                        if k.is_some() {
-                            String::new()
-                        } else {
-                            r.strategy.name()
-                        },
-                        k.into_iter().collect(),
-                    )),
+                match (k_of(&r.strategy), points.iter_mut().find(|(p, _)| near(p))) {
+                    (Some(k), Some((_, ks))) if !ks.is_empty() => ks.push(k),
+                    (k, _) => points.push(((x, y), k.into_iter().collect())),
                 }
             }
             if points.is_empty() {
@@ -507,25 +496,33 @@ fn chart(runs: &[Run]) -> Chart {
             }
             let labels = points
                 .iter()
-                .map(|(_, label, ks)| {
+                .map(|(_, ks)| {
+                    let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
                     if ks.is_empty() {
-                        label.clone()
+                        String::new()
                     } else {
-                        let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
                         format!("K={}", ks.join(","))
                     }
                 })
                 .collect();
-            let xy = points.into_iter().map(|(p, _, _)| p).collect();
+            let marker = if name.ends_with(":K") {
+                Marker::Square
+            } else if name == "reversible" {
+                Marker::Triangle
+            } else {
+                Marker::Circle
+            };
+            let xy = points.into_iter().map(|(p, _)| p).collect();
             chart = chart.add(
-                Series::scatter(format!("{name} ({tag})"), xy)
+                Series::scatter(name, xy)
                     .color(color)
                     .marker(marker)
                     .labels(labels),
             );
         }
+        facets = facets.panel(chart);
     }
-    chart
+    facets
 }
 
 fn to_json(r: &Run) -> serde_json::Value {
@@ -573,5 +570,5 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }

@@ -17,6 +17,7 @@ use costate::ad_core::check::Entries;
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::{gradcheck, GradcheckSettings, Scalar, Tape, TapeFunction, Var};
 use costate::nn::{NeuralOde, Problem, Strategy};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 
 /// The problem's loss as a function of [h0, θ...], through one strategy.
 struct SeedLoss {
@@ -38,35 +39,28 @@ impl TapeFunction for SeedLoss {
     }
 }
 
+const CLI: Cli = Cli {
+    name: "gradcheck_cost",
+    about: "What a gradient check (one Dual64 solve per checked entry) costs on the seed workload.",
+    flags: &[
+        Flag::value(
+            "--strategy",
+            "NAME",
+            "gradient strategy checked (default taped)",
+        ),
+        Flag::value("--per-input", "N", "entries checked per input (default 4)"),
+    ],
+};
+
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }
 
-/// `--strategy NAME` (default taped) and `--per-input N` entries checked per input (default 4).
-fn parse_args() -> Result<(Strategy, usize), String> {
-    let (mut strategy, mut per_input) = (Strategy::Taped, 4);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--strategy" => {
-                let name = args.next().ok_or("--strategy needs a name")?;
-                strategy = Strategy::from_str(&name).map_err(|e| e.to_string())?;
-            }
-            "--per-input" => {
-                per_input = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--per-input needs a positive integer")?
-            }
-            _ => {
-                return Err(format!(
-                "unknown argument {arg:?}; usage: gradcheck_cost [--strategy NAME] [--per-input N]"
-            ))
-            }
-        }
-    }
-    Ok((strategy, per_input))
+fn parse_args(m: &Matches) -> Result<(Strategy, usize), ArgError> {
+    Ok((
+        m.parse_or("--strategy", Strategy::Taped, Strategy::from_str)?,
+        m.parse_or("--per-input", 4, cli::positive)?,
+    ))
 }
 
 fn run(&(ref strategy, per_input): &(Strategy, usize)) -> Result<(), Box<dyn std::error::Error>> {

@@ -46,6 +46,7 @@ use costate::ode::verify::{
 use costate::ode::{Dynamics, ErrorControl, Options, Strategy};
 use serde_json::json;
 use support::chart::{Axis, Chart, Marker, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -486,7 +487,13 @@ fn chart(checked: &[Checked]) -> Chart {
     chart.add(Series::line("err = rtol", guide).color(0x7f7f7f))
 }
 
-fn run(json_output: bool, svg: &str) -> Result<()> {
+struct Args {
+    json: bool,
+    svg: String,
+}
+
+fn run(args: &Args) -> Result<()> {
+    let (json_output, svg) = (args.json, &args.svg);
     let start = Instant::now();
     let checked = problems()?;
     let eq = equilibrium()?;
@@ -503,24 +510,26 @@ fn run(json_output: bool, svg: &str) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: gradient_check [--json] [--svg PATH]";
+const CLI: Cli = Cli {
+    name: "gradient_check",
+    about: "Every gradient strategy verified on four dynamics and across tolerances (ode::verify).",
+    flags: &[
+        Flag::switch("--json", "print one JSON object instead of the tables"),
+        Flag::value(
+            "--svg",
+            "PATH",
+            "the error-against-rtol chart (default target/gradient_check.svg)",
+        ),
+    ],
+};
+
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    Ok(Args {
+        json: m.has("--json"),
+        svg: m.string_or("--svg", "target/gradient_check.svg"),
+    })
+}
 
 fn main() {
-    let mut json_output = false;
-    let mut svg = "target/gradient_check.svg".to_string();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.len()) {
-            ("--json", _) => json_output = true,
-            ("--svg", n) if n > 0 => svg = args.next().unwrap_or_default(),
-            _ => {
-                eprintln!("{USAGE}");
-                std::process::exit(2);
-            }
-        }
-    }
-    if let Err(e) = run(json_output, &svg) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::run_main(&CLI, parse_args, run);
 }

@@ -25,7 +25,8 @@
 //! Prints a table (or, with `--json`, `{"runs": [...]}` with the keys `strategy`, `batch`,
 //! `hidden`, `rtol`, `nfe_forward`, `nfe_backward`, `held_bytes`, `peak_heap_bytes`, plus
 //! `ran_as` (auto's choice) and `reported_backward_peak_bytes` (`null` for taped)), and
-//! writes a log-log chart of peak heap against NFE, one series per strategy (default
+//! writes log-log charts of peak heap against NFE, one panel per batch × hidden width on
+//! shared axes, one line per strategy through its tolerances (default
 //! `target/memory_profile.svg`).
 
 mod support;
@@ -39,7 +40,8 @@ use costate::nn::{Activation, NeuralOde, OdeFunc, Strategy};
 use costate::ode::Options;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::chart::{Axis, Chart, Series};
+use support::chart::{Axis, Chart, Facets, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::bytes;
 use support::styles::strategy_style;
@@ -56,7 +58,25 @@ const K: usize = 8;
 /// The budget of the `auto` strategy.
 const AUTO_BUDGET: usize = 8 * 1024 * 1024;
 
-const USAGE: &str = "usage: memory_profile [--quick] [--json] [--svg PATH]";
+const CLI: Cli = Cli {
+    name: "memory_profile",
+    about: "Every gradient strategy across batch, width and tolerance: NFE, held bytes, peak heap.",
+    flags: &[
+        Flag::switch(
+            "--quick",
+            "one configuration, two tolerances (12 runs) instead of 216 runs",
+        ),
+        Flag::switch(
+            "--json",
+            "print one JSON object {\"runs\": [...]} instead of the table",
+        ),
+        Flag::value(
+            "--svg",
+            "PATH",
+            "the chart (default target/memory_profile.svg)",
+        ),
+    ],
+};
 
 struct Args {
     quick: bool,
@@ -64,23 +84,12 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        quick: false,
-        json: false,
-        svg: "target/memory_profile.svg".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => args.quick = true,
-            "--json" => args.json = true,
-            "--svg" => args.svg = it.next().ok_or("--svg needs a path")?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
-        }
-    }
-    Ok(args)
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    Ok(Args {
+        quick: m.has("--quick"),
+        json: m.has("--json"),
+        svg: m.string_or("--svg", "target/memory_profile.svg"),
+    })
 }
 
 /// The strategies of the exercise.
@@ -241,35 +250,70 @@ fn print_backsolve_vs_taped(runs: &[Run]) {
     }
 }
 
-fn chart(runs: &[Run]) -> Chart {
-    let mut chart = Chart::new(format!(
-        "Peak heap against NFE ({} configurations: batch × hidden × rtol)",
-        runs.len() / strategies().len()
-    ))
-    .x_axis(Axis::log("NFE (forward + backward)"))
-    .y_axis(Axis::log("peak heap during forward + backward (MiB)"));
-    // Auto first, so that the strategy it chose draws over it.
-    let mut order = strategies();
-    order.rotate_right(1);
-    for strategy in order {
-        let (color, marker) = strategy_style(&strategy);
-        let points = runs
-            .iter()
-            .filter(|r| r.strategy.name() == strategy.name())
-            .map(|r| {
-                (
-                    (r.nfe_forward + r.nfe_backward) as f64,
-                    r.peak_heap as f64 / (1024.0 * 1024.0),
-                )
-            })
-            .collect();
-        chart = chart.add(
-            Series::scatter(strategy.name(), points)
-                .color(color)
-                .marker(marker),
-        );
+/// Small multiples: one panel per batch × hidden width (rows: batch, columns: width), on
+/// shared axes; in each, one line per strategy through its tolerances (rtol 1e-3 at the
+/// fewest evaluations).
+fn chart(runs: &[Run]) -> Facets {
+    let mut batches: Vec<usize> = runs.iter().map(|r| r.config.batch).collect();
+    let mut hiddens: Vec<usize> = runs.iter().map(|r| r.config.hidden).collect();
+    for v in [&mut batches, &mut hiddens] {
+        v.sort_unstable();
+        v.dedup();
     }
-    chart
+    let (lo, hi) = runs.iter().fold((f64::INFINITY, 0.0f64), |(a, b), r| {
+        (a.min(r.config.rtol), b.max(r.config.rtol))
+    });
+    let mut facets = Facets::new(
+        format!(
+            "Peak heap against NFE per configuration (one point per rtol, {hi:e} … {lo:e}; {} runs)",
+            runs.len()
+        ),
+        hiddens.len(),
+    )
+    .size(
+        (380 * hiddens.len() as u32 + 280).max(900),
+        300 * batches.len() as u32 + 80,
+    );
+    for &batch in &batches {
+        for &hidden in &hiddens {
+            let mut panel = Chart::new(format!("batch {batch} · hidden {hidden}"))
+                .x_axis(Axis::log("NFE (forward + backward)"))
+                .y_axis(Axis::log("peak heap (MiB)"));
+            // Auto first, so that the strategy it chose draws over it.
+            let mut order = strategies();
+            order.rotate_right(1);
+            for strategy in order {
+                let (color, marker) = strategy_style(&strategy);
+                let mut points: Vec<(f64, f64, f64)> = runs
+                    .iter()
+                    .filter(|r| {
+                        r.strategy.name() == strategy.name()
+                            && r.config.batch == batch
+                            && r.config.hidden == hidden
+                    })
+                    .map(|r| {
+                        (
+                            r.config.rtol,
+                            (r.nfe_forward + r.nfe_backward) as f64,
+                            r.peak_heap as f64 / (1024.0 * 1024.0),
+                        )
+                    })
+                    .collect();
+                // Loose to tight tolerance.
+                points.sort_by(|a, b| b.0.total_cmp(&a.0));
+                panel = panel.add(
+                    Series::line_points(
+                        strategy.name(),
+                        points.iter().map(|&(_, x, y)| (x, y)).collect(),
+                    )
+                    .color(color)
+                    .marker(marker),
+                );
+            }
+            facets = facets.panel(panel);
+        }
+    }
+    facets
 }
 
 fn to_json(r: &Run) -> serde_json::Value {
@@ -324,5 +368,5 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }

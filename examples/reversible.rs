@@ -29,6 +29,7 @@ use costate::ad_core::{Tape, TextTable};
 use costate::nn::reversible_problem::{BaseSolver, ReversibleProblem, Scheme};
 use costate::nn::{Adam, ProblemGradients, Strategy};
 use serde_json::json;
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 
@@ -45,8 +46,25 @@ const FILE: &str = concat!(
 /// The checkpointed strategies' slot counts.
 const KS: [usize; 3] = [2, 4, 8];
 
-const USAGE: &str =
-    "usage: reversible [--method rk4|midpoint|dopri5] [--reps N] [--json] [--train N]";
+const CLI: Cli = Cli {
+    name: "reversible",
+    about:
+        "Reversible solvers against taped, aca and checkpointed on a 1000-step training workload.",
+    flags: &[
+        Flag::value("--method", "M", "rk4, midpoint or dopri5 (default rk4)"),
+        Flag::value(
+            "--reps",
+            "N",
+            "timed repetitions of each strategy (default 5)",
+        ),
+        Flag::switch("--json", "print one JSON object instead of the table"),
+        Flag::value(
+            "--train",
+            "N",
+            "also train N Adam steps with the reversible strategy",
+        ),
+    ],
+};
 
 struct Args {
     method: String,
@@ -55,30 +73,19 @@ struct Args {
     train: Option<usize>,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        method: "rk4".into(),
-        reps: 5,
-        json: false,
-        train: None,
-    };
-    let positive = |v: Option<String>, flag: &str| {
-        v.and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .ok_or(format!("{flag} needs a positive integer"))
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--method" => args.method = it.next().ok_or("--method needs a name")?,
-            "--reps" => args.reps = positive(it.next(), "--reps")?,
-            "--train" => args.train = Some(positive(it.next(), "--train")?),
-            "--json" => args.json = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
-        }
-    }
-    Ok(args)
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    Ok(Args {
+        method: m
+            .parse_or(
+                "--method",
+                "rk4",
+                cli::one_of(&["rk4", "midpoint", "dopri5"]),
+            )?
+            .to_owned(),
+        reps: m.parse_or("--reps", 5, cli::positive)?,
+        json: m.has("--json"),
+        train: m.parse("--train", cli::positive)?,
+    })
 }
 
 /// One strategy on one discrete solve.
@@ -401,5 +408,5 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }

@@ -5,7 +5,8 @@
 //! True dynamics dy/dt = y³ A with A = [[-0.1, 2], [-2, -0.1]], y0 = [2, 0], 1000 points on
 //! [0, 25]. Each iteration draws 20 random start points and fits 10-point segments with an
 //! `OdeFunc` (2 → 50 → 2, tanh, applied to y³), loss = mean |pred − true|, Adam. Ends with a
-//! phase-plane plot of the true and learned trajectories (default `target/spiral.svg`).
+//! phase-plane plot of the true and learned trajectories, equal aspect, the gradient strategy
+//! in its title (default `target/spiral.svg`).
 //! `--precision f32` trains in `f32` (parameters, tape, solves, updates), as `ode_demo` does.
 
 mod support;
@@ -22,6 +23,7 @@ use costate::rand::{Rng, SeedableRng};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::report::median;
 
 const DATA_SIZE: usize = 1000;
@@ -49,46 +51,41 @@ struct Args {
     svg: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        f32: false,
-        mode: Strategy::Taped,
-        iters: 200,
-        json: false,
-        quiet: false,
-        svg: "target/spiral.svg".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--mode" => {
-                // Any strategy name: taped, adjoint / backsolve, aca, checkpointed:K, ...
-                let name = it.next().ok_or("--mode needs a gradient strategy")?;
-                a.mode = name.parse().map_err(|e: costate::ode::ParseStrategyError| e.to_string())?;
-            }
-            "--iters" => a.iters = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--iters needs a positive integer")?,
-            "--json" => a.json = true,
-            "--precision" => {
-                a.f32 = match it.next().as_deref() {
-                    Some("f32") => true,
-                    Some("f64") => false,
-                    _ => return Err("--precision needs f64 or f32".into()),
-                }
-            }
-            "--quiet" => a.quiet = true,
-            "--svg" => a.svg = it.next().ok_or("--svg needs a path")?,
-            _ => return Err(format!("unknown argument {arg:?}; usage: spiral [--mode taped|adjoint|aca|checkpointed:K|...] [--iters N] [--precision f64|f32] [--json] [--svg PATH] [--quiet]")),
-        }
-    }
-    Ok(a)
+const CLI: Cli = Cli {
+    name: "spiral",
+    about: "torchdiffeq's ode_demo: learn the spiral dy/dt = y³ A from short random segments.",
+    flags: &[
+        Flag::value(
+            "--mode",
+            "NAME",
+            "gradient strategy: taped, adjoint, aca, checkpointed:K, ... (default taped)",
+        ),
+        Flag::value("--iters", "N", "Adam iterations (default 200)"),
+        Flag::value("--precision", "P", "f64 or f32 (default f64)"),
+        Flag::switch("--json", "print one JSON object instead of the summary"),
+        Flag::value(
+            "--svg",
+            "PATH",
+            "the phase-plane chart (default target/spiral.svg)",
+        ),
+        Flag::switch("--quiet", "no progress bar"),
+    ],
+};
+
+fn parse_args(m: &Matches) -> Result<Args, ArgError> {
+    Ok(Args {
+        // Any strategy name: taped, adjoint / backsolve, aca, checkpointed:K, ...
+        mode: m.parse_or("--mode", Strategy::Taped, str::parse::<Strategy>)?,
+        iters: m.parse_or("--iters", 200, cli::positive)?,
+        f32: m.parse_or("--precision", "f64", cli::one_of(&["f64", "f32"]))? == "f32",
+        json: m.has("--json"),
+        quiet: m.has("--quiet"),
+        svg: m.string_or("--svg", "target/spiral.svg"),
+    })
 }
 
 fn main() {
-    // Errors print with Display: one line that says what went wrong and how to fix it.
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::run_main(&CLI, parse_args, run);
 }
 
 /// What a training run produced: the final parameters (as f64) and per-iteration figures.
@@ -181,14 +178,7 @@ fn train<P: Precision>(
     })
 }
 
-fn run() -> Result<(), Box<dyn Error>> {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            std::process::exit(2);
-        }
-    };
+fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let t: Vec<f64> = (0..DATA_SIZE)
         .map(|i| 25.0 * i as f64 / (DATA_SIZE - 1) as f64)
         .collect();
@@ -210,9 +200,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     let batch_t = DMatrix::from_row_slice(1, BATCH_TIME, &t[..BATCH_TIME]);
 
     let run = if args.f32 {
-        train::<f32>(&args, &model, params.cast()?, &true_y, &batch_t, &mut rng)?
+        train::<f32>(args, &model, params.cast()?, &true_y, &batch_t, &mut rng)?
     } else {
-        train::<f64>(&args, &model, params, &true_y, &batch_t, &mut rng)?
+        train::<f64>(args, &model, params, &true_y, &batch_t, &mut rng)?
     };
     let Training {
         params,
@@ -227,12 +217,19 @@ fn run() -> Result<(), Box<dyn Error>> {
     // Learned trajectory over the whole interval, from the true y0.
     let (learned, _) = ode::solve(&model.func, &y0, &t, params.values(), &Options::default())?;
     let points = |ys: &[DMatrix<f64>]| ys.iter().map(|y| (y[(0, 0)], y[(0, 1)])).collect();
-    Chart::new("Spiral: true and learned trajectories")
-        .x_axis(Axis::linear("y₁"))
-        .y_axis(Axis::linear("y₂"))
-        .add(Series::line("true", points(&true_y)).color(0x2ca02c))
-        .add(Series::line("learned", points(&learned)).color(0x1f77b4))
-        .write_svg(&args.svg)?;
+    Chart::new(format!(
+        "Spiral: true and learned trajectories ({}, {} iterations, {})",
+        model.strategy.name(),
+        args.iters,
+        if args.f32 { "f32" } else { "f64" }
+    ))
+    .x_axis(Axis::linear("y₁"))
+    .y_axis(Axis::linear("y₂"))
+    .equal_aspect()
+    .size(900, 720)
+    .add(Series::line("true", points(&true_y)).color(0x2ca02c))
+    .add(Series::line("learned", points(&learned)).color(0x1f77b4))
+    .write_svg(&args.svg)?;
 
     let window = (args.iters / 10).max(1);
     let first = median(&losses[..window]);

@@ -39,6 +39,7 @@ use costate::ode::{
     method_by_name, odeint_with, solve, Backsolve, Dynamics, Error as OdeError, Options,
     SolveStats, Strategy,
 };
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 use support::stiff::{Model, StiffField, StiffProblem};
@@ -48,21 +49,22 @@ static HEAP: CountingAlloc = CountingAlloc::new();
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: stiff [--problems LIST] [--methods LIST] [--strategies LIST] [--reps N]
-             [--explicit-steps N] [--tangents N] [--fit-iterations N] [--no-fit] [--no-blocks]
-             [--json FILE]
-  --problems LIST       robertson,vdp,linear,neural (default all four)
-  --methods LIST        dopri5,kvaerno3,kvaerno5 (default all three)
-  --strategies LIST     gradient strategies (default taped,checkpointed:8,interpolating,backsolve);
-                        backsolve runs its backward with dopri5 (it refuses an implicit one)
-  --reps N              timed repetitions of each solve and gradient (default 5)
-  --explicit-steps N    step budget of dopri5 (default 20000)
-  --tangents N          also run taped with tangent-aware step control along N directions
-                        (default 1; 0 skips): steps that resolve the gradient too
-  --fit-iterations N    Adam iterations of the Robertson fit (default 150)
-  --no-fit              skip the fit
-  --no-blocks           skip the Jacobian / LU cost at the seed's shape (batch 32 × dim 64)
-  --json FILE           also write one record per problem, tolerance, method and strategy";
+const CLI: Cli = Cli {
+    name: "stiff",
+    about: "Stiff problems: dopri5 against kvaerno3/5, gradients against references, a Robertson fit.",
+    flags: &[
+        Flag::value("--problems", "LIST", "robertson,vdp,linear,neural (default all four)"),
+        Flag::value("--methods", "LIST", "dopri5,kvaerno3,kvaerno5 (default all three)"),
+        Flag::value("--strategies", "LIST", "gradient strategies (default taped,checkpointed:8,interpolating,backsolve; backsolve's backward runs dopri5)"),
+        Flag::value("--reps", "N", "timed repetitions of each solve and gradient (default 5)"),
+        Flag::value("--explicit-steps", "N", "step budget of dopri5 (default 20000)"),
+        Flag::value("--tangents", "N", "also run taped with tangent-aware step control along N directions (default 1; 0 skips)"),
+        Flag::value("--fit-iterations", "N", "Adam iterations of the Robertson fit (default 150)"),
+        Flag::switch("--no-fit", "skip the fit"),
+        Flag::switch("--no-blocks", "skip the Jacobian / LU cost at the seed's shape (batch 32 × dim 64)"),
+        Flag::value("--json", "FILE", "also write one record per problem, tolerance, method and strategy"),
+    ],
+};
 
 const PROBLEM_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/problems/stiff");
 
@@ -78,84 +80,56 @@ struct Args {
     json: Option<String>,
 }
 
-fn list(v: Option<String>, flag: &str) -> std::result::Result<Vec<String>, String> {
-    let v = v.ok_or_else(|| format!("{flag} needs a comma-separated list\n{USAGE}"))?;
-    Ok(v.split(',').map(str::to_string).collect())
+/// A comma-separated list, each entry checked by `check`.
+fn list(
+    check: impl Fn(&str) -> std::result::Result<(), String>,
+) -> impl Fn(&str) -> std::result::Result<Vec<String>, String> {
+    move |v| {
+        v.split(',')
+            .map(|s| check(s).map(|()| s.to_string()))
+            .collect()
+    }
 }
 
-fn count(v: Option<String>, flag: &str) -> std::result::Result<usize, String> {
-    v.and_then(|n| n.parse().ok())
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{flag} needs a positive integer\n{USAGE}"))
-}
-
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        problems: ["robertson", "vdp", "linear", "neural"]
-            .map(String::from)
-            .to_vec(),
-        methods: ["dopri5", "kvaerno3", "kvaerno5"]
-            .map(String::from)
-            .to_vec(),
-        strategies: ["taped", "checkpointed:8", "interpolating", "backsolve"]
-            .iter()
-            .map(|s| s.parse().expect("a valid strategy"))
-            .collect(),
-        reps: 5,
-        explicit_steps: 20_000,
-        fit_iterations: 150,
-        tangents: 1,
-        blocks: true,
-        json: None,
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    let all = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let problem = |p: &str| cli::one_of(&["robertson", "vdp", "linear", "neural"])(p).map(|_| ());
+    let method = |m: &str| {
+        Options::with_method(m)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--problems" => args.problems = list(it.next(), "--problems")?,
-            "--methods" => args.methods = list(it.next(), "--methods")?,
-            "--strategies" => {
-                args.strategies = list(it.next(), "--strategies")?
-                    .iter()
-                    .map(|s| s.parse().map_err(|e| format!("--strategies: {e}\n{USAGE}")))
-                    .collect::<std::result::Result<_, _>>()?
-            }
-            "--reps" => args.reps = count(it.next(), "--reps")?,
-            "--explicit-steps" => args.explicit_steps = count(it.next(), "--explicit-steps")?,
-            "--fit-iterations" => args.fit_iterations = count(it.next(), "--fit-iterations")?,
-            "--no-fit" => args.fit_iterations = 0,
-            "--no-blocks" => args.blocks = false,
-            "--tangents" => {
-                args.tangents = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("--tangents needs a count (0 to skip)\n{USAGE}"))?
-            }
-            "--json" => {
-                args.json = Some(
-                    it.next()
-                        .ok_or_else(|| format!("--json needs a path\n{USAGE}"))?,
-                )
-            }
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
-        }
-    }
-    for p in &args.problems {
-        if !["robertson", "vdp", "linear", "neural"].contains(&p.as_str()) {
-            return Err(format!("unknown problem `{p}`\n{USAGE}"));
-        }
-    }
-    for m in &args.methods {
-        Options::with_method(m).map_err(|e| format!("--methods: {e}\n{USAGE}"))?;
-    }
-    Ok(args)
+    let strategies = |v: &str| {
+        v.split(',')
+            .map(|s| s.parse::<Strategy>().map_err(|e| e.to_string()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+    };
+    Ok(Args {
+        problems: m
+            .parse("--problems", list(problem))?
+            .unwrap_or_else(|| all(&["robertson", "vdp", "linear", "neural"])),
+        methods: m
+            .parse("--methods", list(method))?
+            .unwrap_or_else(|| all(&["dopri5", "kvaerno3", "kvaerno5"])),
+        strategies: match m.parse("--strategies", strategies)? {
+            Some(s) => s,
+            None => strategies("taped,checkpointed:8,interpolating,backsolve")?,
+        },
+        reps: m.parse_or("--reps", 5, cli::positive)?,
+        explicit_steps: m.parse_or("--explicit-steps", 20_000, cli::positive)?,
+        fit_iterations: if m.has("--no-fit") {
+            0
+        } else {
+            m.parse_or("--fit-iterations", 150, cli::positive)?
+        },
+        tangents: m.parse_or("--tangents", 1, cli::count)?,
+        blocks: !m.has("--no-blocks"),
+        json: m.value("--json").map(str::to_owned),
+    })
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }
 
 /// One gradient run: its counts, time, error and memory.

@@ -26,13 +26,31 @@ use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::nn::{NeuralOde, Problem};
 use costate::ode::{solve, ErrorControl, Options, SolveStats, Strategy};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: tangent_cost [--workload seed|horizon|both] [--problem FILE] [--reps N]
-  --workload W    seed (50 outputs in [0, 1]), horizon (T = 100) or both (default both)
-  --problem FILE  a problem file instead of the workloads (examples/problems/*.json)
-  --reps N        alternating repetitions of each measurement (default 5)";
+const CLI: Cli = Cli {
+    name: "tangent_cost",
+    about: "What tangent-aware step control costs on the seed workload and the T = 100 horizon.",
+    flags: &[
+        Flag::value(
+            "--workload",
+            "W",
+            "seed (50 outputs in [0, 1]), horizon (T = 100) or both (default both)",
+        ),
+        Flag::value(
+            "--problem",
+            "FILE",
+            "a problem file instead of the workloads (examples/problems/*.json)",
+        ),
+        Flag::value(
+            "--reps",
+            "N",
+            "alternating repetitions of each measurement (default 5)",
+        ),
+    ],
+};
 
 struct Args {
     seed: bool,
@@ -41,45 +59,18 @@ struct Args {
     reps: usize,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        seed: true,
-        horizon: true,
-        problem: None,
-        reps: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--workload" => {
-                (args.seed, args.horizon) = match it.next().as_deref() {
-                    Some("seed") => (true, false),
-                    Some("horizon") => (false, true),
-                    Some("both") => (true, true),
-                    _ => return Err(format!("--workload needs seed, horizon or both\n{USAGE}")),
-                }
-            }
-            "--problem" => {
-                args.problem = Some(
-                    it.next()
-                        .ok_or_else(|| format!("--problem needs a path\n{USAGE}"))?,
-                )
-            }
-            "--reps" => {
-                args.reps = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--reps needs a positive integer\n{USAGE}"))?
-            }
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
-        }
-    }
-    Ok(args)
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    let workload = m.parse_or(
+        "--workload",
+        "both",
+        cli::one_of(&["seed", "horizon", "both"]),
+    )?;
+    Ok(Args {
+        seed: workload != "horizon",
+        horizon: workload != "seed",
+        problem: m.parse("--problem", cli::existing_file)?,
+        reps: m.parse_or("--reps", 5, cli::positive)?,
+    })
 }
 
 /// One timed run: milliseconds, the forward's counts, and the gradient (taped runs).
@@ -224,5 +215,5 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    support::cli::run_main(parse_args, run);
+    cli::run_main(&CLI, parse_args, run);
 }

@@ -2,15 +2,21 @@
 //!
 //! Run with `cargo run --release --example tape_demo`.
 
+mod support;
+
 use costate::ad_core::{Result, Tape};
 use costate::nalgebra::DMatrix;
+use support::cli::{self, Cli};
+
+const CLI: Cli = Cli {
+    name: "tape_demo",
+    about: "A small network on the tape: value, gradients and tape statistics.",
+    flags: &[],
+};
 
 fn main() {
     // Errors print with Display: one line that says what went wrong and how to fix it.
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::run_main(&CLI, |_| Ok(()), |()| run());
 }
 
 fn run() -> Result<()> {

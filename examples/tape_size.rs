@@ -29,6 +29,7 @@ use costate::ode::ContinuousAdjoint;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
+use support::cli::{self, ArgError, Cli, Flag, Matches};
 use support::heap::CountingAlloc;
 use support::report::bytes;
 use support::styles::strategy_style;
@@ -116,21 +117,33 @@ fn measure(
     })
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+const CLI: Cli = Cli {
+    name: "tape_size",
+    about: "How memory scales with the horizon under each gradient strategy.",
+    flags: &[
+        Flag::switch("--json", "print one JSON object instead of the table"),
+        Flag::value("--svg", "PATH", "the chart (default target/tape_size.svg)"),
+    ],
+};
+
+struct Args {
+    json: bool,
+    svg: String,
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let json_out = args.iter().any(|a| a == "--json");
-    let svg_path = args
-        .iter()
-        .position(|a| a == "--svg")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "target/tape_size.svg".into());
+fn parse_args(m: &Matches) -> std::result::Result<Args, ArgError> {
+    Ok(Args {
+        json: m.has("--json"),
+        svg: m.string_or("--svg", "target/tape_size.svg"),
+    })
+}
+
+fn main() {
+    cli::run_main(&CLI, parse_args, run);
+}
+
+fn run(args: &Args) -> Result<()> {
+    let (json_out, svg_path) = (args.json, &args.svg);
 
     let func = OdeFunc::new(64, &[64, 64], Activation::Tanh)?.with_subtract_state();
     let mut rng = costate::rand::rngs::StdRng::seed_from_u64(0);
@@ -262,7 +275,7 @@ fn run() -> Result<()> {
                 .labels(labels),
         );
     }
-    chart.write_svg(&svg_path)?;
+    chart.write_svg(svg_path)?;
     if !json_out {
         println!("\nchart: {svg_path}");
     }

@@ -5,7 +5,9 @@
 #[allow(dead_code)]
 mod chart;
 
-use chart::{linear_ticks, log_label, log_ticks, Axis, Chart, Marker, Scale, Series, Ticks};
+use chart::{
+    equalize, linear_ticks, log_label, log_ticks, Axis, Chart, Facets, Marker, Scale, Series, Ticks,
+};
 
 #[test]
 fn linear_ticks_step_by_one_two_or_five_and_enclose_the_data() {
@@ -121,4 +123,50 @@ fn an_empty_chart_still_draws() {
     assert!(texts(&svg).iter().any(|t| t == "nothing"));
     let t = Ticks::new(Scale::Log, &[]);
     assert!(t.hi > t.lo);
+}
+
+#[test]
+fn equal_aspect_widens_the_short_axis_about_its_middle() {
+    // 4 units on 800 px across, 4 on 400 px up: x is widened to 8 units about 0.
+    let (x, y) = equalize(linear_ticks(-2.0, 2.0), linear_ticks(-2.0, 2.0), 800, 400);
+    assert_eq!((y.lo, y.hi), (-2.0, 2.0));
+    assert!(
+        (x.lo + 4.0).abs() < 1e-12 && (x.hi - 4.0).abs() < 1e-12,
+        "{x:?}"
+    );
+    assert!(x.major.iter().all(|&v| v >= x.lo && v <= x.hi), "{x:?}");
+    assert!(x.major.contains(&-4.0) && x.major.contains(&4.0), "{x:?}");
+    // 2 units on 200 px across, 4 on 800 px up: y is widened to 8 units about 2.
+    let (x, y) = equalize(linear_ticks(0.0, 2.0), linear_ticks(0.0, 4.0), 200, 800);
+    assert_eq!((x.lo, x.hi), (0.0, 2.0));
+    assert!(
+        ((x.hi - x.lo) / 200.0 - (y.hi - y.lo) / 800.0).abs() < 1e-12,
+        "{y:?}"
+    );
+    assert!((0.5 * (y.lo + y.hi) - 2.0).abs() < 1e-12, "{y:?}");
+}
+
+#[test]
+fn facets_draw_every_panel_with_one_legend() {
+    let panel = |title: &str, k: f64| {
+        Chart::new(title)
+            .x_axis(Axis::log("NFE"))
+            .y_axis(Axis::log("MiB"))
+            .add(Series::line_points("taped", vec![(10.0, k), (100.0, 10.0 * k)]).color(0xd62728))
+            .add(Series::line_points("backsolve", vec![(20.0, 0.5), (200.0, 0.5)]).color(0x1f77b4))
+    };
+    let svg = Facets::new("Peak heap against NFE", 2)
+        .panel(panel("batch 8", 1.0))
+        .panel(panel("batch 32", 4.0))
+        .panel(panel("batch 128", 16.0))
+        .to_svg()
+        .unwrap();
+    for text in ["Peak heap against NFE", "batch 8", "batch 32", "batch 128"] {
+        assert_eq!(svg.matches(&format!(">\n{text}\n<")).count(), 1, "{text}");
+    }
+    // One legend entry per series name, however many panels draw it.
+    assert_eq!(svg.matches(">\ntaped\n<").count(), 1);
+    assert_eq!(svg.matches(">\nbacksolve\n<").count(), 1);
+    // Every panel has its axis titles.
+    assert_eq!(svg.matches(">\nNFE\n<").count(), 3);
 }

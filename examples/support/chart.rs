@@ -20,6 +20,7 @@ use std::path::Path;
 
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -185,7 +186,44 @@ pub struct Chart {
     y: Axis,
     series: Vec<Series>,
     size: (u32, u32),
+    equal_aspect: bool,
 }
+
+/// Small multiples: charts drawn side by side in a grid under one title, on shared axis
+/// ranges (so panels compare at a glance), with one legend for all (series of the same name
+/// are one entry: give them the same colour and marker in every panel).
+#[derive(Clone, Debug)]
+pub struct Facets {
+    title: String,
+    columns: usize,
+    panels: Vec<Chart>,
+    size: (u32, u32),
+}
+
+/// Font sizes and label room of a chart drawn alone and of a panel among others.
+struct Style {
+    title: u32,
+    tick: u32,
+    axis: u32,
+    x_area: u32,
+    y_area: u32,
+}
+
+const ALONE: Style = Style {
+    title: 22,
+    tick: 16,
+    axis: 17,
+    x_area: 48,
+    y_area: 72,
+};
+
+const PANEL: Style = Style {
+    title: 17,
+    tick: 13,
+    axis: 14,
+    x_area: 40,
+    y_area: 62,
+};
 
 /// Room for the longest legend entry is estimated at this many pixels per character.
 const LEGEND_CHAR_PX: u32 = 7;
@@ -201,7 +239,15 @@ impl Chart {
             y: Axis::linear("y"),
             series: Vec::new(),
             size: (960, 600),
+            equal_aspect: false,
         }
+    }
+
+    /// Draw one unit of x as long as one unit of y (a phase portrait's circles stay round):
+    /// the axis with room to spare is widened around its data.
+    pub fn equal_aspect(mut self) -> Self {
+        self.equal_aspect = true;
+        self
     }
 
     /// Set the horizontal axis.
@@ -235,18 +281,12 @@ impl Chart {
 
     /// The chart as an SVG document.
     pub fn to_svg(&self) -> Result<String, ChartError> {
-        let mut svg = String::new();
-        self.draw(SVGBackend::with_string(&mut svg, self.size))?;
-        Ok(svg)
+        render(self.size, |backend| self.draw(backend))
     }
 
     /// Write the chart as an SVG file at `path`, creating its directory if needed.
     pub fn write_svg(&self, path: impl AsRef<Path>) -> Result<(), ChartError> {
-        let path = path.as_ref();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(ChartError::Io)?;
-        }
-        std::fs::write(path, self.to_svg()?).map_err(ChartError::Io)
+        write_file(path.as_ref(), &self.to_svg()?)
     }
 
     /// The drawable points of series `s` (in plot coordinates) with their labels.
@@ -262,31 +302,53 @@ impl Chart {
             .collect()
     }
 
+    /// Every drawable point's coordinates, in plot coordinates: (xs, ys).
+    fn plot_values(&self) -> (Vec<f64>, Vec<f64>) {
+        self.series
+            .iter()
+            .flat_map(|s| self.plot_points(s))
+            .map(|(p, _)| p)
+            .unzip()
+    }
+
     fn draw(&self, backend: SVGBackend<'_>) -> Result<(), ChartError> {
         let root = backend.into_drawing_area();
         root.fill(&WHITE)?;
-        let longest = self
-            .series
-            .iter()
-            .map(|s| s.name.chars().count() as u32)
-            .max()
-            .unwrap_or(0);
-        let legend_width = (LEGEND_CHAR_PX * longest + 60).min(self.size.0 / 3);
+        let entries = legend_entries(std::slice::from_ref(self));
+        let legend_width = legend_width(&entries, self.size.0);
         let (plot_area, legend_area) = root.split_horizontally(self.size.0 - legend_width);
+        let (xs, ys) = self.plot_values();
+        let ticks = (Ticks::new(self.x.scale, &xs), Ticks::new(self.y.scale, &ys));
+        self.draw_panel(&root, &plot_area, ticks, &ALONE)?;
+        draw_legend(&legend_area, &entries)?;
+        root.present()?;
+        Ok(())
+    }
 
-        let points: Vec<Vec<((f64, f64), &str)>> =
-            self.series.iter().map(|s| self.plot_points(s)).collect();
-        let all = points.iter().flatten().map(|(p, _)| *p);
-        let (xs, ys): (Vec<f64>, Vec<f64>) = all.unzip();
-        let x_ticks = Ticks::new(self.x.scale, &xs);
-        let y_ticks = Ticks::new(self.y.scale, &ys);
-
-        let mut chart = ChartBuilder::on(&plot_area)
-            .caption(&self.title, (FONT, 22))
-            .margin(12)
-            .x_label_area_size(48)
-            .y_label_area_size(72)
-            .build_cartesian_2d(x_ticks.clone(), y_ticks.clone())?;
+    /// Draw the chart (title, axes, series, point labels; no legend) into `area` of `root`
+    /// on the axis ranges `ticks`.
+    fn draw_panel(
+        &self,
+        root: &DrawingArea<SVGBackend<'_>, Shift>,
+        area: &DrawingArea<SVGBackend<'_>, Shift>,
+        (mut x_ticks, mut y_ticks): (Ticks, Ticks),
+        style: &Style,
+    ) -> Result<(), ChartError> {
+        let area = area.titled(&self.title, (FONT, style.title))?;
+        let build = |x: &Ticks, y: &Ticks| {
+            ChartBuilder::on(&area)
+                .margin(12)
+                .x_label_area_size(style.x_area)
+                .y_label_area_size(style.y_area)
+                .build_cartesian_2d(x.clone(), y.clone())
+        };
+        if self.equal_aspect {
+            // Measure the plotting area (building draws nothing without a caption), then
+            // widen the axis whose units are drawn longer.
+            let (xr, yr) = build(&x_ticks, &y_ticks)?.plotting_area().get_pixel_range();
+            (x_ticks, y_ticks) = equalize(x_ticks, y_ticks, xr.end - xr.start, yr.end - yr.start);
+        }
+        let mut chart = build(&x_ticks, &y_ticks)?;
         let (xf, yf) = (x_ticks.formatter(), y_ticks.formatter());
         chart
             .configure_mesh()
@@ -294,15 +356,17 @@ impl Chart {
             .y_desc(&self.y.title)
             .x_label_formatter(&xf)
             .y_label_formatter(&yf)
-            .label_style((FONT, 16))
-            .axis_desc_style((FONT, 17))
+            .label_style((FONT, style.tick))
+            .axis_desc_style((FONT, style.axis))
             .bold_line_style(RGBColor(205, 205, 205))
             .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
 
+        let points: Vec<Vec<((f64, f64), &str)>> =
+            self.series.iter().map(|s| self.plot_points(s)).collect();
         let mut occupied: Vec<Rect> = Vec::new();
         for (k, (s, pts)) in self.series.iter().zip(&points).enumerate() {
-            let color = rgb(s.color.unwrap_or(PALETTE[k % PALETTE.len()]));
+            let color = series_color(s, k);
             if s.line && pts.len() > 1 {
                 chart.draw_series(LineSeries::new(
                     pts.iter().map(|(p, _)| *p),
@@ -311,12 +375,12 @@ impl Chart {
             }
             for (p, _) in pts {
                 let (px, py) = chart.backend_coord(p);
-                draw_marker(&root, s.marker, (px, py), color)?;
+                draw_marker(root, s.marker, (px, py), color)?;
                 occupied.push(Rect::around(px, py, MARKER_RADIUS));
             }
         }
         // Point labels after every marker, each where it covers no marker and no label
-        // placed before it.
+        // placed before it; a label pushed away from its point gets a leader line.
         let (xr, yr) = chart.plotting_area().get_pixel_range();
         let plot = Rect {
             x0: xr.start,
@@ -325,41 +389,201 @@ impl Chart {
             y1: yr.end,
         };
         for (k, (s, pts)) in self.series.iter().zip(&points).enumerate() {
-            let color = rgb(s.color.unwrap_or(PALETTE[k % PALETTE.len()]));
+            let color = series_color(s, k);
             for (p, label) in pts.iter().filter(|(_, l)| !l.is_empty()) {
                 let at = chart.backend_coord(p);
-                let r = place_label(at, label, plot, &occupied);
+                let (r, adjacent) = place_label(at, label, plot, &occupied);
+                if !adjacent {
+                    root.draw(&PathElement::new(
+                        vec![at, r.nearest(at)],
+                        color.mix(0.6).stroke_width(1),
+                    ))?;
+                }
                 root.draw(&Text::new(
                     label.to_string(),
                     (r.x0, r.y0),
                     (FONT, 14).into_font().color(&color),
                 ))?;
-                occupied.push(r);
+                // A little room around it, so that neighbouring labels do not read as one.
+                occupied.push(r.grown(4));
             }
         }
+        Ok(())
+    }
+}
 
-        for (k, s) in self.series.iter().enumerate() {
-            let color = rgb(s.color.unwrap_or(PALETTE[k % PALETTE.len()]));
-            let y = 48 + 22 * k as i32;
-            if s.line {
-                legend_area.draw(&PathElement::new(
-                    vec![(6, y), (34, y)],
-                    color.stroke_width(2),
-                ))?;
-            }
-            draw_marker(&legend_area, s.marker, (20, y), color)?;
-            legend_area.draw(&Text::new(
-                s.name.clone(),
-                (42, y),
-                (FONT, 16)
-                    .into_font()
-                    .color(&BLACK)
-                    .pos(Pos::new(HPos::Left, VPos::Center)),
-            ))?;
+impl Facets {
+    /// No panels yet, titled `title`, `columns` panels to a row, 1280×900 pixels.
+    pub fn new(title: impl Into<String>, columns: usize) -> Self {
+        Self {
+            title: title.into(),
+            columns: columns.max(1),
+            panels: Vec::new(),
+            size: (1280, 900),
         }
+    }
+
+    /// Add a panel (its title names what sets it apart; its axes' scales must match the
+    /// first panel's).
+    pub fn panel(mut self, chart: Chart) -> Self {
+        self.panels.push(chart);
+        self
+    }
+
+    /// Set the size in pixels.
+    pub fn size(mut self, width: u32, height: u32) -> Self {
+        self.size = (width, height);
+        self
+    }
+
+    /// The panels as one SVG document.
+    pub fn to_svg(&self) -> Result<String, ChartError> {
+        render(self.size, |backend| self.draw(backend))
+    }
+
+    /// Write the panels as an SVG file at `path`, creating its directory if needed.
+    pub fn write_svg(&self, path: impl AsRef<Path>) -> Result<(), ChartError> {
+        write_file(path.as_ref(), &self.to_svg()?)
+    }
+
+    fn draw(&self, backend: SVGBackend<'_>) -> Result<(), ChartError> {
+        let root = backend.into_drawing_area();
+        root.fill(&WHITE)?;
+        let Some(first) = self.panels.first() else {
+            return Ok(());
+        };
+        let area = root.titled(&self.title, (FONT, 22))?;
+        let entries = legend_entries(&self.panels);
+        let legend_width = legend_width(&entries, self.size.0);
+        let (grid, legend_area) = area.split_horizontally(self.size.0 - legend_width);
+        // Shared ranges: the ticks of every panel's points together.
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for p in &self.panels {
+            let (x, y) = p.plot_values();
+            xs.extend(x);
+            ys.extend(y);
+        }
+        let ticks = (
+            Ticks::new(first.x.scale, &xs),
+            Ticks::new(first.y.scale, &ys),
+        );
+        let rows = self.panels.len().div_ceil(self.columns);
+        let columns = self.columns.min(self.panels.len());
+        let cells = grid.split_evenly((rows, columns));
+        for (panel, cell) in self.panels.iter().zip(&cells) {
+            panel.draw_panel(&root, cell, ticks.clone(), &PANEL)?;
+        }
+        draw_legend(&legend_area, &entries)?;
         root.present()?;
         Ok(())
     }
+}
+
+/// What `draw` draws on an SVG canvas of `size` pixels, as an SVG document.
+fn render(
+    size: (u32, u32),
+    draw: impl FnOnce(SVGBackend<'_>) -> Result<(), ChartError>,
+) -> Result<String, ChartError> {
+    let mut svg = String::new();
+    draw(SVGBackend::with_string(&mut svg, size))?;
+    Ok(svg)
+}
+
+fn write_file(path: &Path, svg: &str) -> Result<(), ChartError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(ChartError::Io)?;
+    }
+    std::fs::write(path, svg).map_err(ChartError::Io)
+}
+
+/// Widen `x` or `y` about its middle so that a unit of each spans as many pixels, given
+/// the plotting area's `width` × `height`; ticks outside the new range are dropped, ticks
+/// inside it added.
+pub fn equalize(x: Ticks, y: Ticks, width: i32, height: i32) -> (Ticks, Ticks) {
+    let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
+    let (ux, uy) = ((x.hi - x.lo) / w, (y.hi - y.lo) / h);
+    let widen = |t: Ticks, unit: f64, px: f64| {
+        let (mid, half) = (0.5 * (t.lo + t.hi), 0.5 * unit * px);
+        let (lo, hi) = (mid - half, mid + half);
+        let mut wide = match t.scale {
+            Scale::Linear => linear_ticks(lo, hi),
+            Scale::Log => log_ticks(lo, hi),
+        };
+        let eps = 1e-9 * (hi - lo);
+        wide.major.retain(|&v| v >= lo - eps && v <= hi + eps);
+        wide.minor.retain(|&v| v >= lo - eps && v <= hi + eps);
+        Ticks { lo, hi, ..wide }
+    };
+    if ux > uy {
+        (x, widen(y, ux, h))
+    } else {
+        (widen(x, uy, w), y)
+    }
+}
+
+/// One legend line: name, colour, marker, whether a line is drawn.
+struct LegendEntry {
+    name: String,
+    color: RGBColor,
+    marker: Marker,
+    line: bool,
+}
+
+/// The legend of `charts`' series, one entry per name (the first series of that name).
+fn legend_entries(charts: &[Chart]) -> Vec<LegendEntry> {
+    let mut entries: Vec<LegendEntry> = Vec::new();
+    for c in charts {
+        for (k, s) in c.series.iter().enumerate() {
+            if !entries.iter().any(|e| e.name == s.name) {
+                entries.push(LegendEntry {
+                    name: s.name.clone(),
+                    color: series_color(s, k),
+                    marker: s.marker,
+                    line: s.line,
+                });
+            }
+        }
+    }
+    entries
+}
+
+fn legend_width(entries: &[LegendEntry], width: u32) -> u32 {
+    let longest = entries
+        .iter()
+        .map(|e| e.name.chars().count() as u32)
+        .max()
+        .unwrap_or(0);
+    (LEGEND_CHAR_PX * longest + 60).min(width / 3)
+}
+
+fn draw_legend(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    entries: &[LegendEntry],
+) -> Result<(), ChartError> {
+    for (k, e) in entries.iter().enumerate() {
+        let y = 48 + 22 * k as i32;
+        if e.line {
+            area.draw(&PathElement::new(
+                vec![(6, y), (34, y)],
+                e.color.stroke_width(2),
+            ))?;
+        }
+        draw_marker(area, e.marker, (20, y), e.color)?;
+        area.draw(&Text::new(
+            e.name.clone(),
+            (42, y),
+            (FONT, 16)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
+    }
+    Ok(())
+}
+
+/// The colour of series `s`, the `k`-th of its chart.
+fn series_color(s: &Series, k: usize) -> RGBColor {
+    rgb(s.color.unwrap_or(PALETTE[k % PALETTE.len()]))
 }
 
 fn rgb(c: u32) -> RGBColor {
@@ -435,35 +659,53 @@ impl Rect {
     fn contains(&self, o: &Rect) -> bool {
         self.x0 <= o.x0 && o.x1 <= self.x1 && self.y0 <= o.y0 && o.y1 <= self.y1
     }
+
+    fn grown(&self, by: i32) -> Self {
+        Self {
+            x0: self.x0 - by,
+            y0: self.y0 - by,
+            x1: self.x1 + by,
+            y1: self.y1 + by,
+        }
+    }
+
+    /// The point of the box nearest to `p`.
+    fn nearest(&self, p: (i32, i32)) -> (i32, i32) {
+        (p.0.clamp(self.x0, self.x1), p.1.clamp(self.y0, self.y1))
+    }
 }
 
-/// The box of `label` next to the point `at`: the first spot, on rings growing outwards,
-/// inside `plot` and clear of `occupied`; the spot above right when every one is taken.
-fn place_label(at: (i32, i32), label: &str, plot: Rect, occupied: &[Rect]) -> Rect {
-    let (w, h) = (6 * label.chars().count() as i32, 11);
+/// The box of `label` near the point `at`: the first spot, on rings growing outwards,
+/// inside `plot` and clear of `occupied` (the spot above right when every one is taken), and
+/// whether it is next to the point (the first ring) rather than pushed away.
+fn place_label(at: (i32, i32), label: &str, plot: Rect, occupied: &[Rect]) -> (Rect, bool) {
+    // About 7 px a character at the labels' size.
+    let (w, h) = (7 * label.chars().count() as i32, 11);
     let at_offset = |dx: i32, dy: i32| Rect {
         x0: at.0 + dx,
         y0: at.1 + dy,
         x1: at.0 + dx + w,
         y1: at.1 + dy + h,
     };
-    for ring in 0..8 {
-        let d = 7 + 8 * ring;
+    for ring in 0..12 {
+        let d = 7 + 9 * ring;
         for (dx, dy) in [
-            (d, -d - h / 2),
-            (d, d - h / 2),
-            (-d - w, -d - h / 2),
-            (-d - w, d - h / 2),
+            (d, -d / 2 - h / 2),
+            (d, d / 2 - h / 2),
+            (-d - w, -d / 2 - h / 2),
+            (-d - w, d / 2 - h / 2),
             (-w / 2, -d - h),
             (-w / 2, d),
+            (d, -h / 2),
+            (-d - w, -h / 2),
         ] {
             let r = at_offset(dx, dy);
             if plot.contains(&r) && !occupied.iter().any(|o| o.overlaps(&r)) {
-                return r;
+                return (r, ring == 0);
             }
         }
     }
-    at_offset(7, -7 - h)
+    (at_offset(7, -7 - h), true)
 }
 
 /// An axis' extent and ticks in plot coordinates (log10 of the data on log axes).
