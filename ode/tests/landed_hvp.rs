@@ -15,18 +15,6 @@ use common::Rng;
 use common::*;
 use ode::{Options, Strategy};
 
-fn plain(m: &DMatrix<f64>, _: usize) -> DMatrix<f64> {
-    m.clone()
-}
-
-fn eps(m: &[DMatrix<Dual64>]) -> Vec<DMatrix<f64>> {
-    m.iter().map(|m| m.map(|x| x.eps)).collect()
-}
-
-fn re(m: &[DMatrix<Dual64>]) -> Vec<DMatrix<f64>> {
-    m.iter().map(|m| m.map(|x| x.re)).collect()
-}
-
 /// A time-dependent tanh MLP on a 1×3 state (hidden 4), outputs at t₀ = 0.1, 0.37, 0.83,
 /// 1.29 with a cotangent on every one: with steps of 0.1 none of them is a multiple of the
 /// step from t₀, so the last step is shortened to land on 1.29 (to 0.09, far from the
@@ -101,11 +89,11 @@ fn hvp_error(p: &Problem, v: &[DMatrix<f64>], opts: &Options, s: &Strategy) -> (
     let (g, _, _) = gradients(p, opts, s, lift);
     let (f64_grad, _, _) = gradients(p, opts, s, plain);
     assert!(
-        worst(&re(&g), &f64_grad) <= 1e-13,
+        worst(&real_parts(&g), &f64_grad) <= 1e-13,
         "{}: real parts",
         s.name()
     );
-    let hvp = eps(&g);
+    let hvp = dual_parts(&g);
     let fd = central(p, v, opts, s, 1e-5);
     let fd2 = central(p, v, opts, s, 2e-5);
     assert!(hvp.iter().any(|m| max_abs(m) > 1e-3), "a nonzero HVP");
@@ -179,13 +167,13 @@ fn backsolve_and_interpolated_outputs_stay_right() {
     for mixed in [false, true] {
         let v = direction(&p, mixed);
         let lift = |m: &DMatrix<f64>, i: usize| m.zip_map(&v[i], Dual64::new);
-        let taped = eps(&gradients(&p, &adaptive, &Strategy::Taped, lift).0);
+        let taped = dual_parts(&gradients(&p, &adaptive, &Strategy::Taped, lift).0);
         let fd = central(&p, &v, &adaptive, &Strategy::Taped, 1e-5);
         let err_fd = worst(&taped, &fd);
         eprintln!("adaptive dopri5 taped (mixed {mixed}): HVP vs central differences {err_fd:.1e}");
         assert!(err_fd <= 1e-5, "adaptive dopri5: {err_fd:e}");
         for s in exact_strategies().into_iter().skip(1) {
-            let g = eps(&gradients(&p, &adaptive, &s, lift).0);
+            let g = dual_parts(&gradients(&p, &adaptive, &s, lift).0);
             let e = worst(&g, &taped);
             assert!(e <= 1e-12, "adaptive dopri5 {}: {e:e}", s.name());
         }
