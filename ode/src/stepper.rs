@@ -141,8 +141,9 @@ pub(crate) struct Accepted<'t, T: Scalar> {
     pub record: StepRecord,
     /// The step's start time as a variable.
     pub t_var: Var<'t, T>,
-    /// The derivative parts of the step's size and of `t1 − t_0` (see [`GridTangents`]).
+    /// The derivative parts of the step's size (see [`GridTangents`]).
     pub dt_tangent: Option<T>,
+    /// The derivative parts of `t1 − t_0`.
     pub t1_tangent: Option<T>,
     pub step: Step<'t, T>,
     /// `F(t1, y1)` once computed (by output emission or by [`Stepper::advance`]).
