@@ -68,6 +68,30 @@ impl std::ops::AddAssign for SolveStats {
 pub(crate) struct Time<'t, T: Scalar> {
     pub at: f64,
     pub var: Var<'t, T>,
+    /// The derivative parts (real part 0) of the size of the step taken from this time when
+    /// that size moves with an input: a step shortened to land on grid time `t_i` has size
+    /// `t_i − t`, so on dual numbers its stage weights and stage times carry the grid's
+    /// tangents (see [`step_scalar`]). `None`: the size is a constant.
+    pub step_tangent: Option<T>,
+}
+
+/// `α·dt` as a scalar whose derivative parts are `α·tangent` (the step size's own, see
+/// [`Time::step_tangent`]); the real part is `α·dt` exactly, as `T::constant` gives it.
+pub(crate) fn step_scalar<T: Scalar>(dt: f64, tangent: Option<T>, alpha: f64) -> T {
+    let value = T::constant(alpha * dt);
+    match tangent {
+        Some(tan) => value + tan * T::constant(alpha),
+        None => value,
+    }
+}
+
+/// `1/dt` as a scalar whose derivative parts are `−tangent/dt²` (see [`step_scalar`]).
+pub(crate) fn inverse_step<T: Scalar>(dt: f64, tangent: Option<T>) -> T {
+    let value = T::constant(1.0 / dt);
+    match tangent {
+        Some(tan) => value - tan * T::constant(1.0 / (dt * dt)),
+        None => value,
+    }
 }
 
 /// What the engine integrates: `y' = F(t, y)` over a list of tensors.
@@ -250,6 +274,19 @@ pub(crate) fn combine_where<'t, T: Scalar>(
     k: &[State<'t, T>],
     wanted: impl Fn(usize) -> bool,
 ) -> Result<State<'t, T>> {
+    combine_scaled(tape, y, |wj| T::constant(dt * wj), w, k, wanted)
+}
+
+/// [`combine_where`] with the weight of `w_j` given by `scale(w_j)` (`dt·w_j`, with the step
+/// size's derivative parts when it has any: see [`step_scalar`]).
+pub(crate) fn combine_scaled<'t, T: Scalar>(
+    tape: &'t Tape<T>,
+    y: &[Var<'t, T>],
+    scale: impl Fn(f64) -> T,
+    w: &[f64],
+    k: &[State<'t, T>],
+    wanted: impl Fn(usize) -> bool,
+) -> Result<State<'t, T>> {
     let mut out = Vec::with_capacity(y.len());
     let mut terms = Vec::with_capacity(w.len() + 1);
     for (c, &yc) in y.iter().enumerate() {
@@ -258,7 +295,7 @@ pub(crate) fn combine_where<'t, T: Scalar>(
         if wanted(c) {
             for (&wj, kj) in w.iter().zip(k) {
                 if wj != 0.0 {
-                    terms.push((T::constant(dt * wj), kj[c]));
+                    terms.push((scale(wj), kj[c]));
                 }
             }
         }
@@ -337,6 +374,8 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
         }
         Ok(())
     };
+    // Stage weights and times: `α·dt`, with the step size's derivative parts if it has any.
+    let scale = |alpha: f64| step_scalar(dt, t.step_tangent, alpha);
     let mut quadratures = Quadratures::new(tape, |c| sys.reads(c), y.len());
     add_stage(0, &k0)?;
     // k0 belongs to the stepper too (a rejected step is retried from it): never released.
@@ -347,7 +386,7 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     for i in 1..s {
         // Stage values only for the components F reads (the adjoint's a_θ and a_t are
         // integrated but never read, so their stage values would be wasted work).
-        let yi = combine_where(tape, y, dt, tab.a[i], &k, |c| sys.reads(c))?;
+        let yi = combine_scaled(tape, y, scale, tab.a[i], &k, |c| sys.reads(c))?;
         if i + 1 == s && tab.fsal && !method.final_stage && !method.estimate_error {
             // FSAL's last stage is F(t + dt, y₁): y₁ is its input, and only the error
             // estimate, dense output and the next step read the stage itself.
@@ -355,7 +394,7 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
             last_input = Some(yi);
             break;
         }
-        let ti = t.var.add_scalar(T::constant(tab.c[i] * dt));
+        let ti = t.var.add_scalar(scale(tab.c[i]));
         let ki = sys.eval(t.at + tab.c[i] * dt, ti, &yi)?;
         add_stage(i, &ki)?;
         // An FSAL method's last stage is the next step's first: kept whole.
@@ -366,14 +405,14 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
     let y1: State<'t, T> = match (tab.fsal, last_input) {
         // FSAL: the last stage was evaluated at y₁ itself (for the components F reads).
         (true, Some(y_last)) => {
-            let rest = combine_where(tape, y, dt, tab.b, &k, |c| {
+            let rest = combine_scaled(tape, y, scale, tab.b, &k, |c| {
                 !sys.reads(c) && !quadratures.folded(c)
             })?;
             (0..y.len())
                 .map(|c| if sys.reads(c) { y_last[c] } else { rest[c] })
                 .collect()
         }
-        _ => combine_where(tape, y, dt, tab.b, &k, |c| !quadratures.folded(c))?,
+        _ => combine_scaled(tape, y, scale, tab.b, &k, |c| !quadratures.folded(c))?,
     };
     let y1 = y1
         .into_iter()
@@ -413,12 +452,15 @@ impl Method<'_> {
 }
 
 /// Dense output at `t_out` inside the step `[t_n, t_n + dt]`: the method's own interpolant,
-/// or a cubic Hermite on `(y, F(t_n, y), y₁, F(t_n + dt, y₁))`. Differentiable in `t_out`.
+/// or a cubic Hermite on `(y, F(t_n, y), y₁, F(t_n + dt, y₁))`. Differentiable in `t_out`;
+/// `dt_tangent`: the step size's derivative parts ([`Time::step_tangent`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn interpolate<'t, T: Scalar>(
     tape: &'t Tape<T>,
     tab: &Tableau,
     t_n: Var<'t, T>,
     dt: f64,
+    dt_tangent: Option<T>,
     t_out: Var<'t, T>,
     step: &Step<'t, T>,
     k_next: Option<&State<'t, T>>,
@@ -431,7 +473,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
             c[(0, 0)] = T::one();
             for (i, row) in p.iter().enumerate() {
                 for (k, &v) in row.iter().enumerate() {
-                    c[(k + 1, i + 1)] = T::constant(dt * v);
+                    c[(k + 1, i + 1)] = step_scalar(dt, dt_tangent, v);
                 }
             }
             let mut terms: Vec<&State<'t, T>> = Vec::with_capacity(p.len() + 1);
@@ -440,14 +482,16 @@ pub(crate) fn interpolate<'t, T: Scalar>(
             (c, terms)
         }
         (None, Some(f1)) => {
+            let h = |alpha: f64| step_scalar(dt, dt_tangent, alpha);
+            let n = T::constant;
             #[rustfmt::skip]
             let c = DMatrix::from_row_slice(4, 4, &[
                 // y       dt·f0        y1        dt·f1
-                1.0,       0.0,        0.0,      0.0,
-                0.0,       dt,          0.0,      0.0,
-                -3.0,      -2.0 * dt,   3.0,      -dt,
-                2.0,       dt,          -2.0,     dt,
-            ]).map(T::constant);
+                n(1.0),    n(0.0),      n(0.0),   n(0.0),
+                n(0.0),    h(1.0),      n(0.0),   n(0.0),
+                n(-3.0),   h(-2.0),     n(3.0),   h(-1.0),
+                n(2.0),    h(1.0),      n(-2.0),  h(1.0),
+            ]);
             (c, vec![&step.y0, &step.k[0], &step.y1, f1])
         }
         (None, None) => unreachable_interp()?,
@@ -458,7 +502,7 @@ pub(crate) fn interpolate<'t, T: Scalar>(
         .collect();
     let coeffs = coeffs.select_columns(&used);
     let terms: Vec<&State<'t, T>> = used.iter().map(|&j| terms[j]).collect();
-    let theta = t_out.sub(t_n)?.scale(T::constant(1.0 / dt));
+    let theta = t_out.sub(t_n)?.scale(inverse_step(dt, dt_tangent));
     let weights = theta
         .powers(coeffs.nrows() - 1)?
         .matmul(tape.constant(coeffs))?;

@@ -26,7 +26,7 @@ use crate::forward::{forward_controller, FieldSystem};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
 use crate::solve::odeint_with;
-use crate::stepper::{Memory, Start, Stepper};
+use crate::stepper::{GridTangents, Memory, Start, Stepper};
 use crate::strategy::Strategy;
 use crate::tableau::StepKind;
 use crate::tangent_control::DualOf;
@@ -337,6 +337,7 @@ fn locate<T: Scalar, F: Dynamics<T>, E: EventFunctions<T>>(
         k0: None,
         dt: None,
         dir: 1.0,
+        tangents: GridTangents::none(),
     };
     let mut stepper = Stepper::new(&scratch, sys, ctl, Memory::Scratch(base), start)?;
     let mut g_start = event_values(events, t0, h0, params)?;

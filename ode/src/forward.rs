@@ -16,7 +16,7 @@ use crate::jacobian::{jacobian_by_vjps, Jacobian};
 use crate::newton::IterationMatrix;
 use crate::options::Options;
 use crate::scheme::Scheme;
-use crate::stepper::{Accepted, Memory, Start, Stepper};
+use crate::stepper::{Accepted, GridTangents, Memory, Start, Stepper};
 
 /// The forward controller from options.
 pub(crate) fn forward_controller(opts: &Options) -> Controller {
@@ -272,6 +272,7 @@ pub(crate) fn forward_landing<T: Scalar, F: Dynamics<T>>(
         k0: None,
         dt: None,
         dir: direction(&grid),
+        tangents: GridTangents::of_grid(&grid, t),
     };
     let mut stepper = Stepper::new(&scratch, sys, ctl, Memory::Scratch(base), start)?;
     let mut outputs = Vec::with_capacity(t.len() - 1);

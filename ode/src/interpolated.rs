@@ -31,7 +31,7 @@ use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::stepper::{Accepted, Memory, Start, Stepper};
+use crate::stepper::{Accepted, GridTangents, Memory, Start, Stepper};
 use crate::strategy::{BackwardStats, ContinuousAdjoint, Strategy, StrategyReport};
 use crate::tableau::Tableau;
 use crate::trajectory::{hermite, own_interpolant, StepData, Trajectory};
@@ -397,6 +397,7 @@ impl<T: Scalar, F: Dynamics<T>> InterpolatedOp<T, F> {
                 k0: None,
                 dt,
                 dir: -dir,
+                tangents: GridTangents::none(),
             };
             let mut stepper = Stepper::new(
                 &scratch,

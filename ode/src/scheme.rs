@@ -180,7 +180,7 @@ pub(crate) fn coupled_dense_output<'t, T: Scalar>(
         err: None,
         complete: true,
     };
-    let along = crate::engine::interpolate(tape, tableau, t0, dt, t_out, &base, None)?[0];
+    let along = crate::engine::interpolate(tape, tableau, t0, dt, None, t_out, &base, None)?[0];
     // c = 1 + (λ − 1) θ, θ = (t_out − t₀)/dt: y = c·y₀ + Φ_θ(z₀) − c·z₀.
     let theta = t_out.sub(t0)?.scale(T::constant(1.0 / dt));
     let c = theta
@@ -197,6 +197,7 @@ pub(crate) fn step_end<'t, T: Scalar>(t: Time<'t, T>, dt: f64) -> Time<'t, T> {
     Time {
         at: t.at + dt,
         var: t.var.add_scalar(T::constant(dt)),
+        step_tangent: None,
     }
 }
 

@@ -7,8 +7,10 @@
 //! replays on a local tape. What differs is the [`Memory`] policy and what the strategy does
 //! with each accepted step (see `docs/design.md`).
 
+use std::rc::Rc;
+
 use ad_core::nalgebra::DMatrix;
-use ad_core::{Mark, Scalar, Tape, Var};
+use ad_core::{carries_derivatives, Mark, Scalar, Tape, Var};
 
 use crate::controller::{Controller, StepRecord};
 use crate::engine::{interpolate, Method, SolveStats, State, Step, System, Time};
@@ -41,6 +43,97 @@ pub(crate) struct Start<'t, T: Scalar> {
     pub dt: Option<f64>,
     /// `+1` forward in time, `−1` backward.
     pub dir: f64,
+    /// The grid times' derivative parts, for steps that land on them.
+    pub tangents: GridTangents<T>,
+}
+
+/// The derivative parts (real part 0) of the output times a solve may land on, relative to
+/// its start: on dual numbers a step shortened to land on grid time `t_i` has size
+/// `t_i − t`, and every step after it starts at `t_i + (t − t_i)`, so their sizes and stage
+/// times carry `t_i`'s tangent (second derivatives along grid times are then those of the
+/// discrete solve). Empty for plain numbers and for solves whose steps keep constant sizes.
+#[derive(Clone)]
+pub(crate) struct GridTangents<T: Scalar> {
+    /// `(t_i, tangent of t_i − t_0)` in grid order (for `i ≥ 1`).
+    anchors: Rc<[(f64, T)]>,
+    /// The tangent of `t − t_0` at the stepper's start (`None`: zero).
+    start: Option<T>,
+}
+
+impl<T: Scalar> GridTangents<T> {
+    /// No tangents: step sizes and times are constants relative to the start variable.
+    pub fn none() -> Self {
+        Self {
+            anchors: Rc::from(Vec::new()),
+            start: None,
+        }
+    }
+
+    /// The tangents of a grid whose entries are `values` (as scalars) and `grid` (as
+    /// numbers), for a stepper starting at `t_0`.
+    pub fn of_grid(grid: &[f64], values: &[T]) -> Self {
+        if !carries_derivatives::<T>() || values.len() != grid.len() || grid.is_empty() {
+            return Self::none();
+        }
+        let anchors: Vec<(f64, T)> = grid
+            .iter()
+            .zip(values)
+            .skip(1)
+            .map(|(&t, &v)| {
+                let d = v - values[0];
+                (t, d - T::constant(d.primal()))
+            })
+            .collect();
+        Self {
+            anchors: Rc::from(anchors),
+            start: None,
+        }
+    }
+
+    /// The tangent of `t_i − t_0` if `t` is a grid time `t_i` (`None` otherwise).
+    fn at(&self, t: f64) -> Option<T> {
+        if self.anchors.is_empty() {
+            return None;
+        }
+        let increasing = self.anchors.len() < 2 || self.anchors[0].0 < self.anchors[1].0;
+        let i = self
+            .anchors
+            .partition_point(|&(a, _)| if increasing { a < t } else { a > t });
+        self.anchors
+            .get(i)
+            .filter(|&&(a, _)| a == t)
+            .map(|&(_, tan)| tan)
+    }
+
+    /// The tangent of `t − t_0` at the start of each of `steps` (taken in order from
+    /// `t_0`): a step that landed on a grid time passes that time's tangent on.
+    pub fn step_starts(&self, steps: &[StepRecord]) -> Vec<Option<T>> {
+        if self.anchors.is_empty() {
+            return Vec::new();
+        }
+        let mut current = self.start;
+        steps
+            .iter()
+            .map(|r| {
+                let here = current;
+                if r.landed {
+                    if let Some(tan) = self.at(r.t1) {
+                        current = Some(tan);
+                    }
+                }
+                here
+            })
+            .collect()
+    }
+
+    /// The same tangents for a stepper starting where the tangent of `t − t_0` is `start`
+    /// (an entry of [`GridTangents::step_starts`]; out of range: `None`).
+    pub fn starting(&self, start: Option<&Option<T>>) -> Self {
+        Self {
+            anchors: self.anchors.clone(),
+            start: start.copied().flatten(),
+        }
+    }
 }
 
 /// One accepted step with its stages still on the tape.
@@ -48,6 +141,10 @@ pub(crate) struct Accepted<'t, T: Scalar> {
     pub record: StepRecord,
     /// The step's start time as a variable.
     pub t_var: Var<'t, T>,
+    /// The derivative parts of the step's size (see [`GridTangents`]).
+    pub dt_tangent: Option<T>,
+    /// The derivative parts of `t1 − t_0`.
+    pub t1_tangent: Option<T>,
     pub step: Step<'t, T>,
     /// `F(t1, y1)` once computed (by output emission or by [`Stepper::advance`]).
     pub k_next: Option<State<'t, T>>,
@@ -71,6 +168,9 @@ pub(crate) struct Stepper<'t, T: Scalar, S> {
     t0: f64,
     t_base: Var<'t, T>,
     t: f64,
+    /// The derivative parts of `t − t_0` (see [`GridTangents`]).
+    t_tangent: Option<T>,
+    tangents: GridTangents<T>,
     y: State<'t, T>,
     k0: State<'t, T>,
     dt: f64,
@@ -92,7 +192,15 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
         memory: Memory,
         start: Start<'t, T>,
     ) -> Result<Self> {
-        let t_var = time_var(start.t_base, start.t0, start.t);
+        // Only the explicit scheme's steps take a landed step's tangent (the others keep
+        // constant step sizes; see docs/design.md).
+        let tangents = if matches!(ctl.scheme, Scheme::Explicit) {
+            start.tangents
+        } else {
+            GridTangents::none()
+        };
+        let t_tangent = tangents.start;
+        let t_var = time_var_at(start.t_base, start.t0, start.t, t_tangent);
         let field_input = ctl.scheme.field_input(&start.y);
         let k0 = match start.k0 {
             Some(k0) => k0,
@@ -106,6 +214,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 let t = Time {
                     at: start.t,
                     var: t_var,
+                    step_tangent: None,
                 };
                 ctl.initial_step(tape, &mut sys, t, start.dir, field_input, &k0)?
             }
@@ -123,6 +232,8 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             t0: start.t0,
             t_base: start.t_base,
             t: start.t,
+            t_tangent,
+            tangents,
             y: start.y,
             k0,
             dt,
@@ -201,7 +312,18 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                 }
             };
             let mark = self.tape.mark();
-            let t_var = time_var(self.t_base, self.t0, self.t);
+            let t_var = time_var_at(self.t_base, self.t0, self.t, self.t_tangent);
+            // A step landed on a grid time t_i has size t_i − t: its derivative parts are
+            // t_i's less t's.
+            let end = match replayed {
+                Some(r) => r.t1,
+                None => target,
+            };
+            let landed_tangent = if landed { self.tangents.at(end) } else { None };
+            let dt_tangent = landed_tangent.map(|tan| match self.t_tangent {
+                Some(start) => tan - start,
+                None => tan,
+            });
             let method = Method {
                 tableau: tab,
                 // Constant steps leave an adaptive method's error estimate unused.
@@ -214,6 +336,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             let time = Time {
                 at: self.t,
                 var: t_var,
+                step_tangent: dt_tangent,
             };
             let step = self.ctl.scheme.step(
                 self.tape,
@@ -276,6 +399,8 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                     landed,
                 },
                 t_var,
+                dt_tangent,
+                t1_tangent: landed_tangent.or(self.t_tangent),
                 step,
                 k_next: None,
                 dt_carry,
@@ -302,7 +427,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
             (true, Some(k)) => k.clone(),
             _ => {
                 let t1 = acc.record.t1;
-                let t1_var = time_var(self.t_base, self.t0, t1);
+                let t1_var = time_var_at(self.t_base, self.t0, t1, acc.t1_tangent);
                 let input = self.ctl.scheme.field_input(&acc.step.y1);
                 self.sys.eval(t1, t1_var, input)?
             }
@@ -332,6 +457,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
         self.k0 = carried.split_off(n);
         self.y = carried;
         self.t = acc.record.t1;
+        self.t_tangent = acc.t1_tangent;
         self.dt = acc.dt_carry.max(self.ctl.min_step);
         Ok(())
     }
@@ -375,11 +501,15 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                     // y₁ + (t_out − t₁)·F(t₁, y₁): the value is y₁, and the output time keeps
                     // its derivative dh/dt = F, as through an interpolant. t₁ is a variable
                     // (it moves with t_0, like every step time), and the shift is computed as
-                    // (t_out − t_0) − (t₁ − t_0) so that it is exactly 0.
+                    // (t_out − t_0) − (t₁ − t_0) so that it is exactly 0 (its derivative parts
+                    // too: t₁ carries t_out's tangent, and y₁ and F(t₁, y₁) the landed step
+                    // size's, so the second derivatives in t_out are the discrete solve's).
                     let k = self.first_stage_after(acc)?;
-                    let shift = t_out_var
-                        .sub(self.t_base)?
-                        .add_scalar(T::constant(-(t1 - self.t0)));
+                    let mut offset = T::constant(-(t1 - self.t0));
+                    if let Some(tan) = acc.t1_tangent {
+                        offset -= tan;
+                    }
+                    let shift = t_out_var.sub(self.t_base)?.add_scalar(offset);
                     let one = self.tape.constant(DMatrix::from_element(1, 1, T::one()));
                     let weights = self.tape.concat_cols(&[one, shift])?;
                     acc.step
@@ -412,6 +542,7 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
                     tab,
                     acc.t_var,
                     dt,
+                    acc.dt_tangent,
                     t_out_var,
                     &acc.step,
                     k_next.as_ref(),
@@ -458,10 +589,20 @@ impl<'t, T: Scalar, S: System<'t, T>> Stepper<'t, T, S> {
 
 /// The time `t` as a variable relative to the solve's start: `t_base + (t − t0)`.
 pub(crate) fn time_var<'t, T: Scalar>(t_base: Var<'t, T>, t0: f64, t: f64) -> Var<'t, T> {
-    if t == t0 {
-        t_base
-    } else {
-        t_base.add_scalar(T::constant(t - t0))
+    time_var_at(t_base, t0, t, None)
+}
+
+/// [`time_var`] with the derivative parts `tangent` of `t − t0` (see [`GridTangents`]).
+pub(crate) fn time_var_at<'t, T: Scalar>(
+    t_base: Var<'t, T>,
+    t0: f64,
+    t: f64,
+    tangent: Option<T>,
+) -> Var<'t, T> {
+    match tangent {
+        None if t == t0 => t_base,
+        None => t_base.add_scalar(T::constant(t - t0)),
+        Some(tan) => t_base.add_scalar(T::constant(t - t0) + tan),
     }
 }
 

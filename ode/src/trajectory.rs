@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::forward::{forward_controller, FieldSystem};
 use crate::input::direction;
 use crate::options::Options;
-use crate::stepper::{Accepted, Memory, Start, Stepper};
+use crate::stepper::{Accepted, GridTangents, Memory, Start, Stepper};
 use crate::tableau::Tableau;
 
 /// One accepted step's dense output data.
@@ -343,6 +343,7 @@ fn resolve<T: Scalar, F: Dynamics<T>>(
         k0: None,
         dt: None,
         dir,
+        tangents: GridTangents::none(),
     };
     let mut stepper = Stepper::new(&scratch, sys, ctl, Memory::Scratch(base), start)?;
     let mut data = Vec::with_capacity(steps.len());

@@ -256,8 +256,7 @@ fn hessian_vector_products_through_every_strategy() {
 #[test]
 fn grid_tangents_reach_every_strategy() {
     let p = random_problem(12, false, false, true, 4);
-    // Dense output, not landing: a landed output is y₁ + (t − t₁)·F, exact in its first
-    // derivative in t but with none of the second (step sizes are constants).
+    // Dense output, not landing (landed outputs: tests/landed_hvp.rs).
     let opts = Options::default().tolerances(1e-10, 1e-10);
     let lift = |m: &DMatrix<f64>, i: usize| -> DMatrix<Dual64> {
         let mut r = Rng::new(40 + i as u64);

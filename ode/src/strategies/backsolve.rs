@@ -15,7 +15,7 @@ use crate::node::NodeBackward;
 use crate::options::{AdjointNorm, Norm, Options};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::stepper::{Memory, Start, Stepper};
+use crate::stepper::{GridTangents, Memory, Start, Stepper};
 use crate::strategy::{Backsolve, BackwardStats, Drift, Strategy, StrategyReport};
 
 /// The backsolve strategy (`Strategy::Backsolve`, or `BacksolveCheckpointed` with its
@@ -351,6 +351,7 @@ impl<T: Scalar, F> BacksolveOp<T, F> {
                 k0: Some(k0),
                 dt,
                 dir: -dir,
+                tangents: GridTangents::none(),
             };
             let mut stepper = Stepper::new(
                 &scratch,

@@ -17,7 +17,7 @@ use crate::node::NodeBackward;
 use crate::options::Options;
 use crate::schedule::{min_recomputations, split};
 use crate::solution::Solution;
-use crate::stepper::{Memory, Start, Stepper};
+use crate::stepper::{GridTangents, Memory, Start, Stepper};
 use crate::strategy::{BackwardStats, Strategy, StrategyReport};
 
 /// The exact strategy with at most `slots` stored states (`None`: every step's).
@@ -98,6 +98,8 @@ impl<T: Scalar, F: Dynamics<T>> NodeBackward<T> for ReplayOp<T, F> {
     ) -> Result<(Vec<Option<DMatrix<T>>>, BackwardStats)> {
         let local = Tape::new();
         let mut reverse = Reverse::new(&local, inputs, &cotangents);
+        reverse.tangents = GridTangents::of_grid(&self.grid, inputs[1].as_slice());
+        reverse.starts = reverse.tangents.step_starts(&self.steps);
         self.run_schedule(&mut reverse, inputs[0])?;
         Ok(reverse.finish(inputs.len() - 2))
     }
@@ -227,6 +229,10 @@ struct Reverse<'c, 'l, T: Scalar> {
     grad_row: DMatrix<T>,
     stats: BackwardStats,
     shape: (usize, usize),
+    /// The grid's derivative parts and, from them, those of every step's start time (as
+    /// the forward took them: see [`GridTangents`]).
+    tangents: GridTangents<T>,
+    starts: Vec<Option<T>>,
 }
 
 impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
@@ -255,6 +261,8 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             grad_row: zeros(inputs[1]),
             stats: BackwardStats::default(),
             shape: inputs[0].shape(),
+            tangents: GridTangents::none(),
+            starts: Vec::new(),
         }
     }
 
@@ -292,6 +300,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             k0: None,
             dt: None,
             dir: direction(&op.grid),
+            tangents: self.tangents.starting(self.starts.get(from)),
         };
         let mut stepper = Stepper::new(scratch, sys, ctl, Memory::Scratch(base), start)?;
         let mut states = Vec::with_capacity(if every { to - from } else { 1 });
@@ -358,6 +367,7 @@ impl<'c, 'l, T: Scalar> Reverse<'c, 'l, T> {
             k0: None,
             dt: None,
             dir: direction(&op.grid),
+            tangents: self.tangents.starting(self.starts.get(k)),
         };
         let mut stepper = Stepper::new(local, sys, ctl, Memory::Keep, start)?;
         // Nothing continues from this step, and outputs without a cotangent are not

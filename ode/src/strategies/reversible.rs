@@ -216,6 +216,7 @@ impl<'l, T: Scalar> Pass<'l, T> {
         Ok(Time {
             at,
             var: time_var(t_base, op.grid[0], at),
+            step_tangent: None,
         })
     }
 

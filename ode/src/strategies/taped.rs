@@ -18,7 +18,7 @@ use crate::forward::{planned_controller, FieldSystem};
 use crate::input::{check_h0, direction, grid_row, SolveInput};
 use crate::scheme::Scheme;
 use crate::solution::Solution;
-use crate::stepper::{Accepted, Memory, Start, Stepper};
+use crate::stepper::{Accepted, GridTangents, Memory, Start, Stepper};
 use crate::strategy::{BackwardStats, Strategy, StrategyReport};
 
 /// The taped solve, calling `on_step` after every accepted step (auto's budget watch).
@@ -87,6 +87,7 @@ fn taped_recorded<'t, T: Scalar, F: Dynamics<T>>(
         k0: None,
         dt: None,
         dir: direction(&grid),
+        tangents: t.with_value(|v| GridTangents::of_grid(&grid, v.as_slice()))?,
     };
     let mut stepper = Stepper::new(
         tape,

@@ -191,6 +191,21 @@ pub fn dual(m: &DMatrix<f64>, seed: Option<(usize, usize)>) -> DMatrix<Dual64> {
     })
 }
 
+/// An input as it is (the `lift` of an f64 solve in [`gradients`]).
+pub fn plain(m: &DMatrix<f64>, _: usize) -> DMatrix<f64> {
+    m.clone()
+}
+
+/// The real parts of dual-number gradients (the f64 gradient).
+pub fn real_parts(m: &[DMatrix<Dual64>]) -> Vec<DMatrix<f64>> {
+    m.iter().map(|m| m.map(|x| x.re)).collect()
+}
+
+/// The dual parts of dual-number gradients (forward over reverse: a Hessian-vector product).
+pub fn dual_parts(m: &[DMatrix<Dual64>]) -> Vec<DMatrix<f64>> {
+    m.iter().map(|m| m.map(|x| x.eps)).collect()
+}
+
 /// Largest absolute entry.
 pub fn max_abs(m: &DMatrix<f64>) -> f64 {
     m.iter().fold(0.0, |a, &x| a.max(x.abs()))
