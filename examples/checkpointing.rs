@@ -42,13 +42,13 @@ use std::time::Instant;
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::ad_core::TextTable;
+use costate::heap::CountingAlloc;
 use costate::nn::{Loss, NeuralOde, OdeFunc, ParamSet, Problem, Strategy};
 use costate::ode::schedule::min_recomputations;
 use costate::ode::{ContinuousAdjoint, Options};
 use serde_json::json;
 use support::chart::{Axis, Chart, Facets, Marker, Series};
 use support::cli::{self, ArgError, Cli, Flag, Matches};
-use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 
 #[global_allocator]

@@ -31,7 +31,7 @@ use costate::nn::problem::GradientSet;
 use costate::nn::{BackwardStats, Footprint, Problem, ProblemGradients, Strategy};
 use serde_json::json;
 use support::cli::{self, ArgError, Cli, Flag, Matches};
-use support::report::{bytes, median, peak_rss_bytes};
+use support::report::{bytes, median, peak_rss_bytes, product_setup};
 
 /// The scalar the solves run in.
 #[derive(Clone, Copy, PartialEq)]
@@ -292,6 +292,7 @@ fn print_flop_bound(
     let one_core = measure();
     costate::ad_core::set_max_threads(cores);
     let (one_core, all_cores) = (one_core?, measure()?);
+    println!("\nproducts measured on: {}", product_setup());
     for (n, seconds) in [(1, one_core), (cores, all_cores)] {
         println!(
             "\nproduct bound ({}, {n} thread{}): one evaluation's products take {:.3} ms here = {:.1} GFLOP/s",
@@ -373,6 +374,15 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
         }
         obj.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
         obj.insert("precision".into(), json!(args.precision.name()));
+        obj.insert("cpu".into(), json!(support::report::cpu_model()));
+        let threads = costate::ad_core::thread_setting();
+        obj.insert(
+            "threads".into(),
+            match threads {
+                Ok(n) => json!(n),
+                Err(e) => json!({ "error": e.to_string() }),
+            },
+        );
         println!("{}", serde_json::Value::Object(obj));
         return Ok(());
     }

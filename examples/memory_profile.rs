@@ -36,13 +36,13 @@ use std::time::Instant;
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::ad_core::TextTable;
+use costate::heap::CountingAlloc;
 use costate::nn::{Activation, NeuralOde, OdeFunc, Strategy};
 use costate::ode::Options;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Facets, Series};
 use support::cli::{self, ArgError, Cli, Flag, Matches};
-use support::heap::CountingAlloc;
 use support::report::bytes;
 use support::styles::strategy_style;
 

@@ -26,11 +26,11 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::{Tape, TextTable};
+use costate::heap::CountingAlloc;
 use costate::nn::reversible_problem::{BaseSolver, ReversibleProblem, Scheme};
 use costate::nn::{Adam, ProblemGradients, Strategy};
 use serde_json::json;
 use support::cli::{self, ArgError, Cli, Flag, Matches};
-use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 
 #[global_allocator]

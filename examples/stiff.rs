@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
+use costate::heap::CountingAlloc;
 use costate::nn::{Adam, Optimizer, ParamSet};
 use costate::ode::jacobian::{jacobian, Jacobian};
 use costate::ode::newton::IterationMatrix;
@@ -40,7 +41,6 @@ use costate::ode::{
     SolveStats, Strategy,
 };
 use support::cli::{self, ArgError, Cli, Flag, Matches};
-use support::heap::CountingAlloc;
 use support::report::{bytes, median};
 use support::stiff::{Model, StiffField, StiffProblem};
 

@@ -24,13 +24,13 @@ mod support;
 use costate::ad_core::nalgebra::DMatrix;
 use costate::ad_core::Tape;
 use costate::ad_core::TextTable;
+use costate::heap::CountingAlloc;
 use costate::nn::{Activation, NeuralOde, OdeFunc, ParamSet, Strategy};
 use costate::ode::ContinuousAdjoint;
 use costate::rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::chart::{Axis, Chart, Series};
 use support::cli::{self, ArgError, Cli, Flag, Matches};
-use support::heap::CountingAlloc;
 use support::report::bytes;
 use support::styles::strategy_style;
 

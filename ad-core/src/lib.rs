@@ -43,8 +43,10 @@
 //! others. Elementwise passes over large tensors (tanh and its VJP, the RK stage
 //! combinations; at least 2¹³ entries per band) are split the same way. Each band runs the
 //! same single-threaded kernel with its blocking over k unchanged, so values and gradients
-//! are bitwise the same for any thread count. `MATMUL_NUM_THREADS` caps the threads (default:
-//! the available parallelism; read once, at the first large product), and
+//! are bitwise the same for any thread count. `MATMUL_NUM_THREADS` sets the threads (default
+//! and cap: the available parallelism; above it only with `MATMUL_NUM_THREADS_FORCE=1`; read
+//! once, at the first large product; a value refused or capped is reported by
+//! [`thread_setting`], never printed), and
 //! [`set_max_threads`] lowers the cap at run time. The workers start at
 //! the first product that is split, stay hot (spinning, then yielding) for about a
 //! millisecond after each job, since a solve alternates products with short elementwise
@@ -69,7 +71,10 @@ pub use check::{
     GradcheckReport, GradcheckSettings, TapeFunction, TapeFunctionF64, Tolerance,
 };
 pub use error::{Error, Message, Result, Shape};
-pub use ops::{set_max_threads, BoxError, CustomOp, Report, ReportedVjp, MAX_ELEMENTS};
+pub use ops::{
+    set_max_threads, thread_setting, BoxError, CustomOp, Report, ReportedVjp, ThreadSettingError,
+    MAX_ELEMENTS,
+};
 pub use scalar::{all_finite, carries_derivatives, Precision, Scalar};
 pub use table::TextTable;
 pub use tape::{Mark, NoGradGuard, Tape, TapeStats, Var};

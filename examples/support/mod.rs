@@ -1,10 +1,10 @@
-//! What the examples share: a counting allocator for peak-heap figures, tables and SVG
-//! charts (plotters). Not part of the published API; each example uses part of it.
+//! What the examples share: argument parsing, tables and SVG charts (plotters); peak heap
+//! comes from the library's own meter, `costate::heap`. Not part of the published API; each
+//! example uses part of it.
 #![allow(dead_code)]
 
 pub mod chart;
 pub mod cli;
-pub mod heap;
 pub mod report;
 pub mod stiff;
 pub mod styles;

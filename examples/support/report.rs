@@ -32,3 +32,28 @@ pub fn bytes(n: usize) -> String {
         format!("{n} B")
     }
 }
+
+/// The CPU's model name (`model name` in `/proc/cpuinfo` on Linux), or `"unknown CPU"`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_owned())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+/// What large products run on in this process: the CPU, the kernel (matrixmultiply's, which
+/// picks AVX2/FMA or SSE at run time; it has no AVX-512 kernel) and the threads, with the
+/// problem in `MATMUL_NUM_THREADS` if it was refused or capped.
+pub fn product_setup() -> String {
+    let threads = match costate::ad_core::thread_setting() {
+        Ok(n) => format!("{n} thread{}", if n == 1 { "" } else { "s" }),
+        Err(e) => format!("threads: {e}"),
+    };
+    format!("{}, matrixmultiply kernel, {threads}", cpu_model())
+}

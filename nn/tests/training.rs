@@ -380,13 +380,8 @@ fn overflowing_updates_are_refused() {
             expect[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
         }
     }
-    for i in 0..2 {
-        assert!(
-            (q.values()[0][i] - expect[i]).abs() < 1e-13,
-            "{i}: {} vs {}",
-            q.values()[0][i],
-            expect[i]
-        );
+    for (got, want) in q.values()[0].iter().zip(expect) {
+        assert!((got - want).abs() < 1e-13, "{got} vs {want}");
     }
 }
 

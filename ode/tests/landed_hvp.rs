@@ -107,6 +107,7 @@ fn exact_strategies() -> [Strategy; 4] {
         Strategy::Checkpointed { slots: 2 },
         Strategy::Auto {
             budget_bytes: 1 << 30,
+            strict: false,
         },
     ]
 }

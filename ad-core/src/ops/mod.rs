@@ -14,7 +14,7 @@ mod shape;
 mod small_product;
 mod threads;
 
-pub use threads::set_max_threads;
+pub use threads::{set_max_threads, thread_setting, ThreadSettingError};
 
 pub(crate) use custom::CustomNode;
 pub use custom::{BoxError, CustomOp, Report, ReportedVjp};

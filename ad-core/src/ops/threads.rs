@@ -30,17 +30,136 @@ const MIN_BAND_WORK: usize = 1 << 20;
 /// How long an idle worker stays hot before it parks.
 const HOT: Duration = Duration::from_millis(1);
 
-/// The threads the process may use: `MATMUL_NUM_THREADS` if it is a positive integer, else
-/// the machine's available parallelism. Read once per process; the workers are sized by it.
-fn process_threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::env::var("MATMUL_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+/// What was wrong with the thread count the environment asked for. The value is read once,
+/// lazily, inside a library, so ad-core prints nothing: it uses the count in `using` instead
+/// and [`thread_setting`] returns this error, for a program to report.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ThreadSettingError {
+    /// A variable holds something other than what it may hold.
+    #[error(
+        "{variable}={value:?} is not {expected}; using {using} thread{} (the available \
+         parallelism) instead. Set {variable} to {expected}, or unset it",
+        plural(*using)
+    )]
+    Invalid {
+        /// `MATMUL_NUM_THREADS` or `MATMUL_NUM_THREADS_FORCE`.
+        variable: &'static str,
+        /// The value as set.
+        value: String,
+        /// What it may hold.
+        expected: &'static str,
+        /// The thread count used instead.
+        using: usize,
+    },
+    /// `MATMUL_NUM_THREADS` is above the cores available and `MATMUL_NUM_THREADS_FORCE=1` is
+    /// not set: more threads than cores only wait for each other.
+    #[error(
+        "MATMUL_NUM_THREADS={asked} is above the {cores} core{} available; using {cores}. Set \
+         MATMUL_NUM_THREADS_FORCE=1 to start {asked} threads anyway",
+        plural(*cores)
+    )]
+    AboveCores {
+        /// The count asked for.
+        asked: usize,
+        /// The available parallelism, which is used.
+        cores: usize,
+    },
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The thread count large products and passes may use, from `MATMUL_NUM_THREADS` (`threads`),
+/// `MATMUL_NUM_THREADS_FORCE` (`force`) and the available parallelism (`cores`):
+/// unset (or blank) means `cores`; a positive integer up to `cores` is used as given, and above
+/// `cores` only with `force` = `1`; anything else (0, text, a negative number) is refused and
+/// `cores` is used. Returns the count to use and, when the setting was not used as given, why.
+pub(crate) fn parse_thread_setting(
+    threads: Option<&str>,
+    force: Option<&str>,
+    cores: usize,
+) -> (usize, Option<ThreadSettingError>) {
+    let cores = cores.max(1);
+    let force = match force.map(str::trim) {
+        None | Some("" | "0") => false,
+        Some("1") => true,
+        Some(other) => {
+            let e = ThreadSettingError::Invalid {
+                variable: "MATMUL_NUM_THREADS_FORCE",
+                value: other.to_owned(),
+                expected: "1 or 0",
+                using: cores,
+            };
+            return (cores, Some(e));
+        }
+    };
+    let Some(text) = threads.map(str::trim).filter(|t| !t.is_empty()) else {
+        return (cores, None);
+    };
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 && (n <= cores || force) => (n, None),
+        Ok(n) if n > 0 => (
+            cores,
+            Some(ThreadSettingError::AboveCores { asked: n, cores }),
+        ),
+        _ => {
+            let e = ThreadSettingError::Invalid {
+                variable: "MATMUL_NUM_THREADS",
+                value: text.to_owned(),
+                expected: "a positive integer",
+                using: cores,
+            };
+            (cores, Some(e))
+        }
+    }
+}
+
+/// The process's setting: the count and, if the environment's was not used as given, why.
+/// Read once per process; the workers are sized by it.
+fn process_setting() -> &'static (usize, Option<ThreadSettingError>) {
+    static SETTING: OnceLock<(usize, Option<ThreadSettingError>)> = OnceLock::new();
+    SETTING.get_or_init(|| {
+        let threads = std::env::var("MATMUL_NUM_THREADS").ok();
+        let force = std::env::var("MATMUL_NUM_THREADS_FORCE").ok();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        parse_thread_setting(threads.as_deref(), force.as_deref(), cores)
     })
+}
+
+/// The threads the process may use: `MATMUL_NUM_THREADS` if it is a positive integer up to
+/// the available parallelism (above it with `MATMUL_NUM_THREADS_FORCE=1`), else the available
+/// parallelism (see [`thread_setting`]).
+fn process_threads() -> usize {
+    process_setting().0
+}
+
+/// The thread count this process's large products and passes may use (before any
+/// [`set_max_threads`] cap), or, if `MATMUL_NUM_THREADS` (or `MATMUL_NUM_THREADS_FORCE`) was
+/// refused or capped, what was wrong and the count used instead. The variables are read once,
+/// at the first call of this or the first large product.
+///
+/// `MATMUL_NUM_THREADS` takes a positive integer up to the available parallelism; above it
+/// the count is capped at the cores unless `MATMUL_NUM_THREADS_FORCE=1`; 0 and text are
+/// refused. ad-core prints nothing itself: a program that reports its thread count should
+/// report this error too.
+///
+/// ```
+/// match ad_core::thread_setting() {
+///     Ok(threads) => println!("{threads} threads"),
+///     Err(e) => eprintln!("warning: {e}"),
+/// }
+/// ```
+pub fn thread_setting() -> std::result::Result<usize, ThreadSettingError> {
+    match process_setting() {
+        (n, None) => Ok(*n),
+        (_, Some(e)) => Err(e.clone()),
+    }
 }
 
 /// The cap [`set_max_threads`] set (0: none).
@@ -56,7 +175,8 @@ pub(crate) fn threads() -> usize {
 }
 
 /// Cap the threads large products and elementwise passes use from now on, at `max` (at
-/// least 1), below the process's count (`MATMUL_NUM_THREADS`, or the available parallelism).
+/// least 1), below the process's count ([`thread_setting`]: `MATMUL_NUM_THREADS`, or the
+/// available parallelism).
 /// Returns the count in effect before. Results are bitwise the same for any count, so this
 /// only trades speed for cores, e.g. to leave cores to other work, or to time one core.
 ///
@@ -350,4 +470,80 @@ where
             *y = f(*y, x);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(threads: Option<&str>, force: Option<&str>) -> (usize, Option<ThreadSettingError>) {
+        parse_thread_setting(threads, force, 2)
+    }
+
+    #[test]
+    fn unset_or_blank_means_the_cores() {
+        assert_eq!(parse(None, None), (2, None));
+        assert_eq!(parse(Some(""), None), (2, None));
+        assert_eq!(parse(Some("  "), Some("")), (2, None));
+    }
+
+    #[test]
+    fn counts_up_to_the_cores_are_used_as_given() {
+        assert_eq!(parse(Some("1"), None), (1, None));
+        assert_eq!(parse(Some(" 2 "), None), (2, None));
+        assert_eq!(parse(Some("2"), Some("0")), (2, None));
+    }
+
+    #[test]
+    fn counts_above_the_cores_are_capped_unless_forced() {
+        let (n, e) = parse(Some("64"), None);
+        assert_eq!(n, 2);
+        let e = e.unwrap();
+        assert_eq!(
+            e,
+            ThreadSettingError::AboveCores {
+                asked: 64,
+                cores: 2
+            }
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("MATMUL_NUM_THREADS=64") && text.contains("using 2"),
+            "{text}"
+        );
+        assert!(text.contains("MATMUL_NUM_THREADS_FORCE=1"), "{text}");
+        assert_eq!(parse(Some("64"), Some("1")), (64, None));
+        assert_eq!(parse(Some("3"), Some(" 1 ")), (3, None));
+    }
+
+    #[test]
+    fn zero_and_garbage_are_refused_by_name() {
+        for bad in [
+            "0",
+            "abc",
+            "-1",
+            "2.5",
+            "4 threads",
+            "99999999999999999999999",
+        ] {
+            let (n, e) = parse(Some(bad), None);
+            assert_eq!(n, 2, "{bad}");
+            let text = e.unwrap_or_else(|| panic!("{bad} accepted")).to_string();
+            assert!(text.contains("MATMUL_NUM_THREADS="), "{text}");
+            assert!(text.contains(&format!("{:?}", bad.trim())), "{text}");
+            assert!(
+                text.contains("positive integer") && text.contains("using 2"),
+                "{text}"
+            );
+        }
+        let (n, e) = parse(Some("4"), Some("yes"));
+        assert_eq!(n, 2);
+        let text = e.unwrap().to_string();
+        assert!(text.contains("MATMUL_NUM_THREADS_FORCE=\"yes\""), "{text}");
+    }
+
+    #[test]
+    fn no_cores_reported_means_one() {
+        assert_eq!(parse_thread_setting(None, None, 0), (1, None));
+    }
 }
