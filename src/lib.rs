@@ -6,11 +6,12 @@
 //! - [`ad_core`]: a tensor-level reverse-mode tape over `nalgebra` matrices, generic over the
 //!   scalar (`f64`, or `num-dual` numbers for forward-over-reverse derivatives).
 //! - [`ode`]: one Runge–Kutta engine; taped `odeint` and `odeint_adjoint` (one opaque node).
-//! - [`nn`]: layers, `OdeFunc`, `NeuralOde`, optimisers, problem files.
+//! - [`nn`](../nn/index.html): layers, `OdeFunc`, `NeuralOde`, optimisers, problem files.
 //!
 //! [`heap`] measures peak heap (a counting global allocator and peak scopes); the examples'
-//! tables and SVG charts live with them in `examples/support/`, not in this API. `rand`, `nalgebra` and `num_dual` are
-//! re-exported in the versions the API's signatures use (no version traps).
+//! tables and SVG charts live with them in `examples/support/`, not in this API. `rand`,
+//! `nalgebra` and `num_dual` are re-exported in the versions the API's signatures use (no
+//! version traps).
 //!
 //! ```
 //! use costate::ad_core::Tape;
