@@ -254,15 +254,8 @@ impl Controller {
         if !(d0.is_finite() && d1.is_finite()) {
             // An overflowed state or derivative (a huge adjoint, say) is the cause to report,
             // not the step size it leaves undefined.
-            for (v, what) in y0
-                .iter()
-                .map(|v| (v, "state"))
-                .chain(f0.iter().map(|v| (v, "derivative")))
-            {
-                if !v.with_value(ad_core::all_finite)? {
-                    return Err(Error::NonFinite { what, t: t0.at });
-                }
-            }
+            non_finite(y0, "state", t0.at)?;
+            non_finite(f0, "derivative", t0.at)?;
         }
         if !(h0.is_finite() && h0 > 0.0) {
             // NaN scaled norms (tolerances so small that the scaling overflows, a custom
@@ -295,16 +288,12 @@ impl Controller {
             })?)
         })? / h0;
         if !d2.is_finite() {
-            // The probe state overflowed (a huge adjoint, say): that is the cause to report,
-            // not the step size it leaves undefined.
-            for v in y1.iter().chain(&f1) {
-                if !v.with_value(ad_core::all_finite)? {
-                    tape.rewind(mark)?;
-                    return Err(Error::NonFinite {
-                        what: "state at the initial step's probe",
-                        t: t0.at,
-                    });
-                }
+            // The probe state overflowed: report that, as above.
+            let what = "state at the initial step's probe";
+            if let Err(e) = non_finite(&y1, what, t0.at).and_then(|()| non_finite(&f1, what, t0.at))
+            {
+                tape.rewind(mark)?;
+                return Err(e);
             }
         }
         tape.rewind(mark)?;
@@ -324,6 +313,16 @@ impl Controller {
         }
         Ok(dt)
     }
+}
+
+/// [`Error::NonFinite`] naming `what` at `t` if a component of `y` holds NaN or infinity.
+fn non_finite<T: Scalar>(y: &[Var<'_, T>], what: &'static str, t: f64) -> Result<()> {
+    for v in y {
+        if !v.with_value(ad_core::all_finite)? {
+            return Err(Error::NonFinite { what, t });
+        }
+    }
+    Ok(())
 }
 
 /// `Σ x(i)²` over `i < n`, summed exactly as [`sum_of_squares`] sums a slice of the values.

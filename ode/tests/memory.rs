@@ -110,7 +110,7 @@ fn checkpointing_and_auto_stay_within_their_memory() {
         budget_bytes: 1_000,
         strict: true,
     };
-    match auto_reason(&p, &opts, &strict) {
+    let estimate = match auto_reason(&p, &opts, &strict) {
         Err(ode::Error::OverBudget {
             budget,
             strategy,
@@ -122,23 +122,27 @@ fn checkpointing_and_auto_stay_within_their_memory() {
                 needed >= backsolve / 2 && needed <= 2 * backsolve,
                 "estimate {needed} B against measured {backsolve} B"
             );
+            needed
         }
         other => panic!("auto-strict:1000 gave {other:?}"),
-    }
+    };
     // A budget above backsolve's estimate but below one step's replay: backsolve, within it.
-    let roomy = 2 * backsolve;
-    if roomy < lowest {
-        for strict in [false, true] {
-            let s = Strategy::Auto {
-                budget_bytes: roomy,
-                strict,
-            };
-            let reason = auto_reason(&p, &opts, &s).unwrap();
-            assert!(
-                reason.contains("fits") && !reason.contains("over budget"),
-                "{reason}"
-            );
-        }
+    // (Halfway between the two, so that the case is always exercised.)
+    assert!(
+        estimate < lowest,
+        "estimate {estimate} B, one step's replay {lowest} B"
+    );
+    let roomy = estimate + (lowest - estimate) / 2;
+    for strict in [false, true] {
+        let s = Strategy::Auto {
+            budget_bytes: roomy,
+            strict,
+        };
+        let reason = auto_reason(&p, &opts, &s).unwrap();
+        assert!(
+            reason.contains("fits") && !reason.contains("over budget"),
+            "{reason}"
+        );
     }
 }
 

@@ -5,7 +5,7 @@ use smallvec::SmallVec;
 
 use super::reduce::{sum_cols, sum_rows};
 use super::{buffer, Grads, Op};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Shape};
 use crate::scalar::Scalar;
 use crate::tape::{Tape, Var};
 
@@ -85,26 +85,7 @@ impl<T: Scalar> Tape<T> {
     /// [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
     pub fn concat_cols<'t>(&'t self, parts: &[Var<'t, T>]) -> Result<Var<'t, T>> {
         self.apply("concat_cols", parts, |x| {
-            let Some(first) = x.first() else {
-                return Err(Error::InvalidArgument {
-                    op: "concat_cols",
-                    message: "needs at least one part".into(),
-                });
-            };
-            let rows = first.nrows();
-            let mut cols: usize = 0;
-            for p in x {
-                if p.nrows() != rows {
-                    return Err(Error::ShapeMismatch {
-                        op: "concat_cols",
-                        left: first.shape(),
-                        right: p.shape(),
-                        expected: "every part must have the same number of rows",
-                    });
-                }
-                cols = cols.saturating_add(p.ncols());
-            }
-            // (A saturated count is over the limit too.)
+            let (rows, cols) = joined_shape("concat_cols", x, Axis::Cols)?;
             let mut data = buffer("concat_cols", rows, cols)?;
             for p in x {
                 // Column-major storage: concatenating along columns appends the buffers.
@@ -113,33 +94,13 @@ impl<T: Scalar> Tape<T> {
             Ok((DMatrix::from_vec(rows, cols, data), Op::Concat))
         })
     }
-}
 
-impl<T: Scalar> Tape<T> {
     /// Stack same-column-count variables on top of each other: `[x₁; x₂; …]`, e.g. a
     /// trajectory's states as one `(n·batch) × d` tensor. A result of more than
     /// [`crate::MAX_ELEMENTS`] entries is [`Error::TooLarge`].
     pub fn concat_rows<'t>(&'t self, parts: &[Var<'t, T>]) -> Result<Var<'t, T>> {
         self.apply("concat_rows", parts, |x| {
-            let Some(first) = x.first() else {
-                return Err(Error::InvalidArgument {
-                    op: "concat_rows",
-                    message: "needs at least one part".into(),
-                });
-            };
-            let cols = first.ncols();
-            let mut rows: usize = 0;
-            for p in x {
-                if p.ncols() != cols {
-                    return Err(Error::ShapeMismatch {
-                        op: "concat_rows",
-                        left: first.shape(),
-                        right: p.shape(),
-                        expected: "every part must have the same number of columns",
-                    });
-                }
-                rows = rows.saturating_add(p.nrows());
-            }
+            let (rows, cols) = joined_shape("concat_rows", x, Axis::Rows)?;
             let mut data = buffer("concat_rows", rows, cols)?;
             // Column-major storage: each output column is the parts' columns in turn.
             for j in 0..cols {
@@ -150,6 +111,54 @@ impl<T: Scalar> Tape<T> {
             Ok((DMatrix::from_vec(rows, cols, data), Op::ConcatRows))
         })
     }
+}
+
+/// The axis parts are joined along.
+#[derive(Clone, Copy)]
+enum Axis {
+    Rows,
+    Cols,
+}
+
+/// The shape of `parts` joined along `axis`: at least one part, all with the same extent
+/// across it; the extent along it saturates (a saturated count is over the limit too).
+fn joined_shape<T: Scalar>(op: &'static str, parts: &[&DMatrix<T>], axis: Axis) -> Result<Shape> {
+    let Some(first) = parts.first() else {
+        return Err(Error::InvalidArgument {
+            op,
+            message: "needs at least one part".into(),
+        });
+    };
+    let (across, expected) = match axis {
+        Axis::Rows => (
+            first.ncols(),
+            "every part must have the same number of columns",
+        ),
+        Axis::Cols => (
+            first.nrows(),
+            "every part must have the same number of rows",
+        ),
+    };
+    let mut along: usize = 0;
+    for p in parts {
+        let (this_along, this_across) = match axis {
+            Axis::Rows => (p.nrows(), p.ncols()),
+            Axis::Cols => (p.ncols(), p.nrows()),
+        };
+        if this_across != across {
+            return Err(Error::ShapeMismatch {
+                op,
+                left: first.shape(),
+                right: p.shape(),
+                expected,
+            });
+        }
+        along = along.saturating_add(this_along);
+    }
+    Ok(match axis {
+        Axis::Rows => (along, across),
+        Axis::Cols => (across, along),
+    })
 }
 
 /// Each part receives its own block of rows of the cotangent.
