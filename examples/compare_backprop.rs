@@ -13,7 +13,10 @@
 //! `taped,backsolve`); every mode's gradient is compared with the first mode's. With
 //! `--problem FILE` (a `costate-problem/1` file) it also prints each mode's error against the
 //! file's `tight` reference gradients. With `--json` it prints one JSON object with an entry
-//! per mode, keyed by the mode's name as given, in the problem file's layout. `--precision
+//! per mode, keyed by the mode's name as given, in the problem file's layout, beside the CPU,
+//! the product kernel and the threads. The product-bound table is headed by the same three
+//! (`COSTATE_PRODUCT_KERNEL=matrixmultiply` or `gemm` pins the kernel, to compare them).
+//! `--precision
 //! f32` runs the tape, the solve and the gradients in `f32` (the file's values rounded once);
 //! gradient errors are then those of the `f32` run.
 
@@ -236,7 +239,8 @@ fn weights(problem: &Problem) -> impl Iterator<Item = &DMatrix<f64>> {
 }
 
 /// Seconds the matrix products of one evaluation of f take at this process's own product
-/// rate: each layer's `x Wᵀ` (batch × in · (out × in)ᵀ) timed on its own, median of 15
+/// rate: each layer's `x Wᵀ` (batch × in · (out × in)ᵀ) timed on its own through the tape's
+/// `matmul_t`, so on the kernel the solves use (`ad_core::product_kernel`), median of 15
 /// (after 3 warm-up runs), summed over the layers, at the thread count in effect
 /// (`MATMUL_NUM_THREADS`, lowered by `ad_core::set_max_threads`).
 fn product_seconds_per_evaluation<P: costate::ad_core::Precision>(
@@ -375,6 +379,13 @@ fn compare(args: &Args) -> Result<(), Box<dyn Error>> {
         obj.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
         obj.insert("precision".into(), json!(args.precision.name()));
         obj.insert("cpu".into(), json!(support::report::cpu_model()));
+        obj.insert(
+            "product_kernel".into(),
+            match costate::ad_core::product_kernel_setting() {
+                Ok(kernel) => json!(kernel.name()),
+                Err(e) => json!({ "error": e.to_string() }),
+            },
+        );
         let threads = costate::ad_core::thread_setting();
         obj.insert(
             "threads".into(),

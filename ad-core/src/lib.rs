@@ -42,8 +42,12 @@
 //! columns (or rows), one per thread; the calling thread computes one band and workers the
 //! others. Elementwise passes over large tensors (tanh and its VJP, the RK stage
 //! combinations; at least 2¹³ entries per band) are split the same way. Each band runs the
-//! same single-threaded kernel with its blocking over k unchanged, so values and gradients
-//! are bitwise the same for any thread count. `MATMUL_NUM_THREADS` sets the threads (default
+//! same single-threaded kernel with a blocking over k that depends on k alone, so values and
+//! gradients are bitwise the same for any thread count on a given machine. The kernel is
+//! chosen per CPU at run time ([`product_kernel`]): `gemm`'s AVX-512 kernels on Intel CPUs
+//! with AVX-512F (two 512-bit FMA units on the server parts), `matrixmultiply`'s elsewhere
+//! (which pick AVX-512, AVX2/FMA, AVX or SSE2 themselves); `COSTATE_PRODUCT_KERNEL` pins one
+//! ([`product_kernel_setting`]). `MATMUL_NUM_THREADS` sets the threads (default
 //! and cap: the available parallelism; above it only with `MATMUL_NUM_THREADS_FORCE=1`; read
 //! once, at the first large product; a value refused or capped is reported by
 //! [`thread_setting`], never printed), and
@@ -52,8 +56,8 @@
 //! millisecond after each job, since a solve alternates products with short elementwise
 //! passes, and then park. Smaller products, such as a 32×64 batch through 64-wide layers,
 //! stay on the calling thread; tiny ones (m·n·k ≤ 4000, e.g. a 20-row batch through a
-//! 2→50→2 layer) skip `matrixmultiply`'s packing for direct loops, also in a fixed order per
-//! shape.
+//! 2→50→2 layer) skip the blocked kernels' packing for direct loops, also in a fixed order
+//! per shape.
 #![warn(missing_docs)]
 
 mod backward;
@@ -72,7 +76,8 @@ pub use check::{
 };
 pub use error::{Error, Message, Result, Shape};
 pub use ops::{
-    set_max_threads, thread_setting, BoxError, CustomOp, Report, ReportedVjp, ThreadSettingError,
+    product_kernel, product_kernel_setting, set_max_threads, thread_setting, BoxError, CustomOp,
+    ProductKernel, ProductKernelSettingError, Report, ReportedVjp, ThreadSettingError,
     MAX_ELEMENTS,
 };
 pub use scalar::{all_finite, carries_derivatives, Precision, Scalar};

@@ -47,13 +47,17 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
-/// What large products run on in this process: the CPU, the kernel (matrixmultiply's, which
-/// picks AVX2/FMA or SSE at run time; it has no AVX-512 kernel) and the threads, with the
-/// problem in `MATMUL_NUM_THREADS` if it was refused or capped.
+/// What large products run on in this process: the CPU, the kernel ad-core chose for it
+/// (`ad_core::product_kernel`) and the threads, with the problem in `COSTATE_PRODUCT_KERNEL`
+/// or `MATMUL_NUM_THREADS` if either was refused or capped.
 pub fn product_setup() -> String {
     let threads = match costate::ad_core::thread_setting() {
         Ok(n) => format!("{n} thread{}", if n == 1 { "" } else { "s" }),
         Err(e) => format!("threads: {e}"),
     };
-    format!("{}, matrixmultiply kernel, {threads}", cpu_model())
+    let kernel = match costate::ad_core::product_kernel_setting() {
+        Ok(kernel) => format!("{kernel} kernel"),
+        Err(e) => format!("kernel: {e}"),
+    };
+    format!("{}, {kernel}, {threads}", cpu_model())
 }

@@ -1,10 +1,24 @@
-//! Matrix products and the transpose. `f64` and `f32` products run through `matrixmultiply`'s
-//! blocked kernels (tiny ones through the direct loops of `small_product`); transposed
-//! operands are passed as strided views, never copied.
+//! Matrix products and the transpose. `f64` and `f32` products run through a blocked kernel
+//! chosen once per process for the CPU (`product_kernel`): `gemm`'s AVX-512 kernels on Intel
+//! CPUs with AVX-512F, `matrixmultiply`'s elsewhere; tiny products through the direct loops
+//! of `small_product`. Transposed operands are passed as strided views, never copied.
+//!
+//! `gemm` picks its blocking over k from the shape (`m`, `n` and `k`) and takes special paths
+//! for thin shapes (dot-product kernels when m·n ≤ 256, matrix–vector kernels when m or n is
+//! 1, k ≤ 2), so a band of a threaded product could sum in another order than the whole
+//! product. It is therefore called on blocks of at most [`K_BLOCK`] of the sum over k, cut by
+//! k alone and accumulated into C in order (so `gemm` never blocks k itself), and only on
+//! shapes where every band takes its packed micro-kernel path: k ≥ 3 and bands all at least
+//! 8 × 33 (bands are at least eight wide; the other side must be at least 33). It is also
+//! used only on products large enough to be split (at least 2²¹ multiply-adds): `gemm` keeps
+//! a packing buffer of about the L2 cache's size per thread from its first call, which a
+//! small problem should not pay for. Other shapes keep `matrixmultiply`, whose blocking does
+//! not depend on the band.
 
 use nalgebra::DMatrix;
 use num_dual::Dual;
 
+use super::product_kernel::{product_kernel, ProductKernel};
 use super::{checked_len, fast, small_product, threads, Grads, Op};
 use crate::error::{Error, Result};
 use crate::scalar::{Precision, Scalar};
@@ -85,7 +99,55 @@ fn dual_gemm<T: Scalar, F: Kernel>(
     })
 }
 
-/// A real type with a blocked `matrixmultiply` kernel.
+/// The most of the sum over k one `gemm` call takes. `gemm` blocks k itself only above 512
+/// (its block is at least 512, or all of k); the blocks here are cut by k alone.
+const K_BLOCK: usize = 512;
+
+/// Whether a product of this shape, cut into bands along `extent` (see `threads`), runs on
+/// `gemm`: only large products, where every band, for every thread count, takes `gemm`'s
+/// packed micro-kernel path (see the module's notes).
+fn uses_gemm(m: usize, k: usize, n: usize, extent: usize) -> bool {
+    product_kernel() == ProductKernel::GemmAvx512
+        && k >= 3
+        && m >= 2
+        && n >= 2
+        && threads::may_split(m, n, k, extent)
+        && m.min(n) >= 33
+}
+
+/// `C = A·B` (β = 0) through a `gemm` kernel `call(k_block, a, b, accumulate)`, over blocks
+/// of at most [`K_BLOCK`] of the sum over k: ⌈k / K_BLOCK⌉ blocks of as equal a size as can
+/// be (so none has fewer than 3 entries when k ≥ 3), the first written into C, the others
+/// added to it, in order.
+///
+/// # Safety
+/// As [`Kernel::gemm`].
+unsafe fn k_blocks<F>(
+    k: usize,
+    a: *const F,
+    a_col_stride: isize,
+    b: *const F,
+    b_row_stride: isize,
+    call: impl Fn(usize, *const F, *const F, bool),
+) {
+    let blocks = k.div_ceil(K_BLOCK);
+    let (base, extra) = (k / blocks, k % blocks);
+    let mut depth = 0;
+    for i in 0..blocks {
+        let len = base + usize::from(i < extra);
+        // SAFETY: `depth < k`, so column `depth` of op(A) and row `depth` of op(B) exist.
+        let (a, b) = unsafe {
+            (
+                a.offset(depth as isize * a_col_stride),
+                b.offset(depth as isize * b_row_stride),
+            )
+        };
+        call(len, a, b, i > 0);
+        depth += len;
+    }
+}
+
+/// A real type with a blocked `matrixmultiply` kernel and a `gemm` one.
 pub(crate) trait Kernel: Precision + small_product::Lane {
     /// `C = A·B` (β = 0) with the given strides.
     ///
@@ -104,6 +166,96 @@ pub(crate) trait Kernel: Precision + small_product::Lane {
         c: *mut Self,
         c_col_stride: isize,
     );
+
+    /// `gemm`'s kernel for `Self` on this CPU.
+    fn gemm_crate() -> GemmFn<Self>;
+}
+
+/// A `gemm` crate kernel: m, n, k; dst with its column and row strides; whether to read dst
+/// (dst = α·dst + β·lhs·rhs, α ignored when dst is not read); lhs and rhs with column then row
+/// strides; α, β; conjugation of dst, lhs, rhs; threads.
+type GemmFn<F> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut F,
+    isize,
+    isize,
+    bool,
+    *const F,
+    isize,
+    isize,
+    *const F,
+    isize,
+    isize,
+    F,
+    F,
+    bool,
+    bool,
+    bool,
+    gemm_common::Parallelism,
+);
+
+/// The signature of [`Kernel::gemm`] and [`wide`].
+type KernelFn<F> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *const F,
+    (isize, isize),
+    *const F,
+    (isize, isize),
+    *mut F,
+    isize,
+);
+
+/// As [`Kernel::gemm`] through `gemm`'s kernels for this CPU, over k-blocks (see
+/// [`k_blocks`]).
+///
+/// # Safety
+/// As [`Kernel::gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn wide<F: Kernel>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const F,
+    (rsa, csa): (isize, isize),
+    b: *const F,
+    (rsb, csb): (isize, isize),
+    c: *mut F,
+    csc: isize,
+) {
+    let gemm = F::gemm_crate();
+    // SAFETY: forwarded from the caller; each block reads columns `depth..depth + len` of
+    // op(A) and rows `depth..depth + len` of op(B); C is written by the first block (β = 1,
+    // dst not read) and accumulated into by the others (α = β = 1); no conjugation, one
+    // thread.
+    unsafe {
+        k_blocks(k, a, csa, b, rsb, |len, a, b, accumulate| {
+            gemm(
+                m,
+                n,
+                len,
+                c,
+                csc,
+                1,
+                accumulate,
+                a,
+                csa,
+                rsa,
+                b,
+                csb,
+                rsb,
+                F::one(),
+                F::one(),
+                false,
+                false,
+                false,
+                gemm_common::Parallelism::None,
+            )
+        })
+    }
 }
 
 impl Kernel for f64 {
@@ -121,6 +273,10 @@ impl Kernel for f64 {
         // SAFETY: forwarded from the caller.
         unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, 1, csc) }
     }
+
+    fn gemm_crate() -> GemmFn<f64> {
+        gemm_f64::gemm::f64::get_gemm_fn()
+    }
 }
 
 impl Kernel for f32 {
@@ -137,6 +293,10 @@ impl Kernel for f32 {
     ) {
         // SAFETY: forwarded from the caller.
         unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, 1, csc) }
+    }
+
+    fn gemm_crate() -> GemmFn<f32> {
+        gemm_f32::gemm::f32::get_gemm_fn()
     }
 }
 
@@ -170,31 +330,32 @@ fn blocked<F: Kernel>(a: &DMatrix<F>, ta: bool, b: &DMatrix<F>, tb: bool) -> DMa
     let along_columns = n >= m;
     let extent = if along_columns { n } else { m };
     let count = threads::bands(m, n, k, extent);
-    let band = extent.div_ceil(count).next_multiple_of(8);
+    let kernel: KernelFn<F> = if uses_gemm(m, k, n, extent) {
+        wide::<F>
+    } else {
+        F::gemm
+    };
     let (a_ptr, b_ptr) = (Shared(a.as_ptr()), Shared(b.as_ptr()));
-    // With β = 0 the kernel writes every entry of C without reading it, so C needs no
+    // With β = 0 the kernels write every entry of C without reading it, so C needs no
     // zero-fill: it is handed the uninitialised capacity of a fresh buffer.
     fast::filled(m, n, |c| {
         let c_ptr = Shared(c.as_mut_ptr().cast::<F>().cast_const());
         threads::run_bands(count, &|i| {
-            let start = i * band;
-            if start >= extent {
-                return;
-            }
-            let len = band.min(extent - start);
+            let (start, len) = threads::band_range(extent, count, i);
             // SAFETY: the pointers cover m×k, k×n and m×n column-major buffers with the
             // strides given, as the shapes above guarantee; the bands are disjoint column
             // (or row) ranges of the fresh m·n buffer `c`, so no two write the same entry,
-            // and the kernel with β = 0 initialises every entry of its band. The offsets stay
-            // inside the operands: column `start` of op(B) (row `start` of op(A)) exists.
+            // and the kernel with β = 0 initialises every entry of its band (`gemm` writes
+            // its first k-block without reading C). The offsets stay inside the operands:
+            // column `start` of op(B) (row `start` of op(A)) exists, as `len > 0`.
             unsafe {
                 let (a, b, c) = (a_ptr.get(), b_ptr.get(), c_ptr.get().cast_mut());
                 if along_columns {
                     let b = b.offset(start as isize * sb.1);
-                    F::gemm(m, k, len, a, sa, b, sb, c.add(start * m), m as isize);
+                    kernel(m, k, len, a, sa, b, sb, c.add(start * m), m as isize);
                 } else {
                     let a = a.offset(start as isize * sa.0);
-                    F::gemm(len, k, n, a, sa, b, sb, c.add(start), m as isize);
+                    kernel(len, k, n, a, sa, b, sb, c.add(start), m as isize);
                 }
             }
         });

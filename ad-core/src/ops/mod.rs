@@ -9,11 +9,15 @@ mod custom;
 mod elementwise;
 mod fast;
 mod linalg;
+mod product_kernel;
 mod reduce;
 mod shape;
 mod small_product;
 mod threads;
 
+pub use product_kernel::{
+    product_kernel, product_kernel_setting, ProductKernel, ProductKernelSettingError,
+};
 pub use threads::{set_max_threads, thread_setting, ThreadSettingError};
 
 pub(crate) use custom::CustomNode;

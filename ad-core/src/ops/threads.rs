@@ -1,11 +1,11 @@
 //! The threads large products are split over, and how work is handed to them.
 //!
 //! A product `C = op(A)·op(B)` with enough multiply-adds is cut into bands of C's columns
-//! (or rows, when C is taller than wide); each band is a complete single-threaded product of
-//! the same kernel. The sum over k is never split, and each band runs the kernel's blocking
-//! over k unchanged, so every entry is computed in the same order as by one thread: results
-//! are bitwise the same for any thread count. The calling thread computes the first band
-//! itself and hands the others to `threads − 1` workers. Elementwise passes over large
+//! (or rows, when C is taller than wide), each at least eight wide; each band is a complete
+//! single-threaded product of the same kernel. The sum over k is never split across threads,
+//! and its blocking over k depends on k alone (see `linalg`), so every entry is computed in
+//! the same order as by one thread: results are bitwise the same for any thread count. The
+//! calling thread computes the first band itself and hands the others to `threads − 1` workers. Elementwise passes over large
 //! tensors are cut into ranges the same way ([`split_mut`]).
 //!
 //! The workers stay hot between products (spinning, then yielding, for about a millisecond
@@ -204,6 +204,28 @@ pub fn set_max_threads(max: usize) -> usize {
 pub(crate) fn bands(m: usize, n: usize, k: usize, extent: usize) -> usize {
     let work = m.saturating_mul(n).saturating_mul(k);
     threads().min(work / MIN_BAND_WORK).min(extent / 8).max(1)
+}
+
+/// Whether [`bands`] can cut such a product into more than one band for some thread count
+/// (it never does when this is false, whatever the threads).
+pub(crate) fn may_split(m: usize, n: usize, k: usize, extent: usize) -> bool {
+    let work = m.saturating_mul(n).saturating_mul(k);
+    work / MIN_BAND_WORK >= 2 && extent / 8 >= 2
+}
+
+/// Band `i` of `count` over `0..extent`, as `(start, len)`: consecutive runs of whole groups
+/// of eight, as equal as they can be, the last band also taking the `extent % 8` left over.
+/// With `count ≤ max(extent / 8, 1)`, as [`bands`] gives, every band has at least eight rows
+/// or columns (all of `extent` when `count` is 1), so no band is a degenerate product.
+pub(crate) fn band_range(extent: usize, count: usize, i: usize) -> (usize, usize) {
+    let groups = extent / 8;
+    let (base, extra) = (groups / count, groups % count);
+    let start = 8 * (i * base + i.min(extra));
+    let mut len = 8 * (base + usize::from(i < extra));
+    if i + 1 == count {
+        len += extent % 8;
+    }
+    (start, len)
 }
 
 /// A band of work as the workers see it: the caller's closure with its lifetime erased.
@@ -545,5 +567,24 @@ mod tests {
     #[test]
     fn no_cores_reported_means_one() {
         assert_eq!(parse_thread_setting(None, None, 0), (1, None));
+    }
+
+    #[test]
+    fn bands_cover_the_extent_in_order_each_at_least_eight_wide() {
+        for extent in 0..300 {
+            for count in 1..=(extent / 8).max(1) {
+                let mut next = 0;
+                for i in 0..count {
+                    let (start, len) = band_range(extent, count, i);
+                    assert_eq!(start, next, "extent {extent}, count {count}, band {i}");
+                    assert!(
+                        len >= 8.min(extent),
+                        "extent {extent}, count {count}, band {i}"
+                    );
+                    next = start + len;
+                }
+                assert_eq!(next, extent, "extent {extent}, count {count}");
+            }
+        }
     }
 }
