@@ -487,7 +487,7 @@ impl<'t, T: Scalar, F: Dynamics<T>> System<'t, T> for AugmentedSystem<'_, '_, T,
     fn eval(&mut self, t: f64, tv: Var<'t, T>, y: &[Var<'t, T>]) -> Result<State<'t, T>> {
         self.nfe += 1;
         let scratch = tv.tape();
-        let neg_a = -y[1].value()?;
+        let neg_a = y[1].with_value(|a| -a)?;
         let seed_bytes = neg_a.len() * std::mem::size_of::<T>();
         let mut peak = self.peak;
         // The time's value, not just `t`: its dual part (a tangent on the grid) must reach f.
