@@ -76,8 +76,8 @@ pub use check::{
 };
 pub use error::{Error, Message, Result, Shape};
 pub use ops::{
-    product_kernel, product_kernel_setting, set_max_threads, thread_setting, BoxError, CustomOp,
-    ProductKernel, ProductKernelSettingError, Report, ReportedVjp, ThreadSettingError,
+    in_bands, product_kernel, product_kernel_setting, set_max_threads, thread_setting, BoxError,
+    CustomOp, ProductKernel, ProductKernelSettingError, Report, ReportedVjp, ThreadSettingError,
     MAX_ELEMENTS,
 };
 pub use scalar::{all_finite, carries_derivatives, Precision, Scalar};

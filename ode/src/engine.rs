@@ -229,16 +229,18 @@ impl<T: Scalar> Quadratures<T> {
             if w != 0.0 {
                 let w = wt;
                 if sum.is_empty() {
-                    // The first term: y + w k in one pass, as `combine_where` starts.
-                    *sum =
-                        Var::with_values(&[y[c], k[c]], |v| v[0].zip_map(v[1], |a, b| a + w * b))?;
-                } else {
-                    k[c].with_value(|kc| {
-                        for (s, &x) in sum.as_mut_slice().iter_mut().zip(kc.as_slice()) {
+                    // The first term is y + w k, as `combine_where` starts.
+                    *sum = y[c].value()?;
+                }
+                // Over both cores when large (a_θ); each entry's sum is the same whichever
+                // band it is in.
+                k[c].with_value(|kc| {
+                    ad_core::in_bands(sum.as_mut_slice(), &|start, band| {
+                        for (s, &x) in band.iter_mut().zip(&kc.as_slice()[start..]) {
                             *s += w * x;
                         }
-                    })?;
-                }
+                    })
+                })?;
             }
             if release {
                 drop(k[c].take_value()?);
@@ -366,10 +368,14 @@ pub(crate) fn rk_step<'t, T: Scalar, S: System<'t, T>>(
             return Ok(());
         }
         for (acc, v) in err.iter_mut().zip(ki).filter(|(acc, _)| !acc.is_empty()) {
+            // Over both cores when large (the adjoint's a_θ is as large as the parameters);
+            // each entry's sum is the same whichever band it is in.
             v.with_value(|m| {
-                for (a, x) in acc.iter_mut().zip(m.as_slice()) {
-                    *a += w * x.primal();
-                }
+                ad_core::in_bands(acc, &|start, band| {
+                    for (a, x) in band.iter_mut().zip(&m.as_slice()[start..]) {
+                        *a += w * x.primal();
+                    }
+                })
             })?;
         }
         Ok(())

@@ -18,7 +18,7 @@ mod threads;
 pub use product_kernel::{
     product_kernel, product_kernel_setting, ProductKernel, ProductKernelSettingError,
 };
-pub use threads::{set_max_threads, thread_setting, ThreadSettingError};
+pub use threads::{in_bands, set_max_threads, thread_setting, ThreadSettingError};
 
 pub(crate) use custom::CustomNode;
 pub use custom::{BoxError, CustomOp, Report, ReportedVjp};

@@ -445,6 +445,28 @@ pub(crate) fn run_bands(count: usize, band: &(dyn Fn(usize) + Sync)) {
 /// pass over `f64`s).
 const MIN_BAND_ENTRIES: usize = 1 << 13;
 
+/// An elementwise pass over `out` on ad-core's workers: `fill(start, band)` for disjoint
+/// consecutive slices `band = &mut out[start..start + band.len()]` that cover `out`. It is
+/// split only when `out` is long enough to pay for a hand-off (at least 2¹³ entries a
+/// band), over the threads large products use ([`thread_setting`], [`set_max_threads`]),
+/// and runs on the calling thread otherwise. Where each entry's arithmetic does not depend
+/// on the band it falls in, the result is bitwise the same for any thread count. `ode` runs
+/// its steps' quadratures and error sums through it, over states as large as the parameters.
+///
+/// ```
+/// let x = vec![1.0_f64; 100_000];
+/// let mut y = vec![2.0_f64; 100_000];
+/// ad_core::in_bands(&mut y, &|start, band| {
+///     for (y, x) in band.iter_mut().zip(&x[start..]) {
+///         *y += 0.5 * x;
+///     }
+/// });
+/// assert!(y.iter().all(|&v| v == 2.5));
+/// ```
+pub fn in_bands<E: Send>(out: &mut [E], fill: &(dyn Fn(usize, &mut [E]) + Sync)) {
+    split_mut(out, fill)
+}
+
 /// Fill `out` in bands: `fill(start, band)` for disjoint consecutive `band = &mut
 /// out[start..]` slices, on the workers when `out` is long enough to pay for it. For
 /// elementwise passes: each entry is computed by the same arithmetic whichever band it is
