@@ -109,8 +109,6 @@ const K_BLOCK: usize = 512;
 fn uses_gemm(m: usize, k: usize, n: usize, extent: usize) -> bool {
     product_kernel() == ProductKernel::GemmAvx512
         && k >= 3
-        && m >= 2
-        && n >= 2
         && threads::may_split(m, n, k, extent)
         && m.min(n) >= 33
 }

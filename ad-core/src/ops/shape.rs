@@ -115,7 +115,7 @@ impl<T: Scalar> Tape<T> {
 
 /// The axis parts are joined along.
 #[derive(Clone, Copy)]
-enum Axis {
+pub(crate) enum Axis {
     Rows,
     Cols,
 }
@@ -161,21 +161,6 @@ fn joined_shape<T: Scalar>(op: &'static str, parts: &[&DMatrix<T>], axis: Axis) 
     })
 }
 
-/// Each part receives its own block of rows of the cotangent.
-pub(crate) fn concat_rows_vjp<T: Scalar>(
-    parts: &[&DMatrix<T>],
-    g: &DMatrix<T>,
-    wants: &[bool],
-) -> Grads<T> {
-    let mut start = 0;
-    let mut out: SmallVec<_> = SmallVec::new();
-    for (p, &w) in parts.iter().zip(wants) {
-        out.push(w.then(|| g.rows(start, p.nrows()).into_owned()));
-        start += p.nrows();
-    }
-    out
-}
-
 /// y = x + 1 bᵀ:  x̄ = ȳ,  b̄ = Σ_rows ȳ.
 pub(crate) fn add_row_vjp<T: Scalar>(g: DMatrix<T>, wants: &[bool]) -> Grads<T> {
     let gb = wants[1].then(|| sum_rows(&g));
@@ -199,8 +184,10 @@ pub(crate) fn broadcast_vjp<T: Scalar>((r, c): (usize, usize), g: DMatrix<T>) ->
     }
 }
 
-/// Each part receives its own block of columns of the cotangent.
+/// Each part receives its own block of the cotangent: rows for `concat_rows`, columns for
+/// `concat_cols`.
 pub(crate) fn concat_vjp<T: Scalar>(
+    axis: Axis,
     parts: &[&DMatrix<T>],
     g: &DMatrix<T>,
     wants: &[bool],
@@ -208,8 +195,15 @@ pub(crate) fn concat_vjp<T: Scalar>(
     let mut start = 0;
     let mut out: SmallVec<_> = SmallVec::new();
     for (p, &w) in parts.iter().zip(wants) {
-        out.push(w.then(|| g.columns(start, p.ncols()).into_owned()));
-        start += p.ncols();
+        let len = match axis {
+            Axis::Rows => p.nrows(),
+            Axis::Cols => p.ncols(),
+        };
+        out.push(w.then(|| match axis {
+            Axis::Rows => g.rows(start, len).into_owned(),
+            Axis::Cols => g.columns(start, len).into_owned(),
+        }));
+        start += len;
     }
     out
 }
